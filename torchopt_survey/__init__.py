@@ -1,0 +1,37 @@
+"""torchopt_survey: the classic optimizers of two deep-learning optimization surveys as exact,
+fast ``torch.optim.Optimizer`` drop-ins, and the surveys' experiments.
+
+>>> import torch, torchopt_survey
+>>> model = torch.nn.Linear(4, 2)
+>>> opt = torchopt_survey.Adam(model.parameters(), lr=1e-3)   # same as torch.optim.Adam
+"""
+
+from .optim import (
+    NAG,
+    SGD,
+    Adadelta,
+    Adagrad,
+    Adam,
+    Adamax,
+    AdamW,
+    AMSGrad,
+    Momentum,
+    NAdam,
+    RMSprop,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SGD",
+    "Momentum",
+    "NAG",
+    "Adagrad",
+    "Adadelta",
+    "RMSprop",
+    "Adam",
+    "AdamW",
+    "AMSGrad",
+    "NAdam",
+    "Adamax",
+]

@@ -1,0 +1,597 @@
+"""Shared machinery that turns one method's update math into torch.optim-style optimizers.
+
+A method subclasses :class:`SurveyOptimizer` and supplies three things:
+
+* ``_hyperparameters``: its constructor arguments with their checks (a table);
+* ``_state_spec(group)``: the per-parameter state it keeps, in torch.optim's ``state_dict`` order;
+* ``_update(ops, param, grad, state, hp)``: the update equation, written once against an ``ops``
+  backend (see :mod:`torchopt_survey.optim._ops`).
+
+Everything else is here, once: argument checks, lazy state creation, ``maximize``, weight decay
+(L2 or decoupled), complex parameters (viewed as real pairs), parameters without gradients,
+sparse gradients (row-wise, for methods that allow them), the forloop / foreach / differentiable
+paths, capturable and compiled steps (scalars kept as device tensors), and strict
+``load_state_dict`` checks. The structure follows torch.optim (``_init_group`` fills lists,
+``step`` is wrapped by ``_use_grad_for_differentiable``) so ``torch.compile`` treats these
+optimizers like its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import (
+    Optimizer,
+    _default_to_fused_or_foreach,
+    _get_scalar_dtype,
+    _use_grad_for_differentiable,
+)
+
+from . import _validation as V
+from ._ops import ForeachOps, FunctionalOps, TensorOps
+
+StateKind = Literal["scalar", "tensor", "lazy"]
+
+# Flags that torch.optim added over releases: a state_dict saved without them still loads.
+_OPTIONAL_GROUP_KEYS = frozenset(
+    {"maximize", "foreach", "capturable", "differentiable", "fused", "decoupled_weight_decay"}
+)
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """One entry of a parameter's optimizer state.
+
+    ``scalar``: a 0-d tensor (like ``step``), starting at ``init``;
+    ``tensor``: shaped like the parameter, filled with ``init``;
+    ``lazy``: shaped like the parameter but created by the update math on first use
+    (torch.optim's SGD momentum buffer starts as a copy of the first gradient).
+    """
+
+    name: str
+    kind: StateKind
+    init: float = 0.0
+
+
+def _tensor_hyperparameter(value: Any, device: torch.device | None) -> Any:
+    """A tensor hyperparameter on the parameters' device (capturable/compiled steps)."""
+    if isinstance(value, Tensor):
+        value = value.reshape(())
+        return value.to(device) if device is not None and value.device != device else value
+    return value
+
+
+def _float_hyperparameter(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.item()
+    return value
+
+
+class SurveyOptimizer(Optimizer):
+    """Base class: a torch.optim.Optimizer whose math lives in ``_update``."""
+
+    #: constructor arguments beyond ``params`` and their checks, in signature order
+    _hyperparameters: ClassVar[dict[str, V.Check]] = {}
+    #: group keys that select a survey formula instead of torch.optim's (not in torch's groups)
+    _switches: ClassVar[tuple[str, ...]] = ()
+    #: whether sparse gradients are accepted (updated row-wise, only the rows present)
+    _supports_sparse: ClassVar[bool] = False
+    #: whether the group has a ``capturable`` flag (as its torch.optim counterpart does)
+    _has_capturable: ClassVar[bool] = True
+
+    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+        self._check_group(defaults, where="")
+        if defaults.get("fused") and defaults.get("foreach"):
+            raise ValueError("fused and foreach cannot both be True")
+        if defaults.get("fused") and defaults.get("differentiable"):
+            raise ValueError("fused does not support differentiable=True")
+        if isinstance(params, Tensor):
+            raise TypeError(
+                "params must be an iterable of Tensors or dicts, but got a single Tensor "
+                "(wrap it in a list)"
+            )
+        super().__init__(params, defaults)
+        if defaults.get("fused"):
+            # GradScaler hands grad_scale/found_inf to the fused step (see issue on AMP)
+            self._step_supports_amp_scaling = True
+
+    # ----------------------------------------------------------------------------------
+    # what a method supplies
+    # ----------------------------------------------------------------------------------
+    def _state_spec(self, group: dict[str, Any]) -> list[StateSpec]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _update(ops: Any, param: Any, grad: Any, state: dict[str, Any], hp: dict[str, Any]):
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------------
+    # argument checks
+    # ----------------------------------------------------------------------------------
+    def _check_group(self, group: dict[str, Any], where: str) -> None:
+        for name, check in self._hyperparameters.items():
+            if name in group:
+                check(where + name, group[name])
+        self._check_consistency(group, where)
+
+    def _check_consistency(self, group: dict[str, Any], where: str) -> None:
+        """Checks that involve several hyperparameters (overridden by methods that have them)."""
+
+    def _sparse_ok(self, group: dict[str, Any]) -> bool:
+        return self._supports_sparse
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        params = param_group.get("params")
+        if isinstance(params, Tensor):
+            params_list = [params]
+        elif isinstance(params, (set, frozenset)):
+            raise TypeError(
+                "optimizer parameters need to be organized in ordered collections, but the "
+                "ordering of tensors in sets will change between runs. Please use a list instead."
+            )
+        else:
+            params_list = list(params) if params is not None else []
+        for index, param in enumerate(params_list):
+            if not isinstance(param, Tensor):
+                raise TypeError(
+                    f"params[{index}]: optimizer can only optimize Tensors, "
+                    f"but got {type(param).__name__}"
+                )
+        V.check_params_dtype(params_list)
+        where = f"param_groups[{len(self.param_groups)}]."
+        self._check_group({**self.defaults, **param_group}, where=where)
+        super().add_param_group(param_group)
+        if len(param_group["params"]) == 0:
+            raise ValueError(f"{where}params: a parameter group must hold at least one tensor")
+
+    # ----------------------------------------------------------------------------------
+    # state
+    # ----------------------------------------------------------------------------------
+    def _new_state(self, group: dict[str, Any], param: Tensor) -> dict[str, Any]:
+        on_device = group.get("capturable", False) or bool(group.get("fused"))
+        state: dict[str, Any] = {}
+        for spec in self._state_spec(group):
+            if spec.kind == "scalar":
+                if on_device:
+                    value = torch.full(
+                        (), spec.init, dtype=_get_scalar_dtype(is_fused=group.get("fused")),
+                        device=param.device,
+                    )
+                else:
+                    value = torch.tensor(spec.init, dtype=_get_scalar_dtype())
+                state[spec.name] = value
+            elif spec.kind == "tensor":
+                if spec.init == 0:
+                    value = torch.zeros_like(param, memory_format=torch.preserve_format)
+                else:
+                    fill = complex(spec.init, spec.init) if param.is_complex() else spec.init
+                    value = torch.full_like(param, fill, memory_format=torch.preserve_format)
+                state[spec.name] = value
+        return state
+
+    def _init_group(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[Tensor | None],
+    ) -> tuple[bool, bool]:
+        """Collect the parameters that have gradients and their state (flat, spec order).
+
+        Returns ``(has_complex, has_sparse)``. Named and shaped like torch.optim's so that
+        torch.compile runs it eagerly instead of tracing it.
+        """
+        has_complex = False
+        has_sparse = False
+        spec = self._state_spec(group)
+        for param in group["params"]:
+            if param.grad is None:
+                continue
+            if param.grad.is_sparse:
+                if not self._sparse_ok(group):
+                    raise RuntimeError(
+                        f"{type(self).__name__} does not support sparse gradients"
+                    )
+                has_sparse = True
+            has_complex |= torch.is_complex(param)
+            params.append(param)
+            grads.append(param.grad)
+            state = self.state[param]
+            if len(state) == 0:
+                state.update(self._new_state(group, param))
+            for entry in spec:
+                states.append(state.get(entry.name))
+        return has_complex, has_sparse
+
+    # ----------------------------------------------------------------------------------
+    # step
+    # ----------------------------------------------------------------------------------
+    @_use_grad_for_differentiable
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform a single optimization step.
+
+        Args:
+            closure: a closure that reevaluates the model and returns the loss (optional).
+        """
+        self._accelerator_graph_capture_health_check()
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._step_groups()
+        return loss
+
+    def _step_groups(self) -> None:
+        """Update every group from the gradients already in ``.grad``."""
+        for group in self.param_groups:
+            params: list[Tensor] = []
+            grads: list[Tensor] = []
+            states: list[Tensor | None] = []
+            has_complex, has_sparse = self._init_group(group, params, grads, states)
+            if params:
+                self._apply(group, params, grads, states, has_complex, has_sparse)
+
+    def _apply(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[Tensor | None],
+        has_complex: bool,
+        has_sparse: bool,
+    ) -> None:
+        """Run the update of one group on the path its flags select."""
+        spec = self._state_spec(group)
+        differentiable = group.get("differentiable", False)
+        if group.get("fused"):
+            from ._fused import fused_step
+
+            fused_step(self, group, spec, params, grads, states)
+            return
+        foreach = group.get("foreach")
+        if foreach is None:
+            _, foreach = _default_to_fused_or_foreach(params, differentiable, use_fused=False)
+        tensor_scalars = group.get("capturable", False) or torch.compiler.is_compiling()
+        device = params[0].device if tensor_scalars else None
+        hp = self._hp(group, tensor_scalars, device)
+        if foreach and not differentiable and not has_sparse:
+            self._foreach(group, spec, hp, params, grads, states, tensor_scalars)
+        else:
+            self._forloop(group, spec, hp, params, grads, states, tensor_scalars)
+
+    def _hp(self, group: dict[str, Any], tensor_scalars: bool, device: Any) -> dict[str, Any]:
+        """The group's hyperparameters as the math sees them (floats, or device tensors)."""
+        convert: Callable[[Any], Any]
+        if tensor_scalars:
+            def convert(value: Any) -> Any:
+                return _tensor_hyperparameter(value, device)
+        else:
+            convert = _float_hyperparameter
+        hp: dict[str, Any] = {}
+        for key, value in group.items():
+            if key == "params":
+                continue
+            if isinstance(value, tuple):
+                value = tuple(convert(v) for v in value)
+            hp[key] = convert(value)
+        return hp
+
+    @staticmethod
+    def _preprocess(ops: Any, param: Any, grad: Any, hp: dict[str, Any]) -> tuple[Any, Any]:
+        """maximize and weight decay, shared by every method."""
+        if hp.get("maximize", False):
+            grad = ops.neg(grad)
+        weight_decay = hp.get("weight_decay", 0)
+        if isinstance(weight_decay, Tensor) or weight_decay != 0:
+            if hp.get("decoupled_weight_decay", False):
+                param = ops.mul_(param, 1 - hp["lr"] * weight_decay)
+            else:
+                grad = ops.add(grad, param, alpha=weight_decay)
+        return param, grad
+
+    def _forloop(
+        self,
+        group: dict[str, Any],
+        spec: list[StateSpec],
+        hp: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[Tensor | None],
+        tensor_scalars: bool,
+    ) -> None:
+        differentiable = group.get("differentiable", False)
+        ops = FunctionalOps if differentiable else TensorOps
+        width = len(spec)
+        for index, (param, grad) in enumerate(zip(params, grads)):
+            stored = states[index * width : (index + 1) * width]
+            if grad.is_sparse:
+                self._sparse_rows(group, spec, hp, param, grad, stored, tensor_scalars)
+                continue
+            is_complex = torch.is_complex(param)
+            state: dict[str, Any] = {}
+            for entry, value in zip(spec, stored):
+                if entry.kind == "scalar":
+                    state[entry.name] = value if tensor_scalars else value.item()
+                elif value is not None and is_complex:
+                    state[entry.name] = torch.view_as_real(value)
+                else:
+                    state[entry.name] = value
+            work_param = torch.view_as_real(param) if is_complex else param
+            if is_complex:
+                grad = torch.view_as_real(grad)
+            work_param, grad = self._preprocess(ops, work_param, grad, hp)
+            new_param = self._update(ops, work_param, grad, state, hp)
+            self._write_back_one(spec, param, stored, state, differentiable, tensor_scalars)
+            if new_param is not work_param or differentiable:
+                if is_complex:
+                    new_param = torch.view_as_complex(new_param)
+                if new_param is not param:
+                    param.copy_(new_param)
+
+    def _write_back_one(
+        self,
+        spec: list[StateSpec],
+        param: Tensor,
+        stored: list[Tensor | None],
+        state: dict[str, Any],
+        differentiable: bool,
+        tensor_scalars: bool,
+    ) -> None:
+        """Store what the math returned where the state lives (in place when possible)."""
+        param_state = self.state[param]
+        for entry, old in zip(spec, stored):
+            new = state[entry.name]
+            if entry.kind == "scalar":
+                if not tensor_scalars:
+                    old.fill_(new)
+                elif new is not old:
+                    old.copy_(new)
+                continue
+            if new is None:
+                continue
+            if param.is_complex() and not new.is_complex():
+                new = torch.view_as_complex(new)
+            if old is None or differentiable:
+                # created by the math (lazy state), or autograd history must be kept
+                param_state[entry.name] = new
+            elif new is not old and new.data_ptr() != old.data_ptr():
+                old.copy_(new)
+
+    def _sparse_rows(
+        self,
+        group: dict[str, Any],
+        spec: list[StateSpec],
+        hp: dict[str, Any],
+        param: Tensor,
+        grad: Tensor,
+        stored: list[Tensor | None],
+        tensor_scalars: bool,
+    ) -> None:
+        """Apply the same elementwise math to the rows a sparse gradient touches."""
+        if hp.get("weight_decay", 0) != 0:
+            raise RuntimeError("weight_decay option is not compatible with sparse gradients")
+        grad = grad.coalesce()  # the update is non-linear, so indices must be unique
+        rows = tuple(grad._indices())
+        values = grad._values()
+        if hp.get("maximize", False):
+            values = -values
+        state: dict[str, Any] = {}
+        for entry, value in zip(spec, stored):
+            if entry.kind == "scalar":
+                state[entry.name] = value if tensor_scalars else value.item()
+            else:
+                state[entry.name] = value[rows]
+        new_rows = self._update(TensorOps, param[rows], values, state, hp)
+        param.index_put_(rows, new_rows)
+        for entry, old in zip(spec, stored):
+            if entry.kind == "scalar":
+                if tensor_scalars:
+                    old.copy_(state[entry.name])
+                else:
+                    old.fill_(state[entry.name])
+            else:
+                old.index_put_(rows, state[entry.name])
+
+    def _foreach(
+        self,
+        group: dict[str, Any],
+        spec: list[StateSpec],
+        hp: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[Tensor | None],
+        tensor_scalars: bool,
+    ) -> None:
+        width = len(spec)
+        scalar_slots = [i for i, entry in enumerate(spec) if entry.kind == "scalar"]
+        lazy_slots = [i for i, entry in enumerate(spec) if entry.kind == "lazy"]
+        # Float scalars (steps...) are read once for all parameters, then the parameters are
+        # partitioned so that each foreach call gets one Python scalar per hyperparameter.
+        scalar_values: list[list[float]] = []
+        if not tensor_scalars:
+            for slot in scalar_slots:
+                column = [states[i * width + slot] for i in range(len(params))]
+                scalar_values.append(torch.stack(column).tolist() if len(column) > 1 else [
+                    column[0].item()
+                ])
+        partitions: dict[tuple, list[int]] = {}
+        for index, param in enumerate(params):
+            key = (
+                param.device,
+                param.dtype,
+                tuple(values[index] for values in scalar_values),
+                tuple(states[index * width + slot] is None for slot in lazy_slots),
+            )
+            partitions.setdefault(key, []).append(index)
+
+        for (_, _, scalars, _), members in partitions.items():
+            self._foreach_partition(
+                spec, hp, params, grads, states, members, scalars, tensor_scalars
+            )
+
+    def _foreach_partition(
+        self,
+        spec: list[StateSpec],
+        hp: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[Tensor | None],
+        members: list[int],
+        scalars: tuple[float, ...],
+        tensor_scalars: bool,
+    ) -> None:
+        width = len(spec)
+        member_params = [params[i] for i in members]
+        has_complex = any(torch.is_complex(p) for p in member_params)
+
+        def as_real(tensors: list[Tensor]) -> list[Tensor]:
+            if not has_complex:
+                return tensors
+            return [torch.view_as_real(t) if torch.is_complex(t) else t for t in tensors]
+
+        work_params = as_real(member_params)
+        work_grads = as_real([grads[i] for i in members])
+        stored: list[list[Any]] = [[states[i * width + slot] for i in members] for slot in
+                                   range(width)]
+        state: dict[str, Any] = {}
+        scalar_iter = iter(scalars)
+        for entry, column in zip(spec, stored):
+            if entry.kind == "scalar":
+                state[entry.name] = torch.stack(column) if tensor_scalars else next(scalar_iter)
+            elif column[0] is None:
+                state[entry.name] = None
+            else:
+                state[entry.name] = as_real(column)
+        given = dict(state)  # to tell in-place results from new lists after the math
+        work_params, work_grads = self._preprocess(ForeachOps, work_params, work_grads, hp)
+        new_params = self._update(ForeachOps, work_params, work_grads, state, hp)
+
+        for entry, column in zip(spec, stored):
+            new = state[entry.name]
+            if entry.kind == "scalar":
+                if tensor_scalars:
+                    torch._foreach_copy_(column, list(new.unbind(0)))
+                else:
+                    source = torch.tensor(new, dtype=column[0].dtype)
+                    torch._foreach_copy_(column, [source] * len(column))
+            elif new is None:
+                continue
+            elif column[0] is None:
+                for i, tensor in zip(members, new):
+                    param = params[i]
+                    if param.is_complex():
+                        tensor = torch.view_as_complex(tensor)
+                    self.state[param][entry.name] = tensor
+            elif new is not given[entry.name]:
+                torch._foreach_copy_(given[entry.name], new)
+        if new_params is not work_params:
+            torch._foreach_copy_(work_params, new_params)
+
+    # ----------------------------------------------------------------------------------
+    # (de)serialisation
+    # ----------------------------------------------------------------------------------
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+            on_device = group.get("capturable", False) or bool(group.get("fused"))
+            for param in group["params"]:
+                param_state = self.state.get(param, {})
+                for entry in self._state_spec(group):
+                    value = param_state.get(entry.name)
+                    if entry.kind == "scalar" and value is not None and not torch.is_tensor(value):
+                        param_state[entry.name] = (
+                            torch.tensor(float(value), dtype=_get_scalar_dtype(
+                                is_fused=group.get("fused")), device=param.device)
+                            if on_device
+                            else torch.tensor(float(value), dtype=_get_scalar_dtype())
+                        )
+
+    def _required_group_keys(self) -> set[str]:
+        return set(self.defaults) - _OPTIONAL_GROUP_KEYS - set(self._switches)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict from this class or its torch.optim counterpart, checked first.
+
+        Raises ValueError (naming what is wrong) before anything is changed when the dict is
+        malformed, has another number of groups or parameters, or comes from a different
+        optimizer (missing hyperparameters, unknown or missing state entries, wrong shapes).
+        """
+        self._check_state_dict(state_dict)
+        super().load_state_dict(state_dict)
+
+    def _check_state_dict(self, state_dict: Any) -> None:
+        name = type(self).__name__
+        if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
+            raise ValueError(
+                "state_dict must be a dict with keys 'state' and 'param_groups' "
+                f"(as returned by {name}.state_dict())"
+            )
+        saved_groups = state_dict["param_groups"]
+        saved_state = state_dict["state"]
+        if not isinstance(saved_groups, (list, tuple)) or not isinstance(saved_state, dict):
+            raise ValueError("state_dict['param_groups'] must be a list and ['state'] a dict")
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"state_dict has {len(saved_groups)} parameter groups, {name} has "
+                f"{len(self.param_groups)}"
+            )
+        required = self._required_group_keys()
+        param_of_id: dict[Any, tuple[Tensor, dict[str, Any]]] = {}
+        for index, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            if not isinstance(saved, dict) or "params" not in saved:
+                raise ValueError(f"state_dict['param_groups'][{index}] is not a parameter group")
+            missing = sorted(required - set(saved))
+            if missing:
+                raise ValueError(
+                    f"state_dict['param_groups'][{index}] lacks {missing}: it was saved by a "
+                    f"different optimizer than {name}"
+                )
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(
+                    f"state_dict['param_groups'][{index}] has {len(saved['params'])} parameters, "
+                    f"the optimizer's group has {len(group['params'])}"
+                )
+            for key, check in self._hyperparameters.items():
+                if key in saved:
+                    check(f"state_dict['param_groups'][{index}]['{key}']", saved[key])
+            merged = {**self.defaults, **saved}
+            for saved_id, param in zip(saved["params"], group["params"]):
+                param_of_id[saved_id] = (param, merged)
+        for saved_id, entries in saved_state.items():
+            if saved_id not in param_of_id:
+                raise ValueError(f"state_dict['state'] has an entry for unknown parameter {saved_id}")
+            param, merged = param_of_id[saved_id]
+            spec = {entry.name: entry for entry in self._state_spec(merged)}
+            if not isinstance(entries, dict):
+                raise ValueError(f"state_dict['state'][{saved_id}] must be a dict")
+            unknown = sorted(set(entries) - set(spec))
+            absent = sorted(
+                n for n, entry in spec.items() if entry.kind != "lazy" and n not in entries
+            )
+            if unknown or absent:
+                raise ValueError(
+                    f"state_dict['state'][{saved_id}] has entries {sorted(entries)}, {name} "
+                    f"expects {sorted(spec)}: it was saved by a different optimizer or settings"
+                )
+            for key, value in entries.items():
+                if spec[key].kind != "scalar" and value is not None:
+                    if not isinstance(value, Tensor) or value.shape != param.shape:
+                        shape = tuple(value.shape) if isinstance(value, Tensor) else type(value)
+                        raise ValueError(
+                            f"state_dict['state'][{saved_id}]['{key}'] has shape {shape}, "
+                            f"the parameter has shape {tuple(param.shape)}"
+                        )
+
+
+def make_defaults(cls: type[SurveyOptimizer], values: dict[str, Any]) -> dict[str, Any]:
+    """The defaults dict in signature order, checked by ``cls._hyperparameters``."""
+    return {key: values[key] for key in cls._hyperparameters if key in values}
+

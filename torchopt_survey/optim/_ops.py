@@ -1,0 +1,283 @@
+"""Tensor-op backends that the one-source update math is written against.
+
+Each optimizer writes its update once, as a function ``update(ops, param, grad, state, hp)`` that
+only calls methods of ``ops`` (and plain Python arithmetic on scalars). The backend decides what a
+"tensor" is and whether operations happen in place:
+
+* :class:`TensorOps` -- one tensor at a time, in place (the forloop path);
+* :class:`FunctionalOps` -- one tensor at a time, out of place, so autograd can differentiate
+  through ``step()`` (``differentiable=True``);
+* :class:`ForeachOps` -- a list of tensors at a time through ``torch._foreach_*`` kernels.
+
+Every method returns its result, and the update math always rebinds names to what an op returns
+(``m = ops.lerp_(m, g, w)``). In place backends return the mutated input; the functional backend
+returns a new tensor. That one convention lets the same source run in place, out of place, over
+lists, or be traced symbolically (the fused code generators).
+
+Scalars (learning rate, bias corrections, ...) may be Python numbers, 0-d tensors (capturable or
+compiled steps), or -- in the foreach backend -- 1-d tensors holding one value per tensor of the
+list.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+Scalar = Any  # float | int | Tensor (0-d, or 1-d per-tensor values in ForeachOps)
+
+
+class TensorOps:
+    """Single-tensor, in-place backend (the forloop path)."""
+
+    # out of place -------------------------------------------------------------------------
+    @staticmethod
+    def clone(x: Tensor) -> Tensor:
+        return x.detach().clone()
+
+    @staticmethod
+    def neg(x: Tensor) -> Tensor:
+        return x.neg()
+
+    @staticmethod
+    def abs(x: Tensor) -> Tensor:
+        return x.abs()
+
+    @staticmethod
+    def sqrt(x: Tensor) -> Tensor:
+        return x.sqrt()
+
+    @staticmethod
+    def add(x: Tensor, y: Tensor | Scalar, alpha: Scalar = 1) -> Tensor:
+        if isinstance(alpha, Tensor):
+            return x + y * alpha
+        return x.add(y, alpha=alpha)
+
+    @staticmethod
+    def mul(x: Tensor, y: Tensor | Scalar) -> Tensor:
+        return x.mul(y)
+
+    @staticmethod
+    def div(x: Tensor, y: Tensor | Scalar) -> Tensor:
+        return x.div(y)
+
+    @staticmethod
+    def addcmul(x: Tensor, a: Tensor, b: Tensor, value: Scalar = 1) -> Tensor:
+        if isinstance(value, Tensor):
+            return x + a * b * value
+        return torch.addcmul(x, a, b, value=value)
+
+    # in place -----------------------------------------------------------------------------
+    @staticmethod
+    def add_(x: Tensor, y: Tensor | Scalar, alpha: Scalar = 1) -> Tensor:
+        if isinstance(alpha, Tensor):
+            return x.add_(y * alpha)
+        return x.add_(y, alpha=alpha)
+
+    @staticmethod
+    def mul_(x: Tensor, y: Tensor | Scalar) -> Tensor:
+        return x.mul_(y)
+
+    @staticmethod
+    def div_(x: Tensor, y: Tensor | Scalar) -> Tensor:
+        return x.div_(y)
+
+    @staticmethod
+    def sqrt_(x: Tensor) -> Tensor:
+        return x.sqrt_()
+
+    @staticmethod
+    def lerp_(x: Tensor, y: Tensor, weight: Scalar) -> Tensor:
+        return x.lerp_(y, weight)
+
+    @staticmethod
+    def maximum_(x: Tensor, y: Tensor) -> Tensor:
+        return torch.maximum(x, y, out=x)
+
+    @staticmethod
+    def addcmul_(x: Tensor, a: Tensor, b: Tensor, value: Scalar = 1) -> Tensor:
+        if isinstance(value, Tensor):
+            return x.addcmul_(a, b * value)
+        return x.addcmul_(a, b, value=value)
+
+    @staticmethod
+    def addcdiv_(x: Tensor, a: Tensor, b: Tensor, value: Scalar = 1) -> Tensor:
+        if isinstance(value, Tensor):
+            return x.addcdiv_(a * value, b)
+        return x.addcdiv_(a, b, value=value)
+
+
+class FunctionalOps(TensorOps):
+    """Single-tensor, out-of-place backend: every op builds a new tensor (differentiable=True)."""
+
+    @staticmethod
+    def clone(x: Tensor) -> Tensor:
+        return x.clone()
+
+    @staticmethod
+    def add_(x: Tensor, y: Tensor | Scalar, alpha: Scalar = 1) -> Tensor:
+        return TensorOps.add(x, y, alpha)
+
+    @staticmethod
+    def mul_(x: Tensor, y: Tensor | Scalar) -> Tensor:
+        return x.mul(y)
+
+    @staticmethod
+    def div_(x: Tensor, y: Tensor | Scalar) -> Tensor:
+        return x.div(y)
+
+    @staticmethod
+    def sqrt_(x: Tensor) -> Tensor:
+        return x.sqrt()
+
+    @staticmethod
+    def lerp_(x: Tensor, y: Tensor, weight: Scalar) -> Tensor:
+        return x.lerp(y, weight)
+
+    @staticmethod
+    def maximum_(x: Tensor, y: Tensor) -> Tensor:
+        return torch.maximum(x, y)
+
+    @staticmethod
+    def addcmul_(x: Tensor, a: Tensor, b: Tensor, value: Scalar = 1) -> Tensor:
+        return TensorOps.addcmul(x, a, b, value)
+
+    @staticmethod
+    def addcdiv_(x: Tensor, a: Tensor, b: Tensor, value: Scalar = 1) -> Tensor:
+        if isinstance(value, Tensor):
+            return x + a * value / b
+        return torch.addcdiv(x, a, b, value=value)
+
+
+def _scaled(y: Scalar, alpha: Scalar) -> Scalar:
+    """``y * alpha`` for scalars, skipping the multiply for the literal 1."""
+    if isinstance(alpha, (int, float)) and alpha == 1:
+        return y
+    return y * alpha
+
+
+def _per_tensor(s: Tensor, n: int) -> list[Tensor]:
+    """A tensor scalar as one 0-d tensor per list entry (1-d: one value each; 0-d: shared)."""
+    if s.dim() == 0:
+        return [s] * n
+    return list(s.unbind(0))
+
+
+class ForeachOps:
+    """List backend through the ``torch._foreach_*`` multi-tensor kernels.
+
+    A "tensor" is a list of tensors. A scalar is a Python number (one value for the whole list:
+    the fast, common case), or a tensor: 0-d (shared) or 1-d with one value per list entry
+    (capturable or compiled steps, where per-parameter step counts live on the device).
+    """
+
+    # out of place -------------------------------------------------------------------------
+    @staticmethod
+    def clone(xs: list[Tensor]) -> list[Tensor]:
+        return [x.detach().clone() for x in xs]
+
+    @staticmethod
+    def neg(xs: list[Tensor]) -> list[Tensor]:
+        return torch._foreach_neg(xs)
+
+    @staticmethod
+    def abs(xs: list[Tensor]) -> list[Tensor]:
+        return torch._foreach_abs(xs)
+
+    @staticmethod
+    def sqrt(xs: list[Tensor]) -> list[Tensor]:
+        return torch._foreach_sqrt(xs)
+
+    @staticmethod
+    def add(xs: list[Tensor], y: Any, alpha: Scalar = 1) -> list[Tensor]:
+        if isinstance(y, (list, tuple)):
+            if isinstance(alpha, Tensor):
+                return torch._foreach_add(xs, torch._foreach_mul(y, _per_tensor(alpha, len(y))))
+            return torch._foreach_add(xs, y, alpha=alpha)
+        if isinstance(y, Tensor):
+            return torch._foreach_add(xs, _per_tensor(_scaled(y, alpha), len(xs)))
+        return torch._foreach_add(xs, _scaled(y, alpha))
+
+    @staticmethod
+    def mul(xs: list[Tensor], y: Any) -> list[Tensor]:
+        if isinstance(y, Tensor):
+            y = _per_tensor(y, len(xs))
+        return torch._foreach_mul(xs, y)
+
+    @staticmethod
+    def div(xs: list[Tensor], y: Any) -> list[Tensor]:
+        if isinstance(y, Tensor):
+            y = _per_tensor(y, len(xs))
+        return torch._foreach_div(xs, y)
+
+    @staticmethod
+    def addcmul(xs: list[Tensor], a: list[Tensor], b: list[Tensor], value: Scalar = 1):
+        out = [x.clone() for x in xs]
+        return ForeachOps.addcmul_(out, a, b, value)
+
+    # in place -----------------------------------------------------------------------------
+    @staticmethod
+    def add_(xs: list[Tensor], y: Any, alpha: Scalar = 1) -> list[Tensor]:
+        if isinstance(y, (list, tuple)):
+            if isinstance(alpha, Tensor):
+                torch._foreach_add_(xs, torch._foreach_mul(y, _per_tensor(alpha, len(y))))
+            else:
+                torch._foreach_add_(xs, y, alpha=alpha)
+        elif isinstance(y, Tensor):
+            torch._foreach_add_(xs, _per_tensor(_scaled(y, alpha), len(xs)))
+        else:
+            torch._foreach_add_(xs, _scaled(y, alpha))
+        return xs
+
+    @staticmethod
+    def mul_(xs: list[Tensor], y: Any) -> list[Tensor]:
+        if isinstance(y, Tensor):
+            y = _per_tensor(y, len(xs))
+        torch._foreach_mul_(xs, y)
+        return xs
+
+    @staticmethod
+    def div_(xs: list[Tensor], y: Any) -> list[Tensor]:
+        if isinstance(y, Tensor):
+            y = _per_tensor(y, len(xs))
+        torch._foreach_div_(xs, y)
+        return xs
+
+    @staticmethod
+    def sqrt_(xs: list[Tensor]) -> list[Tensor]:
+        torch._foreach_sqrt_(xs)
+        return xs
+
+    @staticmethod
+    def lerp_(xs: list[Tensor], ys: list[Tensor], weight: Scalar) -> list[Tensor]:
+        if isinstance(weight, Tensor):
+            # lerp has no tensor-scalar overload: x + w * (y - x), same math.
+            diff = torch._foreach_sub(ys, xs)
+            torch._foreach_mul_(diff, _per_tensor(weight, len(xs)))
+            torch._foreach_add_(xs, diff)
+        else:
+            torch._foreach_lerp_(xs, ys, weight)
+        return xs
+
+    @staticmethod
+    def maximum_(xs: list[Tensor], ys: list[Tensor]) -> list[Tensor]:
+        torch._foreach_maximum_(xs, ys)
+        return xs
+
+    @staticmethod
+    def addcmul_(xs, a, b, value: Scalar = 1) -> list[Tensor]:
+        if isinstance(value, Tensor):
+            torch._foreach_addcmul_(xs, a, torch._foreach_mul(b, _per_tensor(value, len(b))))
+        else:
+            torch._foreach_addcmul_(xs, a, b, value=value)
+        return xs
+
+    @staticmethod
+    def addcdiv_(xs, a, b, value: Scalar = 1) -> list[Tensor]:
+        if isinstance(value, Tensor):
+            torch._foreach_addcdiv_(xs, torch._foreach_mul(a, _per_tensor(value, len(a))), b)
+        else:
+            torch._foreach_addcdiv_(xs, a, b, value=value)
+        return xs

@@ -1,0 +1,117 @@
+"""Argument checks shared by every optimizer: a clear ValueError/TypeError naming the argument.
+
+torch.optim's own checks are the floor; these add type checks where torch fails late or with a
+bare TypeError/IndexError (``lr='0.1'``, ``betas=(0.9,)``, ``momentum=None``, NaN values).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor
+
+Check = Callable[[str, Any], None]
+
+
+def _number(name: str, value: Any, *, allow_tensor: bool) -> float:
+    """Return ``value`` as a float, or raise TypeError naming ``name``."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, not bool ({value!r})")
+    if isinstance(value, Tensor):
+        if not allow_tensor:
+            raise TypeError(f"{name} must be a float, not a Tensor")
+        if value.numel() != 1:
+            raise ValueError(f"Tensor {name} must be 1-element, got shape {tuple(value.shape)}")
+        if not value.is_floating_point():
+            raise TypeError(f"Tensor {name} must have a floating dtype, got {value.dtype}")
+        if value.requires_grad:
+            return float(value.detach().item())
+        return float(value.item())
+    if not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
+    number = float(value)
+    if math.isnan(number):
+        raise ValueError(f"Invalid {name}: {value} (NaN)")
+    return number
+
+
+def non_negative(*, allow_tensor: bool = False, finite: bool = True) -> Check:
+    """value >= 0 (and finite)."""
+
+    def check(name: str, value: Any) -> None:
+        number = _number(name, value, allow_tensor=allow_tensor)
+        if not number >= 0.0:
+            raise ValueError(f"Invalid {name}: {value} (must be >= 0)")
+        if finite and math.isinf(number):
+            raise ValueError(f"Invalid {name}: {value} (must be finite)")
+
+    return check
+
+
+def unit_interval(*, closed_right: bool, allow_tensor: bool = False) -> Check:
+    """0 <= value < 1 (or <= 1 when ``closed_right``)."""
+
+    def check(name: str, value: Any) -> None:
+        number = _number(name, value, allow_tensor=allow_tensor)
+        ok = 0.0 <= number <= 1.0 if closed_right else 0.0 <= number < 1.0
+        if not ok:
+            bound = "[0, 1]" if closed_right else "[0, 1)"
+            raise ValueError(f"Invalid {name}: {value} (must be in {bound})")
+
+    return check
+
+
+def betas(*, allow_tensor: bool = False) -> Check:
+    """A pair (beta1, beta2), each in [0, 1)."""
+    element = unit_interval(closed_right=False, allow_tensor=allow_tensor)
+
+    def check(name: str, value: Any) -> None:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)):
+            raise TypeError(f"{name} must be a tuple of two numbers, got {value!r}")
+        if len(value) != 2:
+            raise ValueError(f"{name} must have exactly two elements (beta1, beta2), got {value!r}")
+        for index, beta in enumerate(value):
+            element(f"{name}[{index}]", beta)
+        if isinstance(value[0], Tensor) != isinstance(value[1], Tensor):
+            raise ValueError(f"{name} must be either both floats or both Tensors")
+
+    return check
+
+
+def boolean(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} ({value!r})")
+
+
+def optional_boolean(name: str, value: Any) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"{name} must be True, False or None, got {value!r}")
+
+
+def one_of(*choices: Any) -> Check:
+    def check(name: str, value: Any) -> None:
+        if value not in choices:
+            raise ValueError(f"Invalid {name}: {value!r} (choose from {', '.join(map(repr, choices))})")
+
+    return check
+
+
+# Flags every optimizer of this package takes, with torch.optim's meaning.
+COMMON_FLAGS: dict[str, Check] = {
+    "maximize": boolean,
+    "foreach": optional_boolean,
+    "differentiable": boolean,
+    "fused": optional_boolean,
+}
+
+
+def check_params_dtype(params: list[Tensor]) -> None:
+    """Only floating point and complex tensors can be optimized."""
+    for index, param in enumerate(params):
+        if not (param.is_floating_point() or param.is_complex()):
+            raise TypeError(
+                f"params[{index}] has dtype {param.dtype}: only floating point and complex "
+                "tensors can be optimized"
+            )

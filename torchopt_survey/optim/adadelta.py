@@ -1,0 +1,87 @@
+"""Adadelta (Zeiler, 2012)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from . import _validation as V
+from ._base import StateSpec, SurveyOptimizer
+
+
+class Adadelta(SurveyOptimizer):
+    """Adadelta -- a drop-in ``torch.optim.Adadelta``; survey 2 §II-C, Zeiler (2012) Alg. 1.
+
+    .. math::
+        E[g^2]_t = \\rho E[g^2]_{t-1} + (1-\\rho) g_t^2 \\\\
+        \\Delta x_t = -\\frac{\\sqrt{E[\\Delta x^2]_{t-1} + \\epsilon}}
+                              {\\sqrt{E[g^2]_t + \\epsilon}}\\, g_t \\\\
+        E[\\Delta x^2]_t = \\rho E[\\Delta x^2]_{t-1} + (1-\\rho) \\Delta x_t^2 \\\\
+        x_{t+1} = x_t + \\eta\\, \\Delta x_t
+
+    with :math:`\\eta` = ``lr`` (1.0 in Zeiler's method and by default here).
+
+    Note: survey 2 prints the numerator as :math:`\\sqrt{\\Delta x_{t-1} + \\epsilon}` -- a typo;
+    Zeiler's paper (and this class, and torch.optim) use the running average of squared updates,
+    :math:`\\sqrt{E[\\Delta x^2]_{t-1} + \\epsilon}` (the RMS of past updates). torch.optim's
+    implementation *is* Zeiler's formula, so there is no switch.
+    ``state['square_avg']`` is :math:`E[g^2]`, ``state['acc_delta']`` is :math:`E[\\Delta x^2]`.
+    """
+
+    _hyperparameters = {
+        "lr": V.non_negative(allow_tensor=True),
+        "rho": V.unit_interval(closed_right=True),
+        "eps": V.non_negative(),
+        "weight_decay": V.non_negative(),
+        "capturable": V.boolean,
+        **V.COMMON_FLAGS,
+    }
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1.0,
+        rho: float = 0.9,
+        eps: float = 1e-6,
+        weight_decay: float = 0,
+        foreach: bool | None = None,
+        *,
+        capturable: bool = False,
+        maximize: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        defaults: dict[str, Any] = {
+            "lr": lr,
+            "rho": rho,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "maximize": maximize,
+            "capturable": capturable,
+            "foreach": foreach,
+            "differentiable": differentiable,
+        }
+        if fused is not None:  # torch.optim.Adadelta has no fused flag; add the key only if used
+            defaults["fused"] = fused
+        super().__init__(params, defaults)
+
+    def _state_spec(self, group: dict[str, Any]) -> list[StateSpec]:
+        return [
+            StateSpec("step", "scalar"),
+            StateSpec("square_avg", "tensor"),
+            StateSpec("acc_delta", "tensor"),
+        ]
+
+    @staticmethod
+    def _update(ops, param, grad, state, hp):
+        rho, eps = hp["rho"], hp["eps"]
+        state["step"] = state["step"] + 1
+        square_avg = ops.addcmul_(ops.mul_(state["square_avg"], rho), grad, grad, 1 - rho)
+        state["square_avg"] = square_avg
+        std = ops.sqrt_(ops.add(square_avg, eps))
+        delta = ops.sqrt_(ops.add(state["acc_delta"], eps))
+        delta = ops.mul_(ops.div_(delta, std), grad)
+        acc_delta = ops.addcmul_(ops.mul_(state["acc_delta"], rho), delta, delta, 1 - rho)
+        state["acc_delta"] = acc_delta
+        return ops.add_(param, delta, alpha=-hp["lr"])

@@ -1,0 +1,92 @@
+"""AdaGrad (Duchi, Hazan & Singer, 2011)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from . import _validation as V
+from ._base import StateSpec, SurveyOptimizer
+
+
+class Adagrad(SurveyOptimizer):
+    """AdaGrad -- a drop-in ``torch.optim.Adagrad``; survey 1 eq. (7), survey 2 §II-B.
+
+    .. math::
+        G_t = G_{t-1} + g_t^2, \\qquad
+        \\eta_t = \\frac{\\eta}{1 + (t-1)\\,\\text{lr\\_decay}}, \\qquad
+        \\theta_{t+1} = \\theta_t - \\eta_t \\frac{g_t}{\\sqrt{G_t} + \\epsilon}
+
+    (:math:`G_0` = ``initial_accumulator_value``). ``eps_inside_sqrt=True`` uses survey 2's
+    form :math:`g_t / \\sqrt{G_t + \\epsilon}` instead of survey 1's / torch.optim's
+    :math:`g_t / (\\sqrt{G_t} + \\epsilon)`.
+
+    Sparse gradients (``nn.Embedding(sparse=True)``) are supported: only the rows present in
+    the gradient are updated, exactly as torch.optim.Adagrad does. As in torch.optim, the state
+    is created in the constructor.
+    """
+
+    _hyperparameters = {
+        "lr": V.non_negative(allow_tensor=True),
+        "lr_decay": V.non_negative(),
+        "eps": V.non_negative(),
+        "weight_decay": V.non_negative(),
+        "initial_accumulator_value": V.non_negative(),
+        **V.COMMON_FLAGS,
+        "eps_inside_sqrt": V.boolean,
+    }
+    _switches = ("eps_inside_sqrt",)
+    _supports_sparse = True
+    _has_capturable = False
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-2,
+        lr_decay: float = 0,
+        weight_decay: float = 0,
+        initial_accumulator_value: float = 0,
+        eps: float = 1e-10,
+        foreach: bool | None = None,
+        *,
+        maximize: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        eps_inside_sqrt: bool = False,
+    ) -> None:
+        defaults: dict[str, Any] = {
+            "lr": lr,
+            "lr_decay": lr_decay,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "initial_accumulator_value": initial_accumulator_value,
+            "foreach": foreach,
+            "maximize": maximize,
+            "differentiable": differentiable,
+            "fused": fused,
+        }
+        if eps_inside_sqrt is not False:
+            defaults["eps_inside_sqrt"] = eps_inside_sqrt
+        super().__init__(params, defaults)
+        # torch.optim.Adagrad creates its state up front; so does this class (same state_dict)
+        for group in self.param_groups:
+            for param in group["params"]:
+                self.state[param].update(self._new_state(group, param))
+
+    def _state_spec(self, group: dict[str, Any]) -> list[StateSpec]:
+        return [
+            StateSpec("step", "scalar"),
+            StateSpec("sum", "tensor", float(group["initial_accumulator_value"])),
+        ]
+
+    @staticmethod
+    def _update(ops, param, grad, state, hp):
+        step = state["step"] = state["step"] + 1
+        clr = hp["lr"] / (1 + (step - 1) * hp["lr_decay"])
+        accumulated = state["sum"] = ops.addcmul_(state["sum"], grad, grad, 1)
+        if hp.get("eps_inside_sqrt", False):
+            std = ops.sqrt_(ops.add(accumulated, hp["eps"]))
+        else:
+            std = ops.add_(ops.sqrt(accumulated), hp["eps"])
+        return ops.addcdiv_(param, grad, std, -clr)

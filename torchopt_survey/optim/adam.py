@@ -1,0 +1,183 @@
+"""Adam (Kingma & Ba, 2015), AdamW (Loshchilov & Hutter, 2019) and AMSGrad (Reddi et al., 2018)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from . import _validation as V
+from ._base import StateSpec, SurveyOptimizer
+
+
+class Adam(SurveyOptimizer):
+    """Adam -- a drop-in ``torch.optim.Adam``; survey 1 §III-G, survey 2 §IV.
+
+    .. math::
+        m_t = \\beta_1 m_{t-1} + (1-\\beta_1) g_t, \\qquad
+        v_t = \\beta_2 v_{t-1} + (1-\\beta_2) g_t^2 \\\\
+        \\hat m_t = \\frac{m_t}{1-\\beta_1^t}, \\qquad \\hat v_t = \\frac{v_t}{1-\\beta_2^t},
+        \\qquad \\theta_{t+1} = \\theta_t - \\frac{\\alpha\\, \\hat m_t}{\\sqrt{\\hat v_t}+\\epsilon}
+
+    ``amsgrad=True`` divides by :math:`\\sqrt{\\hat v^{max}_t}` with
+    :math:`v^{max}_t = \\max(v^{max}_{t-1}, v_t)` (see :class:`AMSGrad`).
+    ``decoupled_weight_decay=True`` is :class:`AdamW`.
+    ``bias_correction=False`` drops both bias corrections (survey 1's AMSGrad form).
+    """
+
+    _hyperparameters = {
+        "lr": V.non_negative(allow_tensor=True),
+        "betas": V.betas(allow_tensor=True),
+        "eps": V.non_negative(),
+        "weight_decay": V.non_negative(),
+        "amsgrad": V.boolean,
+        "capturable": V.boolean,
+        "decoupled_weight_decay": V.boolean,
+        **V.COMMON_FLAGS,
+        "bias_correction": V.boolean,
+    }
+    _switches = ("bias_correction",)
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
+        bias_correction: bool = True,
+    ) -> None:
+        if isinstance(betas, list):
+            betas = tuple(betas)
+        defaults: dict[str, Any] = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "amsgrad": amsgrad,
+            "maximize": maximize,
+            "foreach": foreach,
+            "capturable": capturable,
+            "differentiable": differentiable,
+            "fused": fused,
+            "decoupled_weight_decay": decoupled_weight_decay,
+        }
+        if bias_correction is not True:
+            defaults["bias_correction"] = bias_correction
+        super().__init__(params, defaults)
+
+    def _state_spec(self, group: dict[str, Any]) -> list[StateSpec]:
+        spec = [
+            StateSpec("step", "scalar"),
+            StateSpec("exp_avg", "tensor"),
+            StateSpec("exp_avg_sq", "tensor"),
+        ]
+        if group["amsgrad"]:
+            spec.append(StateSpec("max_exp_avg_sq", "tensor"))
+        return spec
+
+    @staticmethod
+    def _update(ops, param, grad, state, hp):
+        beta1, beta2 = hp["betas"]
+        step = state["step"] = state["step"] + 1
+        exp_avg = state["exp_avg"] = ops.lerp_(state["exp_avg"], grad, 1 - beta1)
+        second = ops.addcmul_(ops.mul_(state["exp_avg_sq"], beta2), grad, grad, 1 - beta2)
+        state["exp_avg_sq"] = second
+        if hp["amsgrad"]:
+            second = state["max_exp_avg_sq"] = ops.maximum_(state["max_exp_avg_sq"], second)
+        denom = ops.sqrt(second)
+        step_size = hp["lr"]
+        if hp.get("bias_correction", True):
+            step_size = step_size / (1 - beta1**step)
+            denom = ops.div_(denom, (1 - beta2**step) ** 0.5)
+        denom = ops.add_(denom, hp["eps"])
+        return ops.addcdiv_(param, exp_avg, denom, -step_size)
+
+
+class AdamW(Adam):
+    """AdamW -- a drop-in ``torch.optim.AdamW``: Adam with decoupled weight decay.
+
+    .. math:: \\theta_t \\leftarrow \\theta_{t-1}(1 - \\alpha\\lambda), \\text{ then the Adam step}
+
+    (``weight_decay`` :math:`\\lambda` defaults to 1e-2).
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        super().__init__(
+            params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
+            capturable=capturable, differentiable=differentiable, fused=fused,
+            decoupled_weight_decay=True,
+        )
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True
+
+
+class AMSGrad(Adam):
+    """AMSGrad -- Adam with a running maximum of the second moment (``Adam(amsgrad=True)``).
+
+    Default (``bias_correction=True``), identical to ``torch.optim.Adam(amsgrad=True)``:
+
+    .. math::
+        v^{max}_t = \\max(v^{max}_{t-1}, v_t), \\qquad
+        \\theta_{t+1} = \\theta_t - \\frac{\\alpha}{1-\\beta_1^t}
+            \\frac{m_t}{\\sqrt{v^{max}_t / (1-\\beta_2^t)} + \\epsilon}
+
+    ``bias_correction=False`` is survey 1 §III-H as written (Reddi et al.'s algorithm):
+
+    .. math::
+        \\hat v_t = \\max(\\hat v_{t-1}, v_t), \\qquad
+        \\theta_{t+1} = \\theta_t - \\frac{\\eta}{\\sqrt{\\hat v_t} + \\epsilon} m_t
+
+    (the survey prints :math:`\\max(v_{t-1}, v_t)`; the maximum is over all past
+    :math:`v`, as its own text and Reddi et al. say.)
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = True,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
+        bias_correction: bool = True,
+    ) -> None:
+        if amsgrad is not True:
+            raise ValueError(f"Invalid amsgrad: {amsgrad!r} (AMSGrad requires amsgrad=True)")
+        super().__init__(
+            params, lr, betas, eps, weight_decay, True, foreach=foreach, maximize=maximize,
+            capturable=capturable, differentiable=differentiable, fused=fused,
+            decoupled_weight_decay=decoupled_weight_decay, bias_correction=bias_correction,
+        )

@@ -1,0 +1,78 @@
+"""AdaMax (Kingma & Ba, 2015, §7.1)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from . import _validation as V
+from ._base import StateSpec, SurveyOptimizer
+
+
+class Adamax(SurveyOptimizer):
+    """AdaMax -- a drop-in ``torch.optim.Adamax``: Adam with the infinity norm (survey 2 §IV-B).
+
+    .. math::
+        m_t = \\beta_1 m_{t-1} + (1-\\beta_1) g_t, \\qquad
+        u_t = \\max(\\beta_2 u_{t-1}, |g_t| + \\epsilon), \\qquad
+        \\theta_{t+1} = \\theta_t - \\frac{\\alpha}{1-\\beta_1^t} \\frac{m_t}{u_t}
+
+    (Kingma & Ba write :math:`|g_t|`; torch.optim adds :math:`\\epsilon` inside the maximum so
+    the division is safe, and so does this class.) ``state['exp_inf']`` is :math:`u_t`.
+    """
+
+    _hyperparameters = {
+        "lr": V.non_negative(allow_tensor=True),
+        "betas": V.betas(),
+        "eps": V.non_negative(),
+        "weight_decay": V.non_negative(),
+        "capturable": V.boolean,
+        **V.COMMON_FLAGS,
+    }
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        foreach: bool | None = None,
+        *,
+        maximize: bool = False,
+        differentiable: bool = False,
+        capturable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        if isinstance(betas, list):
+            betas = tuple(betas)
+        defaults: dict[str, Any] = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "foreach": foreach,
+            "maximize": maximize,
+            "differentiable": differentiable,
+            "capturable": capturable,
+        }
+        if fused is not None:  # torch.optim.Adamax has no fused flag; add the key only if used
+            defaults["fused"] = fused
+        super().__init__(params, defaults)
+
+    def _state_spec(self, group: dict[str, Any]) -> list[StateSpec]:
+        return [
+            StateSpec("step", "scalar"),
+            StateSpec("exp_avg", "tensor"),
+            StateSpec("exp_inf", "tensor"),
+        ]
+
+    @staticmethod
+    def _update(ops, param, grad, state, hp):
+        beta1, beta2 = hp["betas"]
+        step = state["step"] = state["step"] + 1
+        exp_avg = state["exp_avg"] = ops.lerp_(state["exp_avg"], grad, 1 - beta1)
+        exp_inf = ops.maximum_(ops.mul_(state["exp_inf"], beta2), ops.add_(ops.abs(grad), hp["eps"]))
+        state["exp_inf"] = exp_inf
+        return ops.addcdiv_(param, exp_avg, exp_inf, -hp["lr"] / (1 - beta1**step))

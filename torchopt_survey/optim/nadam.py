@@ -1,0 +1,97 @@
+"""NAdam (Dozat, 2016)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from . import _validation as V
+from ._base import StateSpec, SurveyOptimizer
+
+
+class NAdam(SurveyOptimizer):
+    """NAdam -- a drop-in ``torch.optim.NAdam``: Adam with Nesterov momentum (survey 2 §IV).
+
+    With the momentum schedule :math:`\\mu_t = \\beta_1 (1 - \\tfrac12 0.96^{t\\psi})`
+    (:math:`\\psi` = ``momentum_decay``):
+
+    .. math::
+        m_t = \\beta_1 m_{t-1} + (1-\\beta_1) g_t, \\qquad
+        v_t = \\beta_2 v_{t-1} + (1-\\beta_2) g_t^2, \\qquad
+        \\hat v_t = v_t / (1-\\beta_2^t) \\\\
+        \\theta_{t+1} = \\theta_t
+          - \\gamma \\frac{1-\\mu_t}{1-\\prod_{i\\le t}\\mu_i}\\frac{g_t}{\\sqrt{\\hat v_t}+\\epsilon}
+          - \\gamma \\frac{\\mu_{t+1}}{1-\\prod_{i\\le t+1}\\mu_i}
+              \\frac{m_t}{\\sqrt{\\hat v_t}+\\epsilon}
+
+    ``state['mu_product']`` holds :math:`\\prod_{i \\le t} \\mu_i`.
+    """
+
+    _hyperparameters = {
+        "lr": V.non_negative(allow_tensor=True),
+        "betas": V.betas(),
+        "eps": V.non_negative(),
+        "weight_decay": V.non_negative(),
+        "momentum_decay": V.non_negative(),
+        "decoupled_weight_decay": V.boolean,
+        "capturable": V.boolean,
+        **V.COMMON_FLAGS,
+    }
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        momentum_decay: float = 4e-3,
+        decoupled_weight_decay: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        if isinstance(betas, list):
+            betas = tuple(betas)
+        defaults: dict[str, Any] = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "momentum_decay": momentum_decay,
+            "decoupled_weight_decay": decoupled_weight_decay,
+            "maximize": maximize,
+            "foreach": foreach,
+            "capturable": capturable,
+            "differentiable": differentiable,
+        }
+        if fused is not None:  # torch.optim.NAdam has no fused flag; add the key only if used
+            defaults["fused"] = fused
+        super().__init__(params, defaults)
+
+    def _state_spec(self, group: dict[str, Any]) -> list[StateSpec]:
+        return [
+            StateSpec("step", "scalar"),
+            StateSpec("mu_product", "scalar", 1.0),
+            StateSpec("exp_avg", "tensor"),
+            StateSpec("exp_avg_sq", "tensor"),
+        ]
+
+    @staticmethod
+    def _update(ops, param, grad, state, hp):
+        beta1, beta2 = hp["betas"]
+        lr, decay = hp["lr"], hp["momentum_decay"]
+        step = state["step"] = state["step"] + 1
+        mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * decay))
+        mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * decay))
+        mu_product = state["mu_product"] = state["mu_product"] * mu
+        exp_avg = state["exp_avg"] = ops.lerp_(state["exp_avg"], grad, 1 - beta1)
+        exp_avg_sq = ops.addcmul_(ops.mul_(state["exp_avg_sq"], beta2), grad, grad, 1 - beta2)
+        state["exp_avg_sq"] = exp_avg_sq
+        denom = ops.add_(ops.sqrt_(ops.div(exp_avg_sq, 1 - beta2**step)), hp["eps"])
+        param = ops.addcdiv_(param, grad, denom, -lr * (1.0 - mu) / (1.0 - mu_product))
+        return ops.addcdiv_(param, exp_avg, denom, -lr * mu_next / (1.0 - mu_product * mu_next))

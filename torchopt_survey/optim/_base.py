@@ -567,7 +567,9 @@ class SurveyOptimizer(Optimizer):
                 param_of_id[saved_id] = (param, merged)
         for saved_id, entries in saved_state.items():
             if saved_id not in param_of_id:
-                raise ValueError(f"state_dict['state'] has an entry for unknown parameter {saved_id}")
+                raise ValueError(
+                    f"state_dict['state'] has an entry for unknown parameter {saved_id}"
+                )
             param, merged = param_of_id[saved_id]
             spec = {entry.name: entry for entry in self._state_spec(merged)}
             if not isinstance(entries, dict):

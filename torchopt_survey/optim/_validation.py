@@ -93,7 +93,8 @@ def optional_boolean(name: str, value: Any) -> None:
 def one_of(*choices: Any) -> Check:
     def check(name: str, value: Any) -> None:
         if value not in choices:
-            raise ValueError(f"Invalid {name}: {value!r} (choose from {', '.join(map(repr, choices))})")
+            options = ", ".join(map(repr, choices))
+            raise ValueError(f"Invalid {name}: {value!r} (choose from {options})")
 
     return check
 

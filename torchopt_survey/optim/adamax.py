@@ -73,6 +73,7 @@ class Adamax(SurveyOptimizer):
         beta1, beta2 = hp["betas"]
         step = state["step"] = state["step"] + 1
         exp_avg = state["exp_avg"] = ops.lerp_(state["exp_avg"], grad, 1 - beta1)
-        exp_inf = ops.maximum_(ops.mul_(state["exp_inf"], beta2), ops.add_(ops.abs(grad), hp["eps"]))
+        bound = ops.add_(ops.abs(grad), hp["eps"])
+        exp_inf = ops.maximum_(ops.mul_(state["exp_inf"], beta2), bound)
         state["exp_inf"] = exp_inf
         return ops.addcdiv_(param, exp_avg, exp_inf, -hp["lr"] / (1 - beta1**step))

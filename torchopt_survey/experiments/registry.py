@@ -1,0 +1,77 @@
+"""Optimizer registry: lowercase name -> (optimizer class, paper default kwargs).
+
+Every entry is one of torchopt_survey's drop-in ``torch.optim.Optimizer`` subclasses; the
+default kwargs are the survey settings (lr 0.01 everywhere, momentum 0.9 for Momentum/NAG).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+
+import torchopt_survey as _tos
+
+PAPER_LR = 0.01
+
+# Order is the order of the surveys' tables and of our figures' legends.
+OPTIMIZERS: Mapping[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
+    "sgd": (_tos.SGD, {"lr": PAPER_LR}),
+    "momentum": (_tos.Momentum, {"lr": PAPER_LR, "momentum": 0.9}),
+    "nag": (_tos.NAG, {"lr": PAPER_LR, "momentum": 0.9, "nesterov": True}),
+    "adagrad": (_tos.Adagrad, {"lr": PAPER_LR}),
+    "adadelta": (_tos.Adadelta, {"lr": PAPER_LR}),
+    "rmsprop": (_tos.RMSprop, {"lr": PAPER_LR}),
+    "adam": (_tos.Adam, {"lr": PAPER_LR}),
+    "adamw": (_tos.AdamW, {"lr": PAPER_LR}),
+    "amsgrad": (_tos.AMSGrad, {"lr": PAPER_LR}),
+    "nadam": (_tos.NAdam, {"lr": PAPER_LR}),
+    "adamax": (_tos.Adamax, {"lr": PAPER_LR}),
+}
+
+OPTIMIZER_NAMES: tuple[str, ...] = tuple(OPTIMIZERS)
+
+
+def resolve_optimizer_names(names: str | Iterable[str]) -> list[str]:
+    """Expand ``"all"`` and validate names; raises ValueError listing the valid choices."""
+    if isinstance(names, str):
+        names = [names]
+    out: list[str] = []
+    for raw in names:
+        if not isinstance(raw, str):
+            raise TypeError(f"optimizers: expected optimizer names (str), got {raw!r}")
+        name = raw.lower()
+        if name == "all":
+            out.extend(n for n in OPTIMIZER_NAMES if n not in out)
+        elif name in OPTIMIZERS:
+            if name not in out:
+                out.append(name)
+        else:
+            raise ValueError(
+                f"optimizers: unknown optimizer {raw!r}; valid choices: all, "
+                + ", ".join(OPTIMIZER_NAMES)
+            )
+    if not out:
+        raise ValueError(
+            "optimizers: empty list; valid choices: all, " + ", ".join(OPTIMIZER_NAMES)
+        )
+    return out
+
+
+def build_optimizer(
+    name: str,
+    params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+    overrides: Mapping[str, Any] | None = None,
+) -> torch.optim.Optimizer:
+    """Instantiate optimizer ``name`` with the paper defaults updated by ``overrides``."""
+    (name,) = resolve_optimizer_names([name])
+    cls, defaults = OPTIMIZERS[name]
+    kwargs = {**defaults, **(overrides or {})}
+    return cls(params, **kwargs)
+
+
+def optimizer_hparams(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The effective constructor kwargs of ``name`` (for logging)."""
+    _, defaults = OPTIMIZERS[name]
+    return {**defaults, **(overrides or {})}

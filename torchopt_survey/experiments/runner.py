@@ -1,0 +1,295 @@
+"""Run management: one TensorBoard run per (experiment, variant, optimizer, seed), per-epoch
+atomic checkpoints, ``--resume``, and parallel worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import load_checkpoint, load_json, save_checkpoint, save_json
+
+CHECKPOINT = "checkpoint.pt"
+RESULT = "result.json"
+# Loss curves in result.json are averaged down to at most this many points.
+CURVE_POINTS = 2000
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Runtime options that do not change a run's results (not part of its identity)."""
+
+    logdir: str = "runs"
+    device: str = "auto"
+    data_dir: str | None = None
+    resume: bool = False
+    quiet: bool = False
+    threads: int | None = None
+    deterministic: bool = True
+
+
+def run_id(spec: dict[str, Any]) -> str:
+    """Relative run folder, e.g. ``mnist/mnist-minibatch/adam/seed0``."""
+    return f"{spec['experiment']}/{spec['variant']}/{spec['optimizer']}/seed{spec['seed']}"
+
+
+def normalise(spec: dict[str, Any]) -> dict[str, Any]:
+    """JSON round trip so specs from YAML, checkpoints and result files compare equal."""
+    return json.loads(json.dumps(spec, sort_keys=True))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ValueError(f"device: unknown device {name!r}; valid choices: auto, cpu, cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' requested but no CUDA device is available; use cpu/auto")
+    return torch.device(name)
+
+
+def make_task(spec: dict[str, Any], device: torch.device, data_dir: str | None) -> Any:
+    if spec["experiment"] == "mnist":
+        from .mnist import MnistTask
+
+        return MnistTask(spec, device, data_dir)
+    from .karate import KarateTask
+
+    return KarateTask(spec, device, data_dir)
+
+
+def set_determinism(enabled: bool, device: torch.device) -> None:
+    """Deterministic kernels (needed for bit-identical resume on GPU; CPU kernels used here are
+    deterministic at a fixed thread count anyway)."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def _downsample(losses: torch.Tensor, points: int = CURVE_POINTS) -> tuple[list[int], list[float]]:
+    """Window means of the per-step losses; x is the (1-based) last step of each window."""
+    n = losses.numel()
+    w = max(1, -(-n // points))
+    k = n // w
+    xs = [(i + 1) * w for i in range(k)]
+    ys = losses[: k * w].double().reshape(k, w).mean(1).tolist()
+    if k * w < n:
+        xs.append(n)
+        ys.append(float(losses[k * w :].double().mean()))
+    return xs, ys
+
+
+def _clear_run_dir(run_dir: Path) -> None:
+    """Remove our own files of an earlier attempt (events, checkpoint, result)."""
+    if not run_dir.is_dir():
+        return
+    for p in run_dir.iterdir():
+        if p.name.startswith("events.out.tfevents") or p.name in (CHECKPOINT, RESULT):
+            p.unlink()
+        elif p.name.endswith(".tmp"):
+            p.unlink()
+
+
+def _log_hparams(writer: Any, hparams: dict[str, Any], metric_tags: Sequence[str]) -> None:
+    """Write the hparams plugin summaries into the run itself (not a timestamped sub-run), so
+    the HParams dashboard links each run to its own scalar tags."""
+    from torch.utils.tensorboard.summary import hparams as hp_summary
+
+    clean = {
+        k: (v if isinstance(v, int | float | str | bool) else str(v)) for k, v in hparams.items()
+    }
+    exp, ssi, sei = hp_summary(clean, {tag: 0.0 for tag in metric_tags})
+    fw = writer._get_file_writer()
+    for summary in (exp, ssi, sei):
+        fw.add_summary(summary)
+
+
+def execute_run(
+    spec: dict[str, Any],
+    opts: RunOptions,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train one run to the end (or resume it); returns its result dict.
+
+    The result is written atomically to ``result.json`` only when every epoch is done; a
+    checkpoint is written atomically after every epoch.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    spec = normalise(spec)
+    run_dir = Path(opts.logdir) / run_id(spec)
+    result_path, ckpt_path = run_dir / RESULT, run_dir / CHECKPOINT
+    if opts.resume and result_path.is_file():
+        try:
+            done = load_json(result_path)
+            if done.get("spec") == spec:
+                return {**done, "skipped": True}
+        except (OSError, ValueError):
+            pass  # unreadable result: train again
+    state = None
+    if opts.resume and ckpt_path.is_file():
+        try:
+            state = load_checkpoint(ckpt_path)
+            if state.get("spec") != spec:
+                state = None  # a different experiment lived here: start over
+        except Exception:  # a checkpoint we cannot read is no better than none
+            state = None
+    device = resolve_device(opts.device)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    set_determinism(opts.deterministic, device)
+    # Build the task (loads data) before touching the run folder: a data error leaves nothing.
+    task = make_task(spec, device, opts.data_dir)
+    epochs, spe = spec["epochs"], task.steps_per_epoch
+    step_losses = torch.full((epochs * spe,), float("nan"))
+    history: dict[str, list[float]] = {}
+    start_epoch, elapsed = 0, 0.0
+    if state is not None:
+        task.load_state_dict(state["task"])
+        history = {k: list(v) for k, v in state["history"].items()}
+        step_losses = state["step_losses"].clone()
+        start_epoch, elapsed = int(state["epoch"]), float(state["elapsed"])
+    else:
+        _clear_run_dir(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # purge_step drops events a killed attempt logged after its last checkpoint.
+    writer = SummaryWriter(
+        str(run_dir), purge_step=start_epoch * spe + 1 if state is not None else None
+    )
+    try:
+        if state is None:
+            metric_tags = ["test/accuracy", "train/loss_epoch"]
+            if spec["experiment"] == "karate":
+                metric_tags += ["test/auc", "train/accuracy", "train/auc"]
+            _log_hparams(writer, task.hparams(), metric_tags)
+        log_every = int(spec.get("log_every", 1))
+        for epoch in range(start_epoch + 1, epochs + 1):
+            t0 = time.perf_counter()
+            base = (epoch - 1) * spe
+
+            def progress(done: int, loss: float, base: int = base, epoch: int = epoch) -> None:
+                if on_progress is not None:
+                    on_progress(
+                        {"step": base + done, "epoch": epoch, "loss": loss, "total": epochs * spe}
+                    )
+
+            metrics = task.train_epoch(epoch, step_losses[base : base + spe], progress)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            train_time = time.perf_counter() - t0
+            metrics.update(task.evaluate())
+            epoch_time = time.perf_counter() - t0
+            elapsed += epoch_time
+            metrics["time/epoch_seconds"] = epoch_time
+            metrics["time/train_seconds"] = train_time
+            for k, v in metrics.items():
+                history.setdefault(k, []).append(v)
+            # Per-step loss (as the mean of each log_every window) on the global-step axis.
+            ep_losses = step_losses[base : base + spe]
+            for j in range(0, spe, log_every):
+                window = ep_losses[j : j + log_every]
+                writer.add_scalar("train/loss", float(window.double().mean()), base + j + 1)
+            for k, v in metrics.items():
+                writer.add_scalar(k, v, epoch)
+            writer.flush()  # events up to this checkpoint must survive a SIGKILL
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "format": 1,
+                    "spec": spec,
+                    "epoch": epoch,
+                    "elapsed": elapsed,
+                    "task": task.state_dict(),
+                    "history": history,
+                    "step_losses": step_losses,
+                },
+            )
+            if on_progress is not None:
+                on_progress({"step": base + spe, "epoch": epoch, "total": epochs * spe, **metrics})
+    finally:
+        writer.close()
+    xs, ys = _downsample(step_losses)
+    acc = history.get("test/accuracy", [])
+    result = {
+        "spec": spec,
+        "run_id": run_id(spec),
+        "history": history,
+        "loss_curve": {"step": xs, "loss": ys, "steps_per_epoch": spe},
+        "wall_time_s": elapsed,
+        "final": {k: v[-1] for k, v in history.items()},
+        "best_test_accuracy": max(acc) if acc else None,
+        "device": str(device),
+        "torch": torch.__version__,
+    }
+    save_json(result_path, result)
+    return {**result, "skipped": False}
+
+
+# --------------------------------------------------------------------------- many runs
+
+
+def _expected_cost(spec: dict[str, Any]) -> float:
+    """Rough relative cost, so the longest runs start first across workers."""
+    if spec["experiment"] == "mnist":
+        n = spec["train_subset"] or 60000
+        bs = n if spec["batch_size"] == "full" else min(int(spec["batch_size"]), n)
+        steps = -(-n // bs)
+        return spec["epochs"] * (steps * 0.25e-3 + n * 0.02e-3)
+    return spec["epochs"] * 1e-3
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _worker_run(spec: dict[str, Any], opts: RunOptions) -> dict[str, Any]:
+    return execute_run(spec, opts)
+
+
+def run_many(
+    specs: Sequence[dict[str, Any]],
+    opts: RunOptions,
+    workers: int = 1,
+    progress_factory: Callable[[dict[str, Any], int], Any] | None = None,
+    on_done: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run all specs (longest first); with ``workers > 1`` in spawned processes with
+    ``opts.threads`` threads each. Each finished run is on disk as soon as it ends."""
+    order = sorted(range(len(specs)), key=lambda i: -_expected_cost(specs[i]))
+    results: list[dict[str, Any] | None] = [None] * len(specs)
+    if workers <= 1:
+        for i in order:
+            bar = progress_factory(specs[i], 0) if progress_factory else None
+            try:
+                res = execute_run(specs[i], opts, bar.update_from if bar else None)
+            finally:
+                if bar is not None:
+                    bar.close()
+            results[i] = res
+            if on_done:
+                on_done(res)
+        return [r for r in results if r is not None]
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=ctx,
+        initializer=_worker_init,
+        initargs=(opts.threads or 1,),
+    ) as pool:
+        futures = {pool.submit(_worker_run, specs[i], opts): i for i in order}
+        for fut in as_completed(futures):
+            res = fut.result()
+            results[futures[fut]] = res
+            if on_done:
+                on_done(res)
+    return [r for r in results if r is not None]

@@ -1,0 +1,126 @@
+"""Config, registry and CLI argument errors of the experiments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from torchopt_survey.experiments import cli
+from torchopt_survey.experiments.config import default_config, load_config_file, merge, validate
+from torchopt_survey.experiments.registry import (
+    OPTIMIZER_NAMES,
+    OPTIMIZERS,
+    build_optimizer,
+    resolve_optimizer_names,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_registry_names_and_paper_defaults() -> None:
+    assert OPTIMIZER_NAMES == (
+        "sgd", "momentum", "nag", "adagrad", "adadelta", "rmsprop",
+        "adam", "adamw", "amsgrad", "nadam", "adamax",
+    )  # fmt: skip
+    import torchopt_survey
+
+    for name, (cls, kwargs) in OPTIMIZERS.items():
+        assert cls.__module__.startswith("torchopt_survey"), name
+        assert issubclass(cls, torch.optim.Optimizer)
+        assert kwargs["lr"] == 0.01
+    assert OPTIMIZERS["adam"][0] is torchopt_survey.Adam
+    assert OPTIMIZERS["momentum"][1]["momentum"] == 0.9
+    assert OPTIMIZERS["nag"][1]["nesterov"] is True
+
+
+@pytest.mark.parametrize("name", OPTIMIZER_NAMES)
+def test_every_optimizer_builds_and_steps(name: str) -> None:
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = build_optimizer(name, [p])
+    assert opt.param_groups[0]["lr"] == 0.01
+    (p**2).sum().backward()
+    opt.step()
+    assert not torch.equal(p.detach(), torch.ones(3))
+
+
+def test_resolve_optimizer_names() -> None:
+    assert resolve_optimizer_names(["Adam", "sgd", "adam"]) == ["adam", "sgd"]
+    assert resolve_optimizer_names("all") == list(OPTIMIZER_NAMES)
+    with pytest.raises(ValueError, match="valid choices: all, sgd, momentum"):
+        resolve_optimizer_names(["adamz"])
+
+
+def test_paper_configs_match_builtin_defaults() -> None:
+    for exp in ("mnist", "karate"):
+        data = load_config_file(ROOT / "configs" / f"{exp}_paper.yaml")
+        base = default_config(exp)
+        if "regimes" in data:
+            base["regimes"] = {}
+        assert validate(merge(base, data)) == validate(default_config(exp))
+    mnist = validate(default_config("mnist"))
+    assert mnist["activation"] == "linear" and mnist["hidden"] == 500 and mnist["epochs"] == 10
+    assert mnist["regimes"]["minibatch"]["batch_size"] == 64
+    assert mnist["regimes"]["sgd"]["batch_size"] == 1
+    assert mnist["regimes"]["gd"]["batch_size"] == "full"
+    assert len(validate(default_config("karate"))["seeds"]) >= 10
+
+
+def _args(*argv: str):
+    return cli.build_parser().parse_args(list(argv))
+
+
+def test_cli_overrides_and_set() -> None:
+    (cfg,) = cli.build_configs(
+        _args("mnist", "--optimizers", "adam", "sgd", "--epochs", "2", "--regimes", "minibatch",
+              "--set", "hidden=32", "--set", "regimes.minibatch.batch_size=16")
+    )  # fmt: skip
+    assert list(cfg["regimes"]) == ["minibatch"]
+    assert cfg["regimes"]["minibatch"] == {"batch_size": 16, "optimizers": ["adam", "sgd"]}
+    assert cfg["epochs"] == 2 and cfg["hidden"] == 32
+    cfgs = cli.build_configs(_args("all", "--set", "karate.epochs=5", "--seeds", "3"))
+    assert [c["experiment"] for c in cfgs] == ["mnist", "karate"]
+    assert cfgs[1]["epochs"] == 5 and cfgs[0]["epochs"] == 10
+    assert cfgs[0]["seeds"] == [3] == cfgs[1]["seeds"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["mnist", "--optimizers", "adamz"], "valid choices: all, sgd, momentum, nag"),
+        (["karate", "--set", "bogus=1"], "valid keys:"),
+        (["mnist", "--regimes", "tiny"], "valid choices: gd, sgd, minibatch"),
+        (["karate", "--models", "mlp"], "valid choices: paper, gcn"),
+        (["mnist", "--dataset", "cifar"], "fashionmnist"),  # argparse quoting varies
+        (["mnist", "--device", "tpu"], "valid choices: auto, cpu, cuda"),
+        (["mnist", "--set", "regimes.gd.batch_size=0"], "batch_size"),
+        (["frobnicate"], "report"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_choices(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(cli.main([*argv, "--logdir", str(tmp_path / "runs")]))
+    assert exc.value.code == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_config_file_of_wrong_experiment_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="'karate' config"):
+        cli.build_configs(_args("mnist", "--config", str(ROOT / "configs" / "karate_paper.yaml")))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("experiment: mnist\nlearning_rate: 0.1\n")
+    with pytest.raises(ValueError, match="unknown key 'learning_rate'"):
+        cli.build_configs(_args("mnist", "--config", str(bad)))
+
+
+def test_help_explains_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--config", "--optimizers", "--seeds", "--epochs", "--device", "--data-dir",
+                 "--logdir", "--resume", "--quiet", "--dataset", "--edge-list", "--set"):  # fmt: skip
+        assert flag in text

@@ -1,0 +1,370 @@
+"""``report``: finished runs -> figures (paper Figs. 1-4), a results table and claim verdicts."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import load_json
+from .registry import OPTIMIZER_NAMES
+from .runner import RESULT, normalise
+
+# The surveys' claims, as optimizer groups compared on one metric.
+MNIST_WINNERS = ("adagrad", "amsgrad", "adam")
+MNIST_LOSERS = ("momentum", "nag", "rmsprop")
+ADAPTIVE = ("adagrad", "adadelta", "rmsprop", "adam", "adamw", "amsgrad", "nadam", "adamax")
+NON_ADAPTIVE = ("sgd", "momentum", "nag")
+
+
+def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
+    vals = [float(x) for x in xs]
+    if not vals:
+        return math.nan, math.nan
+    m = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return m, 0.0
+    return m, math.sqrt(sum((x - m) ** 2 for x in vals) / (len(vals) - 1))
+
+
+def load_results(logdir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every finished run (``result.json``) under ``logdir``."""
+    root = Path(logdir)
+    if not root.is_dir():
+        raise ValueError(f"--logdir: {root} does not exist; run an experiment first")
+    out = []
+    for path in sorted(root.rglob(RESULT)):
+        try:
+            res = load_json(path)
+        except (OSError, ValueError) as exc:
+            raise ValueError(
+                f"{path}: unreadable result file ({exc}); delete it and rerun"
+            ) from exc
+        res["spec"] = normalise(res["spec"])
+        out.append(res)
+    if not out:
+        raise ValueError(f"--logdir: no finished runs (no {RESULT}) under {root}")
+    return out
+
+
+Group = dict[tuple[str, str, str], list[dict[str, Any]]]
+
+
+def group_runs(results: Iterable[dict[str, Any]]) -> Group:
+    """(experiment, variant, optimizer) -> runs over seeds."""
+    groups: Group = defaultdict(list)
+    for r in results:
+        s = r["spec"]
+        groups[(s["experiment"], s["variant"], s["optimizer"])].append(r)
+    return dict(groups)
+
+
+def _opt_order(name: str) -> int:
+    return OPTIMIZER_NAMES.index(name) if name in OPTIMIZER_NAMES else len(OPTIMIZER_NAMES)
+
+
+def summarize(groups: Group) -> list[dict[str, Any]]:
+    """One table row per (experiment, variant, optimizer)."""
+    rows = []
+    for (exp, variant, opt), runs in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], kv[0][1], _opt_order(kv[0][2]))
+    ):
+        row: dict[str, Any] = {
+            "experiment": exp,
+            "variant": variant,
+            "optimizer": opt,
+            "seeds": len(runs),
+            "epochs": runs[0]["spec"]["epochs"],
+        }
+        metrics = [("test_accuracy", "test/accuracy")]
+        if exp == "karate":
+            metrics.append(("test_auc", "test/auc"))
+        for label, tag in metrics:
+            final = [r["history"][tag][-1] for r in runs]
+            best = [max(r["history"][tag]) for r in runs]
+            row[f"final_{label}_mean"], row[f"final_{label}_std"] = _mean_std(final)
+            row[f"best_{label}_mean"], row[f"best_{label}_std"] = _mean_std(best)
+        row["final_train_loss_mean"], row["final_train_loss_std"] = _mean_std(
+            [r["history"]["train/loss_epoch"][-1] for r in runs]
+        )
+        row["wall_time_s_mean"], row["wall_time_s_std"] = _mean_std(
+            [r["wall_time_s"] for r in runs]
+        )
+        rows.append(row)
+    return rows
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+CSV_FIELDS = (
+    "experiment", "variant", "optimizer", "seeds", "epochs",
+    "final_test_accuracy_mean", "final_test_accuracy_std",
+    "best_test_accuracy_mean", "best_test_accuracy_std",
+    "final_test_auc_mean", "final_test_auc_std", "best_test_auc_mean", "best_test_auc_std",
+    "final_train_loss_mean", "final_train_loss_std", "wall_time_s_mean", "wall_time_s_std",
+)  # fmt: skip
+
+
+def table_csv(rows: Sequence[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: row.get(k, "") for k in CSV_FIELDS})
+    return buf.getvalue()
+
+
+def _pm(row: dict[str, Any], key: str, scale: float = 100.0, digits: int = 2) -> str:
+    if f"{key}_mean" not in row:
+        return ""
+    return f"{row[key + '_mean'] * scale:.{digits}f} ± {row[key + '_std'] * scale:.{digits}f}"
+
+
+def table_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    lines = []
+    by_variant: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_variant[(row["experiment"], row["variant"])].append(row)
+    for (exp, variant), vrows in by_variant.items():
+        seeds = sorted({r["seeds"] for r in vrows})
+        lines.append(f"### {exp}: {variant} ({'/'.join(map(str, seeds))} seeds, mean ± std)\n")
+        head = "| optimizer | final test acc % | best test acc % |"
+        sep = "|---|---:|---:|"
+        if exp == "karate":
+            head += " final test AUC % | best test AUC % |"
+            sep += "---:|---:|"
+        head += " final train loss | wall time s |"
+        sep += "---:|---:|"
+        lines += [head, sep]
+        for r in vrows:
+            cells = [r["optimizer"], _pm(r, "final_test_accuracy"), _pm(r, "best_test_accuracy")]
+            if exp == "karate":
+                cells += [_pm(r, "final_test_auc"), _pm(r, "best_test_auc")]
+            cells += [_pm(r, "final_train_loss", 1.0, 4), _pm(r, "wall_time_s", 1.0, 1)]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- claims
+
+
+def _compare(
+    rows: Sequence[dict[str, Any]], winners: Sequence[str], losers: Sequence[str], key: str
+) -> tuple[str, str] | None:
+    means = {r["optimizer"]: r[f"{key}_mean"] for r in rows if f"{key}_mean" in r}
+    a = [means[o] for o in winners if o in means]
+    b = [means[o] for o in losers if o in means]
+    if not a or not b:
+        return None
+    mean_a, mean_b = sum(a) / len(a), sum(b) / len(b)
+    if min(a) > max(b):
+        verdict = "confirmed"
+    elif mean_a > mean_b or max(a) > max(b):
+        verdict = "partly confirmed"
+    else:
+        verdict = "not confirmed"
+    detail = (
+        f"group means {100 * mean_a:.2f} vs {100 * mean_b:.2f}; "
+        f"worst of first group {100 * min(a):.2f}, best of second {100 * max(b):.2f} "
+        f"({key.replace('_', ' ')}, %)"
+    )
+    return verdict, detail
+
+
+def claims_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """Verdict per survey claim. Rule: *confirmed* if every optimizer of the first group beats
+    every one of the second on the mean over seeds; *partly* if the group means or the best
+    members are ordered as claimed; else *not confirmed*."""
+    out = ["| claim | data | verdict | evidence |", "|---|---|---|---|"]
+    by_variant: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_variant[(r["experiment"], r["variant"])].append(r)
+    for (exp, variant), vrows in by_variant.items():
+        if exp == "mnist" and variant.endswith("-minibatch"):
+            res = _compare(vrows, MNIST_WINNERS, MNIST_LOSERS, "final_test_accuracy")
+            claim = "Adagrad/AMSGrad/Adam beat Momentum/NAG/RMSProp on MNIST"
+        elif exp == "karate":
+            res = _compare(vrows, ADAPTIVE, NON_ADAPTIVE, "final_test_auc")
+            claim = "adaptive methods win on link prediction"
+        else:
+            continue
+        if res is not None:
+            out.append(f"| {claim} | {exp} {variant} | **{res[0]}** | {res[1]} |")
+    return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _mean_band(curves: Sequence[Sequence[float]]) -> tuple[list[float], list[float], list[float]]:
+    n = min(len(c) for c in curves)
+    mean, lo, hi = [], [], []
+    for i in range(n):
+        m, s = _mean_std([c[i] for c in curves])
+        mean.append(m)
+        lo.append(m - s)
+        hi.append(m + s)
+    return mean, lo, hi
+
+
+def _rebin(xs: Sequence[float], ys: Sequence[float], bins: int = 200) -> tuple[list, list]:
+    if len(xs) <= bins:
+        return list(xs), list(ys)
+    w = -(-len(xs) // bins)
+    bx, by = [], []
+    for i in range(0, len(xs), w):
+        chunk = ys[i : i + w]
+        bx.append(xs[min(i + w, len(xs)) - 1])
+        by.append(sum(chunk) / len(chunk))
+    return bx, by
+
+
+def _plot_series(
+    ax: Any, x: Sequence[float], curves: Sequence[Sequence[float]], label: str
+) -> None:
+    mean, lo, hi = _mean_band(curves)
+    x = list(x)[: len(mean)]
+    (line,) = ax.plot(x, mean, label=label, lw=1.4)
+    if len(curves) > 1:
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+
+
+def _loss_curves(runs: Sequence[dict[str, Any]]) -> tuple[list[float], list[list[float]]]:
+    """Per-step training loss (window means) on an epoch axis, re-binned for plotting."""
+    curves = []
+    xs: list[float] = []
+    for r in runs:
+        lc = r["loss_curve"]
+        spe = lc["steps_per_epoch"]
+        x = [s / spe for s in lc["step"]]
+        if spe == 1:  # one step per epoch: the curve is already per epoch
+            bx, by = x, lc["loss"]
+        else:
+            bx, by = _rebin(x, lc["loss"])
+        xs = bx
+        curves.append(by)
+    return xs, curves
+
+
+def _figure(
+    path: Path,
+    title: str,
+    series: Sequence[tuple[str, list[dict[str, Any]]]],
+    panels: Sequence[tuple[str, str]],
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
+    for ax, (tag, ylabel) in zip(axes[0], panels, strict=True):
+        for label, runs in series:
+            if tag == "train/loss":
+                x, curves = _loss_curves(runs)
+            else:
+                curves = [r["history"][tag] for r in runs]
+                x = list(range(1, len(curves[0]) + 1))
+            _plot_series(ax, x, curves, label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        if tag == "train/loss":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8, ncol=2)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp.png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        plt.close(fig)
+
+
+def write_figures(groups: Group, out: Path) -> list[Path]:
+    paths: list[Path] = []
+    variants: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = defaultdict(dict)
+    for (exp, variant, opt), runs in groups.items():
+        variants[(exp, variant)][opt] = runs
+    mnist_panels = [("train/loss", "training loss"), ("test/accuracy", "test accuracy")]
+    karate_panels = [
+        ("train/loss_epoch", "training loss"),
+        ("test/accuracy", "test accuracy"),
+        ("test/auc", "test ROC-AUC"),
+    ]
+    # Fig. 1: the GD / SGD / mini-batch regimes of plain SGD.
+    datasets = sorted({v.rsplit("-", 1)[0] for (e, v) in variants if e == "mnist"})
+    for ds in datasets:
+        series = []
+        for regime, label in (
+            ("gd", "GD (full batch)"),
+            ("sgd", "SGD (batch 1)"),
+            ("minibatch", "MBGD"),
+        ):
+            runs = variants.get(("mnist", f"{ds}-{regime}"), {}).get("sgd")
+            if runs:
+                series.append((label, runs))
+        if series:
+            name = "fig1_mnist_regimes.png" if ds == "mnist" else f"fig1_{ds}_regimes.png"
+            p = out / name
+            _figure(p, f"{ds}: gradient descent regimes (SGD optimizer)", series, mnist_panels)
+            paths.append(p)
+    for (exp, variant), by_opt in sorted(variants.items()):
+        series = [(o, by_opt[o]) for o in sorted(by_opt, key=_opt_order)]
+        if exp == "mnist":
+            regime = variant.rsplit("-", 1)[1]
+            if regime in ("gd", "sgd"):
+                if len(series) == 1 and series[0][0] == "sgd":
+                    continue  # already in Fig. 1
+            name = (
+                "fig2_mnist_optimizers.png"
+                if variant == "mnist-minibatch"
+                else f"fig_{variant}.png"
+            )
+            title = f"{variant}: optimizers"
+            panels = mnist_panels
+        else:
+            standard = {
+                "karate-paper": "fig3_karate_paper.png",
+                "karate-gcn": "fig4_karate_gcn.png",
+            }
+            name = standard.get(variant, f"fig_{variant}.png")
+            title = f"link prediction {variant}: optimizers"
+            panels = karate_panels
+        p = out / name
+        _figure(p, title, series, panels)
+        paths.append(p)
+    return paths
+
+
+def write_report(logdir: str | os.PathLike[str], out: str | os.PathLike[str]) -> list[Path]:
+    """Write figures, ``results.md``, ``results.csv`` and ``claims.md`` into ``out``."""
+    groups = group_runs(load_results(logdir))
+    rows = summarize(groups)
+    outp = Path(out)
+    paths = write_figures(groups, outp)
+    for name, text in (
+        ("results.csv", table_csv(rows)),
+        ("results.md", table_markdown(rows)),
+        ("claims.md", claims_markdown(rows)),
+    ):
+        _atomic_text(outp / name, text)
+        paths.append(outp / name)
+    return paths

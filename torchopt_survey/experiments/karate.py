@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,20 @@ def expand(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     return specs
 
 
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch's and Python's global RNGs (PyG's negative sampling draws from Python's
+    ``random``) for the block, restoring the callers' states afterwards."""
+    py_state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+
+
 def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     """ROC-AUC as the Mann-Whitney statistic (ties count one half)."""
     pos, neg = scores[labels > 0.5], scores[labels <= 0.5]
@@ -66,8 +82,7 @@ def split_edges(data: Any, seed: int, val_ratio: float, test_ratio: float) -> tu
         add_negative_train_samples=False,  # fresh training negatives each epoch instead
         neg_sampling_ratio=1.0,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return splitter(data)
 
 
@@ -102,8 +117,7 @@ class KarateTask:
         from torch_geometric.utils import negative_sampling
 
         pos = self.train.edge_label_index
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.spec["seed"] * 1_000_003 + seed_offset + 7)
+        with seeded(self.spec["seed"] * 1_000_003 + seed_offset + 7):
             neg = negative_sampling(
                 self.train.edge_index.cpu(), num_nodes=self.num_nodes, num_neg_samples=pos.shape[1]
             ).to(self.device)

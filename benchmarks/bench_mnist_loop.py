@@ -1,0 +1,176 @@
+"""Epoch-time benchmark of the experiments' MNIST loop against a textbook loop.
+
+Same process, same CPU, threads pinned (default 1). Measures ms per training step of:
+
+* textbook: ``torchvision.datasets.MNIST(transform=ToTensor())`` + ``DataLoader`` + torch.optim;
+* in-memory torch.optim: tensors on the device, ``index_select`` batches, torch.optim.SGD;
+* ours: :class:`torchopt_survey.experiments.mnist.MnistTask` (the code the CLI runs) with
+  torchopt_survey's optimizers, one full epoch;
+* fwd+bwd floor: forward + backward of the same model only (no optimizer, no data handling).
+
+Usage::
+
+    python benchmarks/bench_mnist_loop.py [--data-dir DIR] [--threads 1] [--optimizers sgd adam]
+        [--out experiments/benchmark.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from torchopt_survey.experiments.data import _prepare_root, _tv_class, resolve_data_dir
+from torchopt_survey.experiments.mnist import MnistTask
+from torchopt_survey.experiments.models import make_mlp
+from torchopt_survey.experiments.registry import resolve_optimizer_names
+
+
+def _spec(optimizer: str, batch_size: int | str, train_subset: int | None) -> dict[str, Any]:
+    from torchopt_survey.experiments.registry import optimizer_hparams
+
+    return {
+        "experiment": "mnist", "variant": "bench", "dataset": "mnist", "regime": "bench",
+        "batch_size": batch_size, "optimizer": optimizer,
+        "optimizer_kwargs": optimizer_hparams(optimizer), "seed": 0, "epochs": 1, "log_every": 1,
+        "hidden": 500, "activation": "linear", "train_subset": train_subset, "test_subset": 100,
+        "eval_batch_size": 10000, "compile": False,
+    }  # fmt: skip
+
+
+def textbook(data_dir: str | None, batch_size: int, steps: int) -> float:
+    """ms/step of the DataLoader(ToTensor()) + torch.optim.SGD loop."""
+    from torch.utils.data import DataLoader
+    from torchvision import transforms
+
+    cls = _tv_class("mnist")
+    root, download = _prepare_root(cls, resolve_data_dir(data_dir))
+    ds = cls(str(root), train=True, download=download, transform=transforms.ToTensor())
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=0)
+    torch.manual_seed(0)
+    model = make_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    it = iter(loader)
+    t0 = 0.0
+    for i in range(steps + 10):
+        if i == 10:
+            t0 = time.perf_counter()  # after warm-up
+        xb, yb = next(it)
+        opt.zero_grad()
+        loss = F.cross_entropy(model(xb.view(xb.shape[0], -1)), yb)
+        loss.backward()
+        opt.step()
+    return (time.perf_counter() - t0) / steps * 1e3
+
+
+def plain_in_memory(task: MnistTask, steps: int) -> float:
+    """ms/step of a straightforward in-memory loop with torch.optim.SGD."""
+    x, y = task.data.x_train, task.data.y_train
+    bs = task.batch_size
+    torch.manual_seed(0)
+    model = make_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    perm = torch.randperm(x.shape[0])
+    t0 = 0.0
+    for i in range(steps + 10):
+        if i == 10:
+            t0 = time.perf_counter()
+        j = (i * bs) % (x.shape[0] - bs)
+        idx = perm[j : j + bs]
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+        float(loss)  # the usual per-step .item() for logging
+    return (time.perf_counter() - t0) / steps * 1e3
+
+
+def ours(task: MnistTask) -> float:
+    """ms/step of one full epoch of the experiments' loop (includes shuffle and loss logging)."""
+    losses = torch.empty(task.steps_per_epoch)
+    t0 = time.perf_counter()
+    task.train_epoch(1, losses, lambda *_: None)
+    return (time.perf_counter() - t0) / task.steps_per_epoch * 1e3
+
+
+def fwd_bwd_floor(task: MnistTask, steps: int) -> float:
+    """ms/step of forward + backward alone (the compute every loop must do)."""
+    x, y = task.data.x_train, task.data.y_train
+    bs = task.batch_size
+    model = make_mlp()
+    t0 = 0.0
+    for i in range(steps + 10):
+        if i == 10:
+            t0 = time.perf_counter()
+        j = (i * bs) % (x.shape[0] - bs)
+        for p in model.parameters():
+            p.grad = None
+        F.cross_entropy(model(x[j : j + bs]), y[j : j + bs]).backward()
+    return (time.perf_counter() - t0) / steps * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-dir", default=None, help="folder containing MNIST/raw")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--optimizers", nargs="+", default=["sgd", "adam"], help="'all' or names")
+    ap.add_argument("--steps", type=int, default=400, help="timed steps for batch-64 loops")
+    ap.add_argument("--steps-b1", type=int, default=5000, help="timed steps for batch-1 loops")
+    ap.add_argument("--out", default=None, help="write a Markdown table (and .json) here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    names = resolve_optimizer_names(args.optimizers)
+    rows: list[dict[str, Any]] = []
+    for bs, steps in ((64, args.steps), (1, args.steps_b1)):
+        subset = None if bs == 64 else args.steps_b1
+        base = MnistTask(_spec("sgd", bs, subset), torch.device("cpu"), args.data_dir)
+        tb = textbook(args.data_dir, bs, steps if bs == 64 else steps // 5)
+        plain = plain_in_memory(base, steps)
+        floor = fwd_bwd_floor(base, steps)
+        rows.append({"batch": bs, "loop": "textbook DataLoader(ToTensor()) + torch.optim.SGD",
+                     "ms_per_step": tb})  # fmt: skip
+        rows.append(
+            {"batch": bs, "loop": "plain in-memory + torch.optim.SGD", "ms_per_step": plain}
+        )
+        rows.append({"batch": bs, "loop": "forward+backward only (floor)", "ms_per_step": floor})
+        for name in names:
+            task = MnistTask(_spec(name, bs, subset), torch.device("cpu"), args.data_dir)
+            ms = ours(task)
+            share = max(0.0, (ms - floor) / ms)
+            rows.append({"batch": bs, "loop": f"ours ({name})", "ms_per_step": ms,
+                         "speedup_vs_textbook": tb / ms,
+                         "optimizer_and_bookkeeping_share": share})  # fmt: skip
+    lines = [
+        f"threads={args.threads}, torch {torch.__version__}, device cpu",
+        "",
+        "| batch | loop | ms/step | epoch s (60k) | speed-up vs textbook | optimizer+bookkeeping |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        epoch_s = r["ms_per_step"] * math.ceil(60000 / r["batch"]) / 1e3
+        sp = f"{r['speedup_vs_textbook']:.1f}x" if "speedup_vs_textbook" in r else ""
+        sh = (
+            f"{100 * r['optimizer_and_bookkeeping_share']:.0f} %"
+            if "optimizer_and_bookkeeping_share" in r
+            else ""
+        )
+        lines.append(
+            f"| {r['batch']} | {r['loop']} | {r['ms_per_step']:.3f} | {epoch_s:.1f} | {sp} | {sh} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -19,8 +19,7 @@ optimizers like its own.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -36,14 +35,19 @@ from ._ops import ForeachOps, FunctionalOps, TensorOps
 
 StateKind = Literal["scalar", "tensor", "lazy"]
 
+# Up to this many tensors, per-tensor scalar reads/writes beat building a batched tensor.
+_FEW = 16
+
+# Hyperparameters that may be given as tensors (besides the betas pair).
+_TENSOR_CAPABLE = ("lr", "weight_decay")
+
 # Flags that torch.optim added over releases: a state_dict saved without them still loads.
 _OPTIONAL_GROUP_KEYS = frozenset(
     {"maximize", "foreach", "capturable", "differentiable", "fused", "decoupled_weight_decay"}
 )
 
 
-@dataclass(frozen=True)
-class StateSpec:
+class StateSpec(NamedTuple):
     """One entry of a parameter's optimizer state.
 
     ``scalar``: a 0-d tensor (like ``step``), starting at ``init``;
@@ -190,6 +194,7 @@ class SurveyOptimizer(Optimizer):
         has_complex = False
         has_sparse = False
         spec = self._state_spec(group)
+        stateless = not spec  # e.g. plain SGD: leave self.state empty, as torch.optim does
         for param in group["params"]:
             if param.grad is None:
                 continue
@@ -202,6 +207,8 @@ class SurveyOptimizer(Optimizer):
             has_complex |= torch.is_complex(param)
             params.append(param)
             grads.append(param.grad)
+            if stateless:
+                continue
             state = self.state[param]
             if len(state) == 0:
                 state.update(self._new_state(group, param))
@@ -219,6 +226,10 @@ class SurveyOptimizer(Optimizer):
         Args:
             closure: a closure that reevaluates the model and returns the loss (optional).
         """
+        return self._closure_then_update(closure)
+
+    def _closure_then_update(self, closure: Callable[[], Any] | None) -> Any:
+        """The body of ``step`` (unhooked, so subclasses can reuse it from their own step)."""
         self._accelerator_graph_capture_health_check()
         loss = None
         if closure is not None:
@@ -261,12 +272,16 @@ class SurveyOptimizer(Optimizer):
         device = params[0].device if tensor_scalars else None
         hp = self._hp(group, tensor_scalars, device)
         if foreach and not differentiable and not has_sparse:
-            self._foreach(group, spec, hp, params, grads, states, tensor_scalars)
+            self._foreach(group, spec, hp, params, grads, states, tensor_scalars, has_complex)
         else:
             self._forloop(group, spec, hp, params, grads, states, tensor_scalars)
 
     def _hp(self, group: dict[str, Any], tensor_scalars: bool, device: Any) -> dict[str, Any]:
         """The group's hyperparameters as the math sees them (floats, or device tensors)."""
+        if not tensor_scalars and not any(
+            isinstance(group.get(key), Tensor) for key in _TENSOR_CAPABLE
+        ) and not any(isinstance(beta, Tensor) for beta in group.get("betas", ())):
+            return group  # plain Python numbers already: the math reads the group itself
         convert: Callable[[Any], Any]
         if tensor_scalars:
             def convert(value: Any) -> Any:
@@ -344,7 +359,6 @@ class SurveyOptimizer(Optimizer):
         tensor_scalars: bool,
     ) -> None:
         """Store what the math returned where the state lives (in place when possible)."""
-        param_state = self.state[param]
         for entry, old in zip(spec, stored):
             new = state[entry.name]
             if entry.kind == "scalar":
@@ -359,7 +373,7 @@ class SurveyOptimizer(Optimizer):
                 new = torch.view_as_complex(new)
             if old is None or differentiable:
                 # created by the math (lazy state), or autograd history must be kept
-                param_state[entry.name] = new
+                self.state[param][entry.name] = new
             elif new is not old and new.data_ptr() != old.data_ptr():
                 old.copy_(new)
 
@@ -407,6 +421,7 @@ class SurveyOptimizer(Optimizer):
         grads: list[Tensor],
         states: list[Tensor | None],
         tensor_scalars: bool,
+        has_complex: bool = True,
     ) -> None:
         width = len(spec)
         scalar_slots = [i for i, entry in enumerate(spec) if entry.kind == "scalar"]
@@ -417,9 +432,26 @@ class SurveyOptimizer(Optimizer):
         if not tensor_scalars:
             for slot in scalar_slots:
                 column = [states[i * width + slot] for i in range(len(params))]
-                scalar_values.append(torch.stack(column).tolist() if len(column) > 1 else [
-                    column[0].item()
-                ])
+                if len(column) > _FEW:
+                    scalar_values.append(torch.stack(column).tolist())  # one read, not n
+                else:
+                    scalar_values.append([value.item() for value in column])
+        # Common case first: one dtype, one device, equal scalars, same lazy-state presence.
+        first = params[0]
+        dtype, device_index = first.dtype, first.get_device()
+        if (
+            all(p.dtype is dtype and p.get_device() == device_index for p in params)
+            and all(values.count(values[0]) == len(values) for values in scalar_values)
+            and all(
+                len({states[i * width + slot] is None for i in range(len(params))}) == 1
+                for slot in lazy_slots
+            )
+        ):
+            scalars = tuple(values[0] for values in scalar_values)
+            self._foreach_partition(
+                spec, hp, params, grads, states, None, scalars, tensor_scalars, has_complex
+            )
+            return
         partitions: dict[tuple, list[int]] = {}
         for index, param in enumerate(params):
             key = (
@@ -428,11 +460,17 @@ class SurveyOptimizer(Optimizer):
                 tuple(values[index] for values in scalar_values),
                 tuple(states[index * width + slot] is None for slot in lazy_slots),
             )
-            partitions.setdefault(key, []).append(index)
+            members = partitions.get(key)
+            if members is None:
+                partitions[key] = [index]
+            else:
+                members.append(index)
 
+        everyone = len(partitions) == 1
         for (_, _, scalars, _), members in partitions.items():
             self._foreach_partition(
-                spec, hp, params, grads, states, members, scalars, tensor_scalars
+                spec, hp, params, grads, states, None if everyone else members, scalars,
+                tensor_scalars, has_complex,
             )
 
     def _foreach_partition(
@@ -442,13 +480,20 @@ class SurveyOptimizer(Optimizer):
         params: list[Tensor],
         grads: list[Tensor],
         states: list[Tensor | None],
-        members: list[int],
+        members: list[int] | None,
         scalars: tuple[float, ...],
         tensor_scalars: bool,
+        group_has_complex: bool,
     ) -> None:
+        """One foreach pass over ``members`` (None: all parameters) sharing scalars."""
         width = len(spec)
-        member_params = [params[i] for i in members]
-        has_complex = any(torch.is_complex(p) for p in member_params)
+        if members is None:
+            members = range(len(params))  # type: ignore[assignment]
+            member_params, member_grads = params, grads
+        else:
+            member_params = [params[i] for i in members]
+            member_grads = [grads[i] for i in members]
+        has_complex = group_has_complex and any(torch.is_complex(p) for p in member_params)
 
         def as_real(tensors: list[Tensor]) -> list[Tensor]:
             if not has_complex:
@@ -456,9 +501,10 @@ class SurveyOptimizer(Optimizer):
             return [torch.view_as_real(t) if torch.is_complex(t) else t for t in tensors]
 
         work_params = as_real(member_params)
-        work_grads = as_real([grads[i] for i in members])
-        stored: list[list[Any]] = [[states[i * width + slot] for i in members] for slot in
-                                   range(width)]
+        work_grads = as_real(member_grads)
+        stored: list[list[Any]] = [states[slot::width] for slot in range(width)]
+        if len(member_params) != len(params):
+            stored = [[column[i] for i in members] for column in stored]
         state: dict[str, Any] = {}
         scalar_iter = iter(scalars)
         for entry, column in zip(spec, stored):
@@ -477,9 +523,12 @@ class SurveyOptimizer(Optimizer):
             if entry.kind == "scalar":
                 if tensor_scalars:
                     torch._foreach_copy_(column, list(new.unbind(0)))
-                else:
+                elif len(column) > _FEW:
                     source = torch.tensor(new, dtype=column[0].dtype)
                     torch._foreach_copy_(column, [source] * len(column))
+                else:
+                    for value in column:
+                        value.fill_(new)
             elif new is None:
                 continue
             elif column[0] is None:

@@ -229,7 +229,7 @@ class NAG(SGD):
         """Perform one step; with ``lookahead=True`` the closure is required."""
         lookahead_groups = [g for g in self.param_groups if g.get("lookahead", False)]
         if not lookahead_groups:
-            return super().step(closure)
+            return self._closure_then_update(closure)
         if closure is None:
             raise ValueError(
                 "NAG(lookahead=True).step needs a closure: the gradient is evaluated at the "

@@ -1,0 +1,213 @@
+"""Optimizer step time: torchopt_survey vs its torch.optim counterpart, measured in one run.
+
+    python benchmarks/bench_optim.py                      # foreach, CPU, 1 thread
+    python benchmarks/bench_optim.py --json out.json --repeats 41
+
+For every method, both optimizers step the same parameter set (their own copies) with fixed
+gradients; runs of ours and torch's alternate so that drift in machine speed hits both alike,
+and the median per-step time of each is reported with the ratio ours / torch (< 1 is faster).
+Parameter sets: ``mlp`` -- the surveys' 784-500-10 MLP (397,510 parameters in 4 tensors);
+``10m`` -- 200 tensors totalling 10M parameters. Threads are pinned (default 1) because on a
+small shared machine multi-threaded CPU ops can be tens of times slower under load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+import torchopt_survey as ours
+
+# name -> (our class, its torch.optim counterpart, constructor kwargs for both)
+COUNTERPARTS: dict[str, tuple[type, type, dict[str, Any]]] = {
+    "SGD": (ours.SGD, torch.optim.SGD, {"lr": 1e-3}),
+    "Momentum": (ours.Momentum, torch.optim.SGD, {"lr": 1e-3, "momentum": 0.9}),
+    "NAG": (ours.NAG, torch.optim.SGD, {"lr": 1e-3, "momentum": 0.9, "nesterov": True}),
+    "Adagrad": (ours.Adagrad, torch.optim.Adagrad, {"lr": 1e-2}),
+    "Adadelta": (ours.Adadelta, torch.optim.Adadelta, {"lr": 1.0}),
+    "RMSprop": (ours.RMSprop, torch.optim.RMSprop, {"lr": 1e-2}),
+    "Adam": (ours.Adam, torch.optim.Adam, {"lr": 1e-3}),
+    "AdamW": (ours.AdamW, torch.optim.AdamW, {"lr": 1e-3}),
+    "AMSGrad": (ours.AMSGrad, torch.optim.Adam, {"lr": 1e-3, "amsgrad": True}),
+    "NAdam": (ours.NAdam, torch.optim.NAdam, {"lr": 2e-3}),
+    "Adamax": (ours.Adamax, torch.optim.Adamax, {"lr": 2e-3}),
+}
+
+
+def mlp_shapes() -> list[tuple[int, ...]]:
+    """Parameter shapes of the 784-500-10 MLP of survey 1's MNIST experiment."""
+    return [(500, 784), (500,), (10, 500), (10,)]
+
+
+def many_tensor_shapes(count: int = 200, total: int = 10_000_000) -> list[tuple[int, ...]]:
+    """``count`` tensors of mixed 1-d/2-d shapes summing to exactly ``total`` elements."""
+    per = total // count
+    shapes: list[tuple[int, ...]] = []
+    for index in range(count):
+        shapes.append((per // 100, 100) if index % 2 == 0 else (per,))
+    return shapes
+
+
+PARAM_SETS: dict[str, Callable[[], list[tuple[int, ...]]]] = {
+    "mlp": mlp_shapes,
+    "10m": many_tensor_shapes,
+}
+
+
+def make_params(
+    shapes: list[tuple[int, ...]], device: str, dtype: torch.dtype, seed: int
+) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    params = []
+    for shape in shapes:
+        param = torch.randn(shape, generator=generator, dtype=torch.float32)
+        param = param.to(device=device, dtype=dtype).requires_grad_(True)
+        param.grad = (torch.randn(shape, generator=generator) * 1e-2).to(device=device, dtype=dtype)
+        params.append(param)
+    return params
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_steps(optimizer: torch.optim.Optimizer, steps: int, device: str) -> float:
+    """Seconds per step, averaged over ``steps`` consecutive steps."""
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        optimizer.step()
+    synchronize(device)
+    return (time.perf_counter() - start) / steps
+
+
+@dataclass
+class Row:
+    method: str
+    params: str
+    numel: int
+    tensors: int
+    path: str
+    torch_path: str
+    ours_ms: float
+    torch_ms: float
+    ratio: float
+
+
+def compare(
+    method: str,
+    set_name: str,
+    *,
+    device: str,
+    dtype: torch.dtype,
+    our_flags: dict[str, Any],
+    torch_flags: dict[str, Any],
+    repeats: int,
+    steps: int,
+    warmup: int,
+) -> Row:
+    our_cls, torch_cls, kwargs = COUNTERPARTS[method]
+    shapes = PARAM_SETS[set_name]()
+    ours_opt = our_cls(make_params(shapes, device, dtype, 0), **kwargs, **our_flags)
+    torch_opt = torch_cls(make_params(shapes, device, dtype, 0), **kwargs, **torch_flags)
+    for _ in range(warmup):
+        ours_opt.step()
+        torch_opt.step()
+    ours_times, torch_times = [], []
+    for _ in range(repeats):  # alternate, so machine drift affects both alike
+        ours_times.append(time_steps(ours_opt, steps, device))
+        torch_times.append(time_steps(torch_opt, steps, device))
+    ours_ms = statistics.median(ours_times) * 1e3
+    torch_ms = statistics.median(torch_times) * 1e3
+    numel = sum(torch.Size(s).numel() for s in shapes)
+    return Row(
+        method, set_name, numel, len(shapes), _describe(our_flags), _describe(torch_flags),
+        round(ours_ms, 4), round(torch_ms, 4), round(ours_ms / torch_ms, 3),
+    )
+
+
+def _describe(flags: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in flags.items()) or "default"
+
+
+def print_table(rows: list[Row], file: Any = sys.stdout) -> None:
+    header = (
+        f"| {'method':<9} | {'params':<6} | {'ours ms':>9} | {'torch ms':>9} | {'ours/torch':>10} |"
+    )
+    print(header, file=file)
+    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|", file=file)
+    for row in rows:
+        print(
+            f"| {row.method:<9} | {row.params:<6} | {row.ours_ms:>9.3f} | {row.torch_ms:>9.3f} "
+            f"| {row.ratio:>10.3f} |",
+            file=file,
+        )
+
+
+def environment(threads: int, device: str) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "device": device,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["device_name"] = torch.cuda.get_device_name()
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", nargs="+", default=list(COUNTERPARTS), choices=COUNTERPARTS,
+                        metavar="METHOD", help="methods to time (default: all)")
+    parser.add_argument("--params", nargs="+", default=list(PARAM_SETS), choices=PARAM_SETS,
+                        help="parameter sets: mlp (784-500-10 MLP), 10m (200 tensors, 10M)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (pinned)")
+    parser.add_argument("--repeats", type=int, default=21, help="alternating timing rounds")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="steps per round (default: 20 for mlp, 3 for 10m)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--json", default=None, help="write the rows and environment here")
+    args = parser.parse_args(argv)
+
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+    torch.set_num_threads(args.threads)
+    device, dtype = "cpu", torch.float32
+    rows = []
+    for set_name in args.params:
+        steps = args.steps or (20 if set_name == "mlp" else 3)
+        for method in args.methods:
+            rows.append(compare(
+                method, set_name, device=device, dtype=dtype,
+                our_flags={"foreach": True}, torch_flags={"foreach": True},
+                repeats=args.repeats, steps=steps, warmup=args.warmup,
+            ))
+    print(f"foreach step time, {device}, {args.threads} thread(s), torch {torch.__version__}")
+    print_table(rows)
+    if args.json:
+        payload = {"mode": "foreach", "environment": environment(args.threads, device),
+                   "rows": [asdict(r) for r in rows]}
+        with open(args.json, "w") as handle:
+            json.dump(payload, handle, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,414 @@
+"""Conformance suite, parametrised over every optimizer (see ``optim_infos.OPTIMS``).
+
+Each test states one property a torch.optim drop-in must have and checks it for all methods:
+same trajectory as torch.optim, forloop == foreach, state_dict round trips (also to and from
+torch.optim), complex/zero-size/no-grad parameters, tensor lr with schedulers, hooks,
+deepcopy/pickle, capturable (device-tensor scalars), differentiable steps and torch.compile.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+from optim_infos import CASE_IDS, CASES, OPTIMS, OptimInfo
+
+STEPS = 200
+
+
+# ------------------------------------------------------------------------------------------
+# a random problem with several parameter groups
+# ------------------------------------------------------------------------------------------
+SHAPES = [(7, 5), (5,), (3, 4, 2), (6,), (1,)]
+
+
+def make_params(dtype: torch.dtype = torch.float64, seed: int = 0, complex_: bool = False):
+    generator = torch.Generator().manual_seed(seed)
+    params = []
+    for shape in SHAPES:
+        value = torch.randn(shape, generator=generator, dtype=torch.float64)
+        if complex_:
+            value = torch.complex(value, torch.randn(shape, generator=generator,
+                                                     dtype=torch.float64))
+        params.append(value.to(dtype).requires_grad_(True))
+    return params
+
+
+def problem(seed: int = 1, dtype: torch.dtype = torch.float64, complex_: bool = False):
+    """Targets and curvatures of a separable, non-quadratic loss (gradients depend on params)."""
+    generator = torch.Generator().manual_seed(seed)
+    targets = [torch.randn(s, generator=generator, dtype=torch.float64) for s in SHAPES]
+    weights = [torch.rand(s, generator=generator, dtype=torch.float64) + 0.1 for s in SHAPES]
+    if complex_:
+        targets = [torch.complex(t, t.flip(-1)) for t in targets]
+    return [t.to(dtype) for t in targets], [w.to(dtype) for w in weights]
+
+
+def loss_fn(params, targets, weights) -> torch.Tensor:
+    loss = torch.zeros((), dtype=torch.float64)
+    for param, target, weight in zip(params, targets, weights):
+        diff = param - target
+        squared = (diff.abs() ** 2 if diff.is_complex() else diff**2) * weight
+        loss = loss + squared.sum().double() + 0.1 * torch.cos(diff.abs()).sum().double()
+    return loss
+
+
+def groups(params, **second_group):
+    """Two parameter groups: the second with its own lr (and whatever else is given)."""
+    return [{"params": params[:3]}, {"params": params[3:], "lr": 0.02, **second_group}]
+
+
+def run(optimizer, params, steps: int, targets, weights) -> list[torch.Tensor]:
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss_fn(params, targets, weights).backward()
+        optimizer.step()
+    return [p.detach().clone() for p in params]
+
+
+def build(info: OptimInfo, config: dict, params, *, ours: bool = True, **flags):
+    cls = info.cls if ours else info.torch_cls
+    return cls(groups(params), **{**info.base, **config, **flags})
+
+
+def assert_params_close(actual, expected, **tolerance):
+    for index, (a, e) in enumerate(zip(actual, expected)):
+        torch.testing.assert_close(a, e, msg=lambda m, i=index: f"param {i}: {m}", **tolerance)
+
+
+# ------------------------------------------------------------------------------------------
+# torch.optim parity
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("foreach", [False, True], ids=["forloop", "foreach"])
+@pytest.mark.parametrize(("info", "config"), CASES, ids=CASE_IDS)
+def test_same_trajectory_as_torch(info: OptimInfo, config: dict, foreach: bool) -> None:
+    targets, weights = problem()
+    ours_params, torch_params = make_params(), make_params()
+    ours_opt = build(info, config, ours_params, foreach=foreach)
+    torch_opt = build(info, config, torch_params, ours=False, foreach=foreach)
+    assert_params_close(
+        run(ours_opt, ours_params, STEPS, targets, weights),
+        run(torch_opt, torch_params, STEPS, targets, weights),
+        rtol=info.parity_rtol, atol=info.parity_rtol,
+    )
+    # same state layout, same values
+    for p_ours, p_torch in zip(ours_params, torch_params):
+        state_ours, state_torch = ours_opt.state[p_ours], torch_opt.state[p_torch]
+        assert list(state_ours) == list(state_torch)
+        for key in state_torch:
+            torch.testing.assert_close(
+                state_ours[key], state_torch[key], rtol=info.parity_rtol, atol=info.parity_rtol
+            )
+
+
+@pytest.mark.parametrize("info", OPTIMS, ids=[i.name for i in OPTIMS])
+def test_float32_trajectory_matches_torch(info: OptimInfo) -> None:
+    targets, weights = problem(dtype=torch.float32)
+    ours_params = make_params(torch.float32)
+    torch_params = make_params(torch.float32)
+    ours_opt = build(info, info.configs[0], ours_params)
+    torch_opt = build(info, info.configs[0], torch_params, ours=False)
+    assert_params_close(
+        run(ours_opt, ours_params, STEPS, targets, weights),
+        run(torch_opt, torch_params, STEPS, targets, weights),
+    )
+
+
+@pytest.mark.parametrize("info", OPTIMS, ids=[i.name for i in OPTIMS])
+def test_param_groups_and_state_dict_layout_match_torch(info: OptimInfo) -> None:
+    targets, weights = problem()
+    ours_params, torch_params = make_params(), make_params()
+    ours_opt = build(info, info.configs[-1], ours_params)
+    torch_opt = build(info, info.configs[-1], torch_params, ours=False)
+    assert [set(g) for g in ours_opt.param_groups] == [set(g) for g in torch_opt.param_groups]
+    run(ours_opt, ours_params, 3, targets, weights)
+    run(torch_opt, torch_params, 3, targets, weights)
+    ours_sd, torch_sd = ours_opt.state_dict(), torch_opt.state_dict()
+    assert ours_sd["param_groups"] == torch_sd["param_groups"]
+    assert list(ours_sd["state"]) == list(torch_sd["state"])
+    for index in torch_sd["state"]:
+        assert list(ours_sd["state"][index]) == list(torch_sd["state"][index])
+        for key, value in torch_sd["state"][index].items():
+            assert ours_sd["state"][index][key].dtype == value.dtype
+            assert ours_sd["state"][index][key].shape == value.shape
+
+
+@pytest.mark.parametrize("info", OPTIMS, ids=[i.name for i in OPTIMS])
+def test_complex_params_match_torch(info: OptimInfo) -> None:
+    targets, weights = problem(complex_=True, dtype=torch.complex128)
+    weights = [w.real for w in weights]
+    ours_params = make_params(torch.complex128, complex_=True)
+    torch_params = make_params(torch.complex128, complex_=True)
+    for foreach in (False, True):
+        ours_opt = build(info, info.configs[-1], ours_params, foreach=foreach)
+        torch_opt = build(info, info.configs[-1], torch_params, ours=False, foreach=foreach)
+        assert_params_close(
+            run(ours_opt, ours_params, 30, targets, weights),
+            run(torch_opt, torch_params, 30, targets, weights),
+            rtol=info.parity_rtol, atol=info.parity_rtol,
+        )
+
+
+# ------------------------------------------------------------------------------------------
+# forloop == foreach, every dtype
+# ------------------------------------------------------------------------------------------
+DTYPE_TOLERANCE = {
+    torch.float64: {"rtol": 0, "atol": 0},
+    torch.float32: {"rtol": 1e-6, "atol": 1e-7},  # 1-ulp level
+    # half precision: the paths round intermediate results differently (torch.optim's own
+    # forloop and foreach differ as much); after 10 steps values agree to a few ulps
+    torch.bfloat16: {"rtol": 5e-2, "atol": 5e-2},
+    torch.float16: {"rtol": 1e-2, "atol": 1e-2},
+}
+
+
+@pytest.mark.parametrize("dtype", list(DTYPE_TOLERANCE), ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize(("info", "config"), CASES, ids=CASE_IDS)
+def test_forloop_equals_foreach(info: OptimInfo, config: dict, dtype: torch.dtype) -> None:
+    targets, weights = problem(dtype=torch.float64)
+    loop_params, each_params = make_params(dtype), make_params(dtype)
+    if dtype in (torch.float16, torch.bfloat16) and "eps" in info.cls._hyperparameters:
+        # eps=1e-8 is 0 in half precision: 0/0 would make the comparison about NaN placement
+        config = {**config, "eps": 1e-3}
+    loop_opt = build(info, config, loop_params, foreach=False)
+    each_opt = build(info, config, each_params, foreach=True)
+    steps = 50 if dtype in (torch.float64, torch.float32) else 10
+    assert_params_close(
+        run(loop_opt, loop_params, steps, targets, weights),
+        run(each_opt, each_params, steps, targets, weights),
+        **DTYPE_TOLERANCE[dtype],
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# state_dict round trips
+# ------------------------------------------------------------------------------------------
+ROUND_TRIPS = [
+    ("ours-forloop", "ours-forloop"),
+    ("ours-forloop", "ours-foreach"),
+    ("ours-foreach", "torch"),
+    ("torch", "ours-foreach"),
+    ("torch", "ours-forloop"),
+]
+
+
+def _make(info: OptimInfo, kind: str, params, config):
+    if kind == "torch":
+        return build(info, config, params, ours=False)
+    return build(info, config, params, foreach=kind.endswith("foreach"))
+
+
+ROUND_TRIP_IDS = [f"{a}->{b}" for a, b in ROUND_TRIPS]
+
+
+@pytest.mark.parametrize(("source", "target"), ROUND_TRIPS, ids=ROUND_TRIP_IDS)
+@pytest.mark.parametrize("info", OPTIMS, ids=[i.name for i in OPTIMS])
+def test_state_dict_round_trip_continues_identically(info, source, target) -> None:
+    targets, weights = problem()
+    config = info.configs[-1]
+    params = make_params()
+    first = _make(info, source, params, config)
+    run(first, params, 10, targets, weights)
+    saved = copy.deepcopy(first.state_dict())
+    resumed_params = [p.detach().clone().requires_grad_(True) for p in params]
+    expected = run(first, params, 10, targets, weights)
+
+    second = _make(info, target, resumed_params, config)
+    second.load_state_dict(saved)
+    assert_params_close(run(second, resumed_params, 10, targets, weights), expected,
+                        rtol=info.parity_rtol, atol=info.parity_rtol)
+
+
+# ------------------------------------------------------------------------------------------
+# parameters without gradients, zero-size parameters, closures, hooks, copies
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("foreach", [False, True], ids=["forloop", "foreach"])
+@pytest.mark.parametrize("info", OPTIMS, ids=[i.name for i in OPTIMS])
+def test_params_without_grad_and_zero_size(info: OptimInfo, foreach: bool) -> None:
+    frozen = torch.randn(3, requires_grad=True)
+    empty = torch.zeros(0, 4, requires_grad=True)
+    live = torch.randn(4, requires_grad=True)
+    opt = info.cls([frozen, empty, live], **info.base, foreach=foreach)
+    before = frozen.detach().clone()
+    for _ in range(3):
+        opt.zero_grad()
+        (live**2).sum().backward()
+        empty.grad = torch.zeros_like(empty)
+        opt.step()
+    assert torch.equal(frozen, before)
+    # only torch.optim.Adagrad creates state in its constructor; the others do it lazily
+    assert (frozen in opt.state) == (info.name == "Adagrad")
+    assert empty.shape == (0, 4)
+    assert not torch.equal(live, torch.zeros(4))
+
+
+@pytest.mark.parametrize("info", OPTIMS, ids=[i.name for i in OPTIMS])
+def test_closure_and_hooks(info: OptimInfo) -> None:
+    param = torch.randn(5, requires_grad=True)
+    opt = info.cls([param], **info.base)
+    calls: list[str] = []
+    opt.register_step_pre_hook(lambda o, a, k: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, a, k: calls.append("post"))
+
+    def closure():
+        opt.zero_grad()
+        loss = (param**2).sum()
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert isinstance(loss, torch.Tensor) and calls == ["pre", "post"]
+
+
+@pytest.mark.parametrize("info", OPTIMS, ids=[i.name for i in OPTIMS])
+def test_deepcopy_and_pickle(info: OptimInfo) -> None:
+    targets, weights = problem()
+    params = make_params()
+    opt = build(info, info.configs[-1], params)
+    run(opt, params, 3, targets, weights)
+    for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        assert type(clone) is type(opt)
+        assert clone.state_dict()["param_groups"] == opt.state_dict()["param_groups"]
+        assert len(clone.state) == len(opt.state)
+
+
+# ------------------------------------------------------------------------------------------
+# tensor lr and schedulers
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("foreach", [False, True], ids=["forloop", "foreach"])
+@pytest.mark.parametrize("info", OPTIMS, ids=[i.name for i in OPTIMS])
+def test_tensor_lr_with_scheduler_matches_float_lr(info: OptimInfo, foreach: bool) -> None:
+    targets, weights = problem()
+    tensor_params, float_params = make_params(), make_params()
+    base = dict(info.base)
+    lr = base.pop("lr")
+    tensor_opt = info.cls(tensor_params, lr=torch.tensor(lr, dtype=torch.float64),
+                          foreach=foreach, **base)
+    float_opt = info.torch_cls(float_params, lr=lr, **base)
+    schedulers = [torch.optim.lr_scheduler.StepLR(o, step_size=5, gamma=0.5)
+                  for o in (tensor_opt, float_opt)]
+    for _ in range(20):
+        for opt, params in ((tensor_opt, tensor_params), (float_opt, float_params)):
+            run(opt, params, 1, targets, weights)
+        for scheduler in schedulers:
+            scheduler.step()
+    assert isinstance(tensor_opt.param_groups[0]["lr"], torch.Tensor)
+    tolerance = max(info.parity_rtol, 1e-10)
+    assert_params_close(tensor_params, float_params, rtol=tolerance, atol=tolerance)
+
+
+# ------------------------------------------------------------------------------------------
+# capturable: scalars kept as device tensors, no host reads (checked on CPU here)
+# ------------------------------------------------------------------------------------------
+CAPTURABLE = [info for info in OPTIMS if info.capturable]
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["forloop", "foreach"])
+@pytest.mark.parametrize("info", CAPTURABLE, ids=[i.name for i in CAPTURABLE])
+def test_capturable_matches_default(info: OptimInfo, foreach: bool) -> None:
+    # Capturable steps compute bias corrections from the step tensor, whose dtype is the
+    # default dtype (float32 would lose ~1e-5 in 1 - beta2**t, as in torch.optim); use float64.
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        _check_capturable(info, foreach)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _check_capturable(info: OptimInfo, foreach: bool) -> None:
+    targets, weights = problem()
+    cap_params, plain_params = make_params(), make_params()
+    config = info.configs[-1]
+    cap_opt = build(info, config, cap_params, foreach=foreach, capturable=True)
+    plain_opt = build(info, config, plain_params, foreach=foreach)
+    assert_params_close(
+        run(cap_opt, cap_params, 50, targets, weights),
+        run(plain_opt, plain_params, 50, targets, weights),
+        rtol=1e-9, atol=1e-10,
+    )
+    step = cap_opt.state[cap_params[0]]["step"]
+    assert step.device == cap_params[0].device and step.item() == 50
+
+
+# ------------------------------------------------------------------------------------------
+# differentiable: gradients flow through step()
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("info", OPTIMS, ids=[i.name for i in OPTIMS])
+def test_differentiable_step_gradcheck(info: OptimInfo) -> None:
+    generator = torch.Generator().manual_seed(0)
+    start = torch.rand(4, generator=generator, dtype=torch.float64, requires_grad=True)
+    grad = torch.rand(4, generator=generator, dtype=torch.float64, requires_grad=True)
+
+    def two_steps(start: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        param = start.clone()  # non-leaf: in-place updates are recorded by autograd
+        param.retain_grad()
+        opt = info.cls([param], **{**info.base, **info.configs[-1]}, differentiable=True)
+        for scale in (1.0, 0.5):
+            param.grad = grad * scale
+            opt.step()
+        return param
+
+    assert torch.autograd.gradcheck(two_steps, (start, grad))
+    # and the same values as a plain step
+    reference = start.detach().clone().requires_grad_(True)
+    plain = info.cls([reference], **{**info.base, **info.configs[-1]})
+    for scale in (1.0, 0.5):
+        reference.grad = grad.detach() * scale
+        plain.step()
+    torch.testing.assert_close(two_steps(start, grad).detach(), reference.detach())
+
+
+# ------------------------------------------------------------------------------------------
+# sparse gradients (Adagrad, and SGD without momentum)
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["Adagrad", "SGD"])
+def test_sparse_gradients_match_torch(name: str) -> None:
+    info = next(i for i in OPTIMS if i.name == name)
+    torch.manual_seed(0)
+    ours_emb = torch.nn.Embedding(20, 3, sparse=True).double()
+    torch_emb = copy.deepcopy(ours_emb)
+    ours_opt = info.cls(ours_emb.parameters(), **info.base)
+    torch_opt = info.torch_cls(torch_emb.parameters(), **info.base)
+    for step in range(15):
+        index = torch.randint(0, 20, (8,), generator=torch.Generator().manual_seed(step))
+        for emb, opt in ((ours_emb, ours_opt), (torch_emb, torch_opt)):
+            opt.zero_grad()
+            (emb(index) ** 2).sum().backward()
+            opt.step()
+    torch.testing.assert_close(ours_emb.weight, torch_emb.weight, rtol=1e-12, atol=1e-12)
+
+
+def test_sparse_gradients_refused_where_unsupported() -> None:
+    emb = torch.nn.Embedding(5, 2, sparse=True)
+    opt = OPTIMS[6].cls(emb.parameters())  # Adam
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+
+
+# ------------------------------------------------------------------------------------------
+# torch.compile of the step
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["Momentum", "Adam", "NAdam"])
+def test_compiled_step_matches_eager(name: str) -> None:
+    info = next(i for i in OPTIMS if i.name == name)
+    torch._dynamo.reset()
+    targets, weights = problem(dtype=torch.float32)
+    eager_params, compiled_params = make_params(torch.float32), make_params(torch.float32)
+    eager = info.cls(eager_params, **info.base, foreach=True)
+    compiled = info.cls(compiled_params, **info.base, foreach=True)
+
+    @torch.compile(fullgraph=False)
+    def compiled_step():
+        compiled.step()
+
+    for _ in range(4):
+        for params, step in ((eager_params, eager.step), (compiled_params, compiled_step)):
+            for p in params:
+                p.grad = None
+            loss_fn(params, targets, weights).backward()
+            step()
+    assert_params_close(compiled_params, eager_params, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,229 @@
+"""``fused=True``: one generated kernel per (device, dtype layout) group and step, every method.
+
+``SurveyOptimizer._apply`` routes fused groups here. Nothing in this module knows a method: the
+group's ``_preprocess`` + ``_update`` are traced once per configuration into an elementwise graph
+(:mod:`._codegen`), and the graph is emitted as
+
+* **CPU**: a C function compiled with the system C compiler and called through ctypes
+  (:mod:`._codegen_c`): one auto-vectorised pass over each tensor of the group, all tensors in one
+  call;
+* **CUDA**: a multi-tensor Triton kernel (:mod:`._triton_fused`): one launch per group, pointer
+  tables for every tensor, float32 arithmetic, step counters and tensor hyperparameters read on
+  the device (so the step is CUDA-graph capturable), ``grad_scale``/``found_inf`` handled inside.
+
+Common semantics (those of torch's fused optimizers):
+
+* state scalars (``step``, ``mu_product``) are float32 0-d tensors on the parameter's device --
+  state loaded from a non-fused optimizer is converted on the first fused step;
+* AMP: ``GradScaler.step(opt)`` sets ``opt.grad_scale`` / ``opt.found_inf``; gradients are divided
+  by ``grad_scale`` inside the kernel (and written back unscaled, as torch does); when
+  ``found_inf`` is nonzero nothing changes -- parameters, moments, step counts;
+* complex parameters are updated as real views; sparse gradients are refused.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._codegen import Traced, structure_key, trace_update
+
+_TRACES: dict[tuple, Traced] = {}
+_CPU_KERNELS: dict[tuple, Any] = {}
+
+#: "auto" (C on CPU, Triton on CUDA) or "triton" (Triton everywhere: with TRITON_INTERPRET=1
+#: this runs the CUDA kernels on CPU tensors, which is how CI tests them without a GPU)
+BACKEND = os.environ.get("TORCHOPT_SURVEY_FUSED_BACKEND", "auto")
+
+
+def get_trace(opt: Any, spec: list[Any], group: dict[str, Any],
+              lazy_present: tuple[bool, ...]) -> Traced:
+    """The traced update for this group's configuration (traced once, then cached)."""
+    key = (type(opt), structure_key(group, lazy_present))
+    traced = _TRACES.get(key)
+    if traced is None:
+        traced = trace_update(type(opt), spec, group, lazy_present)
+        _TRACES[key] = traced
+    return traced
+
+
+def hp_values(traced: Traced, group: dict[str, Any]) -> list[Any]:
+    """The group's current value of each traced hyperparameter (floats or tensors)."""
+    values = []
+    for key, index in traced.graph.hp_leaves:
+        value = group[key] if index is None else group[key][index]
+        values.append(value)
+    return values
+
+
+def _as_real(t: Tensor) -> Tensor:
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def fused_step(
+    opt: Any,
+    group: dict[str, Any],
+    spec: list[Any],
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[Tensor | None],
+) -> None:
+    """Update one parameter group with generated fused kernels (see the module docstring)."""
+    grad_scale: Tensor | None = getattr(opt, "grad_scale", None)
+    found_inf: Tensor | None = getattr(opt, "found_inf", None)
+    width = len(spec)
+    scalar_slots = [i for i, e in enumerate(spec) if e.kind == "scalar"]
+    lazy_slots = [i for i, e in enumerate(spec) if e.kind == "lazy"]
+    on_cpu = params[0].device.type == "cpu" and BACKEND != "triton"
+    if on_cpu and found_inf is not None and float(found_inf.item()) != 0.0:
+        return  # an overflow: the step is skipped and nothing changes (cheap to read on CPU)
+
+    partitions: dict[tuple, list[int]] = {}
+    for index, (param, grad) in enumerate(zip(params, grads)):
+        if grad.is_sparse:
+            raise RuntimeError(f"{type(opt).__name__}(fused=True) does not support sparse "
+                               "gradients")
+        row = states[index * width : (index + 1) * width]
+        for slot in scalar_slots:
+            value = row[slot]
+            if value.dtype != torch.float32 or value.device != param.device:
+                # e.g. state loaded from a non-fused optimizer: fused keeps float32 on device
+                value = value.to(device=param.device, dtype=torch.float32)
+                opt.state[param][spec[slot].name] = value
+                states[index * width + slot] = value
+        key = (
+            param.device,
+            param.dtype,
+            grad.dtype,
+            tuple(None if t is None else t.dtype for t in row),
+            tuple(row[slot] is not None for slot in lazy_slots),
+        )
+        partitions.setdefault(key, []).append(index)
+
+    for key, members in partitions.items():
+        device = key[0]
+        lazy_present = key[4]
+        traced = get_trace(opt, spec, group, lazy_present)
+        _run_partition(opt, traced, group, spec, params, grads, states, members, device,
+                       grad_scale, found_inf, on_cpu)
+
+
+def _run_partition(
+    opt: Any,
+    traced: Traced,
+    group: dict[str, Any],
+    spec: list[Any],
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[Tensor | None],
+    members: list[int],
+    device: torch.device,
+    grad_scale: Tensor | None,
+    found_inf: Tensor | None,
+    on_cpu: bool,
+) -> None:
+    width = len(spec)
+    outputs = traced.graph.outputs
+    created: list[tuple[Tensor, str, Tensor]] = []  # lazy states made by this step
+    copy_back: list[tuple[Tensor, Tensor]] = []
+    rows: list[list[Tensor | None]] = []
+    if not on_cpu and found_inf is not None and any(
+        not present and name in outputs for name, kind, present in traced.slots
+    ):
+        # Lazy state (SGD's first momentum step) must not appear if the step is skipped; this
+        # host read happens on that first step only.
+        if float(found_inf.item()) != 0.0:
+            return
+    for index in members:
+        param = params[index]
+        row: list[Tensor | None] = [_as_real(param), _as_real(grads[index])]
+        for slot, (name, kind, _present) in enumerate(traced.slots):
+            value = states[index * width + slot]
+            if kind == "scalar":
+                row.append(value)
+            elif value is not None:
+                row.append(_as_real(value))
+            elif name in outputs:
+                buffer = torch.empty_like(row[0], memory_format=torch.preserve_format)
+                created.append((param, name, buffer))
+                row.append(buffer)
+            else:
+                row.append(None)
+        _make_dense(row, copy_back)
+        rows.append(row)
+    if on_cpu:
+        _run_cpu(traced, group, rows, grad_scale)
+    else:
+        from ._triton_fused import run_triton
+
+        run_triton(traced, group, rows, device, grad_scale, found_inf)
+    for dense, original in copy_back:
+        original.copy_(dense)
+    for param, name, buffer in created:
+        opt.state[param][name] = torch.view_as_complex(buffer) if param.is_complex() else buffer
+
+
+def _is_dense(t: Tensor) -> bool:
+    """Elements fill exactly ``numel`` consecutive slots (any dimension order, no gaps)."""
+    expected = 1
+    for stride, size in sorted((s, n) for n, s in zip(t.shape, t.stride()) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _make_dense(row: list[Tensor | None], copy_back: list[tuple[Tensor, Tensor]]) -> None:
+    """Kernels walk raw memory: every tensor of a row must be dense with the param's layout."""
+    param = row[0]
+    assert param is not None
+    if param.is_contiguous() and all(t is None or t.dim() == 0 or t.is_contiguous()
+                                     for t in row[1:]):
+        return
+    if _is_dense(param) and all(
+        t is None or t.dim() == 0 or t.stride() == param.stride() for t in row[1:]
+    ):
+        return
+    for i, t in enumerate(row):
+        if t is None or t.dim() == 0 or t.is_contiguous():
+            continue
+        dense = t.contiguous()
+        row[i] = dense
+        copy_back.append((dense, t))
+
+
+def _run_cpu(
+    traced: Traced, group: dict[str, Any], rows: list[list[Tensor | None]],
+    grad_scale: Tensor | None,
+) -> None:
+    from ._codegen_c import compile_c, emit_c
+
+    first = rows[0]
+    dtypes = tuple(None if t is None else t.dtype for t in first)
+    has_gs = grad_scale is not None
+    kernel_key = (id(traced), dtypes, has_gs)
+    kernel = _CPU_KERNELS.get(kernel_key)
+    if kernel is None:
+        source = emit_c(traced, dtypes, has_gs)
+        label = f"{traced.key[0][0] if traced.key else ''}"
+        kernel = compile_c(source, label)
+        _CPU_KERNELS[kernel_key] = (kernel, traced)  # keep traced alive: id() is the key
+        kernel = _CPU_KERNELS[kernel_key]
+    fn = kernel[0]
+    values = [float(v) for v in hp_values(traced, group)]
+    nslots = len(first)
+    n = len(rows)
+    ptrs = (ctypes.c_void_p * (n * nslots))(
+        *[0 if t is None else t.data_ptr() for row in rows for t in row]
+    )
+    numels = (ctypes.c_int64 * n)(*[row[0].numel() for row in rows])  # type: ignore[union-attr]
+    hp = (ctypes.c_double * max(1, len(values)))(*values)
+    scale = None
+    if has_gs:
+        scale_t = grad_scale.to(device="cpu", dtype=torch.float32).reshape(-1)
+        scale = scale_t.data_ptr()
+    fn(n, ctypes.addressof(numels), ctypes.addressof(ptrs), ctypes.addressof(hp), scale)

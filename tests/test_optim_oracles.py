@@ -440,12 +440,6 @@ def case(cls: type, oracle: Callable[..., Oracle], *, id: str, marks: Any = (),
     return pytest.param(cls, kwargs, partial(oracle, **oracle_kwargs), id=id, marks=marks)
 
 
-BUG_NAG_LOOKAHEAD_WD = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: NAG(lookahead=True, weight_decay>0) adds the L2 term at x_t instead of at the "
-    "lookahead point x_t + mu v_t, so it is not NAG on f + lambda/2 |x|^2",
-)
-
 CASES = [
     # --- SGD / Momentum / NAG: S1 §III-A..E, S2 §II-A, §IV-A
     case(ts.SGD, SGDOracle, id="SGD-plain", lr=0.1),
@@ -468,7 +462,7 @@ CASES = [
     case(ts.NAG, NAGLookaheadOracle, id="NAG-lookahead-maximize", route=("lookahead",),
          lr=0.05, momentum=0.7, maximize=True, lookahead=True),
     case(ts.NAG, NAGLookaheadOracle, id="NAG-lookahead-wd", route=("lookahead",),
-         marks=BUG_NAG_LOOKAHEAD_WD, lr=0.05, momentum=0.9, weight_decay=0.1, lookahead=True),
+         lr=0.05, momentum=0.9, weight_decay=0.1, lookahead=True),
     # --- AdaGrad: S1 eq. (7), S2 §II-B
     case(ts.Adagrad, AdagradOracle, id="Adagrad-plain", lr=0.1),
     case(ts.Adagrad, AdagradOracle, id="Adagrad-lr_decay-wd-init_acc", lr=0.2, lr_decay=0.01,

@@ -89,14 +89,22 @@ class SurveyOptimizer(Optimizer):
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         self._check_group(defaults, where="")
-        if defaults.get("fused") and defaults.get("foreach"):
-            raise ValueError("fused and foreach cannot both be True")
-        if defaults.get("fused") and defaults.get("differentiable"):
-            raise ValueError("fused does not support differentiable=True")
         if isinstance(params, Tensor):
             raise TypeError(
                 "params must be an iterable of Tensors or dicts, but got a single Tensor "
                 "(wrap it in a list)"
+            )
+        if isinstance(params, (set, frozenset)):
+            raise TypeError(
+                "params must be an ordered collection (list, tuple, generator), not a set: the "
+                "order of tensors in a set changes between runs, and state_dict depends on it"
+            )
+        if params is None or isinstance(params, (str, bytes, dict)) or not hasattr(
+            params, "__iter__"
+        ):
+            raise TypeError(
+                "params must be an iterable of Tensors, (name, Tensor) pairs or parameter-group "
+                f"dicts, got {type(params).__name__}"
             )
         super().__init__(params, defaults)
         if defaults.get("fused"):
@@ -123,7 +131,11 @@ class SurveyOptimizer(Optimizer):
         self._check_consistency(group, where)
 
     def _check_consistency(self, group: dict[str, Any], where: str) -> None:
-        """Checks that involve several hyperparameters (overridden by methods that have them)."""
+        """Checks that involve several hyperparameters (methods that have more extend this)."""
+        if group.get("fused") and group.get("foreach"):
+            raise ValueError(f"{where}fused and {where}foreach cannot both be True")
+        if group.get("fused") and group.get("differentiable"):
+            raise ValueError(f"{where}fused does not support differentiable=True")
 
     def _sparse_ok(self, group: dict[str, Any]) -> bool:
         return self._supports_sparse
@@ -608,10 +620,8 @@ class SurveyOptimizer(Optimizer):
                     f"state_dict['param_groups'][{index}] has {len(saved['params'])} parameters, "
                     f"the optimizer's group has {len(group['params'])}"
                 )
-            for key, check in self._hyperparameters.items():
-                if key in saved:
-                    check(f"state_dict['param_groups'][{index}]['{key}']", saved[key])
             merged = {**self.defaults, **saved}
+            self._check_group(merged, where=f"state_dict['param_groups'][{index}].")
             for saved_id, param in zip(saved["params"], group["params"]):
                 param_of_id[saved_id] = (param, merged)
         for saved_id, entries in saved_state.items():
@@ -633,7 +643,18 @@ class SurveyOptimizer(Optimizer):
                     f"expects {sorted(spec)}: it was saved by a different optimizer or settings"
                 )
             for key, value in entries.items():
-                if spec[key].kind != "scalar" and value is not None:
+                where = f"state_dict['state'][{saved_id}]['{key}']"
+                if spec[key].kind == "scalar":
+                    scalar_ok = (
+                        isinstance(value, Tensor) and value.numel() == 1
+                        or isinstance(value, (int, float)) and not isinstance(value, bool)
+                    )
+                    if not scalar_ok:
+                        raise ValueError(f"{where} must be a number or 1-element tensor")
+                elif value is None:
+                    if spec[key].kind != "lazy":
+                        raise ValueError(f"{where} is None; {name} needs a tensor there")
+                else:
                     if not isinstance(value, Tensor) or value.shape != param.shape:
                         shape = tuple(value.shape) if isinstance(value, Tensor) else type(value)
                         raise ValueError(

@@ -174,10 +174,16 @@ class AMSGrad(Adam):
         decoupled_weight_decay: bool = False,
         bias_correction: bool = True,
     ) -> None:
-        if amsgrad is not True:
-            raise ValueError(f"Invalid amsgrad: {amsgrad!r} (AMSGrad requires amsgrad=True)")
         super().__init__(
-            params, lr, betas, eps, weight_decay, True, foreach=foreach, maximize=maximize,
+            params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
             capturable=capturable, differentiable=differentiable, fused=fused,
             decoupled_weight_decay=decoupled_weight_decay, bias_correction=bias_correction,
         )
+
+    def _check_consistency(self, group: dict[str, Any], where: str) -> None:
+        super()._check_consistency(group, where)
+        if group.get("amsgrad") is not True:
+            raise ValueError(
+                f"Invalid {where}amsgrad: {group.get('amsgrad')!r} (AMSGrad requires "
+                "amsgrad=True; use Adam for plain Adam)"
+            )

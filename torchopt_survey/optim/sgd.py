@@ -92,6 +92,7 @@ class SGD(SurveyOptimizer):
         return group["momentum"] == 0  # without momentum, updating only present rows is exact
 
     def _check_consistency(self, group: dict[str, Any], where: str) -> None:
+        super()._check_consistency(group, where)
         if group.get("nesterov") and (group.get("momentum", 0) <= 0 or group.get("dampening", 0)):
             raise ValueError(
                 f"{where}nesterov: Nesterov momentum requires a momentum > 0 and zero dampening "
@@ -260,6 +261,11 @@ class NAG(SGD):
             return SGD._update(ops, param, grad, state, hp)
         # v_{t+1} = mu v_t - eta grad f(x_t + mu v_t) ;  x_{t+1} = x_t + v_{t+1}
         velocity = state["momentum_buffer"]
+        weight_decay = hp["weight_decay"]
+        if velocity is not None and (isinstance(weight_decay, Tensor) or weight_decay != 0):
+            # the L2 term belongs at the lookahead point too: the shared preprocessing added
+            # wd * x_t, this adds wd * mu * v_t
+            grad = ops.add(grad, velocity, alpha=weight_decay * hp["momentum"])
         if velocity is None:
             velocity = ops.mul(grad, -hp["lr"])
         else:

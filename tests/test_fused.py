@@ -88,9 +88,11 @@ def assert_state_close(a: Any, b: Any, **tol: Any) -> None:
     for index in sa:
         assert sa[index].keys() == sb[index].keys()
         for name in sa[index]:
-            x, y = sa[index][name], sb[index][name]
-            torch.testing.assert_close(x.float().cpu(), y.float().cpu(), **tol,
-                                       msg=f"state {index}.{name}")
+            x, y = sa[index][name].float().cpu(), sb[index][name].float().cpu()
+            # low-precision state: sums of terms of mixed sign carry the rounding error of
+            # their largest terms, so the absolute tolerance scales with the tensor's magnitude
+            scaled = dict(tol, atol=tol["atol"] * max(1.0, y.abs().max().item()))
+            torch.testing.assert_close(x, y, **scaled, msg=f"state {index}.{name}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -155,12 +155,13 @@ def _run_partition(
                 row.append(None)
         _make_dense(row, copy_back)
         rows.append(row)
+    label = type(opt).__name__
     if on_cpu:
-        _run_cpu(traced, group, rows, grad_scale)
+        _run_cpu(traced, group, rows, grad_scale, label)
     else:
         from ._triton_fused import run_triton
 
-        run_triton(traced, group, rows, device, grad_scale, found_inf)
+        run_triton(traced, group, rows, device, grad_scale, found_inf, label)
     for dense, original in copy_back:
         original.copy_(dense)
     for param, name, buffer in created:
@@ -199,6 +200,7 @@ def _make_dense(row: list[Tensor | None], copy_back: list[tuple[Tensor, Tensor]]
 def _run_cpu(
     traced: Traced, group: dict[str, Any], rows: list[list[Tensor | None]],
     grad_scale: Tensor | None,
+    label: str,
 ) -> None:
     from ._codegen_c import compile_c, emit_c
 
@@ -209,7 +211,6 @@ def _run_cpu(
     kernel = _CPU_KERNELS.get(kernel_key)
     if kernel is None:
         source = emit_c(traced, dtypes, has_gs)
-        label = f"{traced.key[0][0] if traced.key else ''}"
         kernel = compile_c(source, label)
         _CPU_KERNELS[kernel_key] = (kernel, traced)  # keep traced alive: id() is the key
         kernel = _CPU_KERNELS[kernel_key]

@@ -1,0 +1,159 @@
+"""The CUDA fused kernels (generated Triton) run on CPU under ``TRITON_INTERPRET=1``.
+
+The interpreter must be switched on before triton is imported, and it would turn every other
+Triton use in the session into the slow interpreter, so the checks run in a subprocess: this file
+re-executes itself with ``--interpret``, and the pytest test only checks the report. Tensors are
+tiny (a few dozen elements) and the block size is shrunk so every tensor spans several programs,
+which exercises the per-tensor "last program writes the step" counter.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+
+def test_triton_kernels_under_interpreter() -> None:
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1", TORCHOPT_SURVEY_FUSED_BACKEND="triton",
+               OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, __file__, "--interpret"], env=env,
+                            capture_output=True, text=True, timeout=600)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
+    assert lines, f"no report (rc={result.returncode}):\n{result.stderr[-4000:]}"
+    report = json.loads(lines[-1][len("REPORT "):])
+    assert report["checked"] >= 80, report
+    assert not report["failures"], "\n\n".join(report["failures"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the checks (run in the subprocess)
+# ---------------------------------------------------------------------------------------------
+def _checks() -> dict[str, Any]:
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    import test_fused as F
+
+    import torchopt_survey.optim as O
+    from torchopt_survey.optim import _fused
+    from torchopt_survey.optim import _triton_fused as TF
+
+    assert _fused.BACKEND == "triton"
+    torch.set_num_threads(1)
+    TF.BLOCK, TF.ITERS = 16, 2  # 32 elements per program: the 37- and 35-element tensors split
+    failures: list[str] = []
+    checked = 0
+
+    def check(name: str, fn: Any) -> None:
+        nonlocal checked
+        checked += 1
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 -- every failure is reported, the run goes on
+            failures.append(f"{name}:\n{traceback.format_exc(limit=6)}")
+
+    for case in F.CASES:
+        for dtype in F.DTYPES:
+            def one(case: Any = case, dtype: Any = dtype) -> None:
+                cls, kwargs = case
+                ref_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+                ref_params = [p.detach().to(ref_dtype).requires_grad_()
+                              for p in F.make_params(dtype)]
+                ref = F.run(cls, kwargs, ref_params, 3, round_to=dtype, foreach=False)
+                params = F.make_params(dtype)
+                opt = F.run(cls, kwargs, params, 3, fused=True)
+                for p, q in zip(params, ref_params):
+                    assert p.dtype == dtype
+                    torch.testing.assert_close(p.detach().float(), q.detach().float(),
+                                               **F.TOL[dtype])
+                F.assert_state_close(opt, ref, **F.TOL[dtype])
+
+            check(f"{F.case_id(case)} {dtype}", one)
+
+    def amp(case: Any) -> None:
+        cls, kwargs = case
+        params = F.make_params(torch.float32)
+        ref_params = F.make_params(torch.float32)
+        opt = cls(params, **kwargs, fused=True)
+        ref = cls(ref_params, **kwargs, foreach=False)
+        scale = torch.tensor([256.0])
+        for step in range(2):
+            for p, q, g in zip(params, ref_params, F.make_grads(params, step)):
+                p.grad, q.grad = g * 256.0, g.clone()
+            opt.grad_scale, opt.found_inf = scale, torch.tensor([0.0])
+            opt.step()
+            ref.step()
+        for p, q in zip(params, ref_params):
+            torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(p.grad, q.grad)  # stored back unscaled
+        before = [p.detach().clone() for p in params]
+        state = copy.deepcopy(opt.state_dict()["state"])
+        for p, g in zip(params, F.make_grads(params, 7)):
+            p.grad = g * 256.0
+        opt.grad_scale, opt.found_inf = scale, torch.tensor([1.0])  # the skip case
+        opt.step()
+        assert all(torch.equal(p.detach(), b) for p, b in zip(params, before))
+        after = opt.state_dict()["state"]
+        for index, entries in state.items():
+            for name, value in entries.items():
+                assert torch.equal(after[index][name], value), name
+
+    for case in [F.CASES[1], F.CASES[12], F.CASES[17], F.CASES[8]]:
+        check(f"amp {F.case_id(case)}", lambda case=case: amp(case))
+
+    def first_step_skipped() -> None:
+        params = F.make_params(torch.float32)
+        opt = O.SGD(params, lr=0.1, momentum=0.9, fused=True)
+        for p, g in zip(params, F.make_grads(params, 0)):
+            p.grad = g
+        opt.grad_scale, opt.found_inf = torch.tensor([2.0]), torch.tensor([1.0])
+        opt.step()
+        assert all(len(opt.state[p]) == 0 for p in params)
+
+    check("found_inf on the first step", first_step_skipped)
+
+    def tensor_lr() -> None:
+        params = F.make_params(torch.bfloat16)
+        ref_params = [p.detach().float().requires_grad_() for p in params]
+        lr = torch.tensor(0.05)
+        opt = O.NAdam(params, lr=lr, fused=True)
+        ref = O.NAdam(ref_params, lr=torch.tensor(0.05), foreach=False)
+        for step in range(4):
+            for p, q, g in zip(params, ref_params, F.make_grads(ref_params, step)):
+                p.grad, q.grad = g.to(torch.bfloat16), g.to(torch.bfloat16).float()
+            opt.step()
+            ref.step()
+            for o in (opt, ref):
+                o.param_groups[0]["lr"].mul_(0.5)  # a scheduler editing the tensor in place
+        for p, q in zip(params, ref_params):
+            torch.testing.assert_close(p.float(), q, **F.TOL[torch.bfloat16])
+
+    check("tensor lr changed between steps", tensor_lr)
+
+    def empty_and_mixed() -> None:
+        params = [torch.zeros(0, requires_grad=True), torch.randn(40, requires_grad=True),
+                  torch.randn(9, dtype=torch.float16, requires_grad=True)]
+        opt = O.Adam(params, fused=True)
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+        opt.step()
+        assert all(opt.state[p]["step"].item() == 2.0 for p in params)
+
+    check("empty tensor and mixed dtypes", empty_and_mixed)
+    return {"checked": checked, "failures": failures}
+
+
+if __name__ == "__main__" and "--interpret" in sys.argv:
+    print("REPORT " + json.dumps(_checks()))

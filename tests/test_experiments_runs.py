@@ -50,6 +50,17 @@ def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
 
 
+def _hparams(run_dir: Path) -> dict[str, object]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    raw = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    info = plugin_data_pb2.HParamsPluginData.FromString(raw).session_start_info
+    return {k: v.string_value or v.number_value for k, v in info.hparams.items()}
+
+
 def test_end_to_end_all_then_report(tmp_path: Path, data_env: dict[str, str]) -> None:
     logdir, out = tmp_path / "runs", tmp_path / "report"
     common = [
@@ -79,6 +90,7 @@ def test_end_to_end_all_then_report(tmp_path: Path, data_env: dict[str, str]) ->
     assert set(a) == set(b) >= {"train/loss", "test/accuracy", "train/loss_epoch"}
     assert len(a["train/loss"]) == 32  # every step of ceil(2000 / 64)
     acc = a["test/accuracy"][-1][1]
+    assert _hparams(logdir / "mnist/mnist-minibatch/adam/seed0")["optimizer"] == "adam"
     assert 0.3 < acc <= 1.0  # one Adam epoch learns far above chance (0.1)
     k = _scalars(logdir / "karate/karate-paper/adam/seed1")
     assert {"train/loss", "test/auc", "test/accuracy", "train/auc"} <= set(k)

@@ -412,3 +412,30 @@ def test_compiled_step_matches_eager(name: str) -> None:
             loss_fn(params, targets, weights).backward()
             step()
     assert_params_close(compiled_params, eager_params, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# constructor signature: same arguments, same defaults
+# ------------------------------------------------------------------------------------------
+SWITCHES = {"momentum_form", "lookahead", "eps_inside_sqrt", "bias_correction", "fused"}
+
+
+@pytest.mark.parametrize("info", OPTIMS, ids=[i.name for i in OPTIMS])
+def test_constructor_signature_matches_torch(info: OptimInfo) -> None:
+    import inspect
+
+    ours_sig = inspect.signature(info.cls.__init__).parameters
+    torch_sig = inspect.signature(info.torch_cls.__init__).parameters
+    for name, torch_param in torch_sig.items():
+        assert name in ours_sig, f"{info.name} lacks torch's argument {name!r}"
+        ours_param = ours_sig[name]
+        assert ours_param.kind == torch_param.kind, name
+        # the classes that *are* a flag of torch's class default that flag (AMSGrad: amsgrad)
+        expected = {**{k: v for k, v in info.base.items() if k != "lr"}}.get(
+            name, torch_param.default
+        )
+        if name == "lr":
+            expected = torch_param.default
+        assert ours_param.default == expected, (name, ours_param.default, expected)
+    extra = set(ours_sig) - set(torch_sig)
+    assert extra <= SWITCHES, extra

@@ -84,8 +84,6 @@ class SurveyOptimizer(Optimizer):
     _switches: ClassVar[tuple[str, ...]] = ()
     #: whether sparse gradients are accepted (updated row-wise, only the rows present)
     _supports_sparse: ClassVar[bool] = False
-    #: whether the group has a ``capturable`` flag (as its torch.optim counterpart does)
-    _has_capturable: ClassVar[bool] = True
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         self._check_group(defaults, where="")
@@ -661,9 +659,3 @@ class SurveyOptimizer(Optimizer):
                             f"state_dict['state'][{saved_id}]['{key}'] has shape {shape}, "
                             f"the parameter has shape {tuple(param.shape)}"
                         )
-
-
-def make_defaults(cls: type[SurveyOptimizer], values: dict[str, Any]) -> dict[str, Any]:
-    """The defaults dict in signature order, checked by ``cls._hyperparameters``."""
-    return {key: values[key] for key in cls._hyperparameters if key in values}
-

@@ -38,7 +38,6 @@ class Adagrad(SurveyOptimizer):
     }
     _switches = ("eps_inside_sqrt",)
     _supports_sparse = True
-    _has_capturable = False
 
     def __init__(
         self,

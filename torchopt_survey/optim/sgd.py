@@ -52,7 +52,6 @@ class SGD(SurveyOptimizer):
 
     _hyperparameters = {**_SGD_ARGS, "momentum_form": V.one_of("torch", "survey")}
     _switches = ("momentum_form",)
-    _has_capturable = False
 
     def __init__(
         self,

@@ -439,3 +439,24 @@ def test_constructor_signature_matches_torch(info: OptimInfo) -> None:
         assert ours_param.default == expected, (name, ours_param.default, expected)
     extra = set(ours_sig) - set(torch_sig)
     assert extra <= SWITCHES, extra
+
+
+@pytest.mark.parametrize("info", OPTIMS, ids=[i.name for i in OPTIMS])
+def test_compiled_step_traces_like_torch(info: OptimInfo) -> None:
+    """Dynamo sees one graph, no more graph breaks than torch.optim's class, for 2 steps."""
+
+    def explain(cls) -> tuple[int, int]:
+        torch._dynamo.reset()
+        params = [torch.randn(4, 3, requires_grad=True), torch.randn(3, requires_grad=True)]
+        opt = cls(params, **info.base, foreach=True)
+        for param in params:
+            param.grad = torch.randn_like(param)
+        counts = (0, 0)
+        for _ in range(2):  # the first step creates the state, the second is the steady one
+            result = torch._dynamo.explain(opt.step)()
+            counts = (result.graph_count, result.graph_break_count)
+        return counts
+
+    ours_graphs, ours_breaks = explain(info.cls)
+    _, torch_breaks = explain(info.torch_cls)
+    assert ours_graphs >= 1 and ours_breaks <= torch_breaks

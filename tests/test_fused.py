@@ -359,3 +359,25 @@ def test_compile_is_cached_per_configuration() -> None:
         p.grad = g
     other.step()
     assert len(_codegen_c.COMPILE_LOG) == n  # same structure, new values: same kernel
+
+
+def test_reused_launch_plan_follows_tensor_changes() -> None:
+    """Steps with unchanged tensor addresses reuse the prepared launch; any change rebuilds."""
+    params = make_params(torch.float32)
+    ref_params = make_params(torch.float32)
+    opt = O.Adam(params, lr=0.01, fused=True)
+    ref = O.Adam(ref_params, lr=0.01, foreach=False)
+    for p, q in zip(params, ref_params):
+        p.grad, q.grad = torch.zeros_like(p), torch.zeros_like(q)
+    for step in range(6):
+        for p, q, g in zip(params, ref_params, make_grads(params, step)):
+            p.grad.copy_(g)  # same addresses: the fast path
+            q.grad.copy_(g)
+        if step == 3:  # new state tensors (same values) must invalidate the plan
+            opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+        opt.step()
+        ref.step()
+    assert opt._fused_plans
+    for p, q in zip(params, ref_params):
+        torch.testing.assert_close(p, q)
+    assert_state_close(opt, ref, **TOL[torch.float32])

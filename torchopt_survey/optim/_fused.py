@@ -82,6 +82,23 @@ def fused_step(
     if on_cpu and found_inf is not None and float(found_inf.item()) != 0.0:
         return  # an overflow: the step is skipped and nothing changes (cheap to read on CPU)
 
+    # Fast path: the same tensors at the same addresses as last step (the usual case) reuse the
+    # prepared launches, so per-step host work is one data_ptr per tensor, not the row setup.
+    plans = opt.__dict__.setdefault("_fused_plans", {})
+    try:
+        signature: tuple | None = (
+            structure_key(group, ()), grad_scale is None, found_inf is None, on_cpu,
+            tuple([t.data_ptr() for t in params]), tuple([t.data_ptr() for t in grads]),
+            tuple([0 if t is None else t.data_ptr() for t in states]),
+        )
+    except RuntimeError:  # sparse gradients have no data pointer: the slow path refuses them
+        signature = None
+    plan = plans.get(id(group))
+    if plan is not None and signature is not None and plan[0] == signature:
+        for launch in plan[1]:
+            launch(group, grad_scale, found_inf)
+        return
+
     partitions: dict[tuple, list[int]] = {}
     for index, (param, grad) in enumerate(zip(params, grads)):
         if grad.is_sparse:
@@ -104,12 +121,21 @@ def fused_step(
         )
         partitions.setdefault(key, []).append(index)
 
+    launches: list[Any] = []
     for key, members in partitions.items():
         device = key[0]
         lazy_present = key[4]
         traced = get_trace(opt, spec, group, lazy_present)
-        _run_partition(opt, traced, group, spec, params, grads, states, members, device,
-                       grad_scale, found_inf, on_cpu)
+        launch = _run_partition(opt, traced, group, spec, params, grads, states, members,
+                                device, grad_scale, found_inf, on_cpu)
+        if launch is None:
+            signature = None  # tensors were made or copied this step: not reusable as is
+        else:
+            launches.append(launch)
+    if signature is not None and launches:
+        plans[id(group)] = (signature, launches)
+    else:
+        plans.pop(id(group), None)
 
 
 def _run_partition(
@@ -125,7 +151,8 @@ def _run_partition(
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
     on_cpu: bool,
-) -> None:
+) -> Any:
+    """Prepare and run one partition; return a launcher that repeats it, if reusable."""
     width = len(spec)
     outputs = traced.graph.outputs
     created: list[tuple[Tensor, str, Tensor]] = []  # lazy states made by this step
@@ -137,7 +164,7 @@ def _run_partition(
         # Lazy state (SGD's first momentum step) must not appear if the step is skipped; this
         # host read happens on that first step only.
         if float(found_inf.item()) != 0.0:
-            return
+            return None
     for index in members:
         param = params[index]
         row: list[Tensor | None] = [_as_real(param), _as_real(grads[index])]
@@ -157,15 +184,24 @@ def _run_partition(
         rows.append(row)
     label = type(opt).__name__
     if on_cpu:
-        _run_cpu(traced, group, rows, grad_scale, label)
+        launch = _cpu_launcher(traced, rows, grad_scale is not None, label)
     else:
         from ._triton_fused import run_triton
 
-        run_triton(traced, group, rows, device, grad_scale, found_inf, label)
+        dtypes = tuple(None if t is None else t.dtype for t in rows[0])
+        addresses = [0 if t is None else t.data_ptr() for row in rows for t in row]
+        numels = [row[0].numel() for row in rows]  # type: ignore[union-attr]
+
+        def launch(group: dict[str, Any], grad_scale: Any, found_inf: Any) -> None:
+            run_triton(traced, group, dtypes, addresses, numels, device, grad_scale, found_inf,
+                       label)
+
+    launch(group, grad_scale, found_inf)
     for dense, original in copy_back:
         original.copy_(dense)
     for param, name, buffer in created:
         opt.state[param][name] = torch.view_as_complex(buffer) if param.is_complex() else buffer
+    return None if copy_back or created else launch
 
 
 def _is_dense(t: Tensor) -> bool:
@@ -197,34 +233,40 @@ def _make_dense(row: list[Tensor | None], copy_back: list[tuple[Tensor, Tensor]]
         copy_back.append((dense, t))
 
 
-def _run_cpu(
-    traced: Traced, group: dict[str, Any], rows: list[list[Tensor | None]],
-    grad_scale: Tensor | None,
-    label: str,
-) -> None:
+def _cpu_launcher(
+    traced: Traced, rows: list[list[Tensor | None]], has_gs: bool, label: str,
+) -> Any:
+    """A function that runs the C kernel over ``rows`` (address tables built once, here)."""
     from ._codegen_c import compile_c, emit_c
 
     first = rows[0]
     dtypes = tuple(None if t is None else t.dtype for t in first)
-    has_gs = grad_scale is not None
     kernel_key = (id(traced), dtypes, has_gs)
-    kernel = _CPU_KERNELS.get(kernel_key)
-    if kernel is None:
-        source = emit_c(traced, dtypes, has_gs)
-        kernel = compile_c(source, label)
-        _CPU_KERNELS[kernel_key] = (kernel, traced)  # keep traced alive: id() is the key
-        kernel = _CPU_KERNELS[kernel_key]
-    fn = kernel[0]
-    values = [float(v) for v in hp_values(traced, group)]
+    entry = _CPU_KERNELS.get(kernel_key)
+    if entry is None:
+        entry = (compile_c(emit_c(traced, dtypes, has_gs), label), traced)  # keeps id() valid
+        _CPU_KERNELS[kernel_key] = entry
+    fn = entry[0]
     nslots = len(first)
     n = len(rows)
     ptrs = (ctypes.c_void_p * (n * nslots))(
         *[0 if t is None else t.data_ptr() for row in rows for t in row]
     )
     numels = (ctypes.c_int64 * n)(*[row[0].numel() for row in rows])  # type: ignore[union-attr]
-    hp = (ctypes.c_double * max(1, len(values)))(*values)
-    scale = None
-    if has_gs:
-        scale_t = grad_scale.to(device="cpu", dtype=torch.float32).reshape(-1)
-        scale = scale_t.data_ptr()
-    fn(n, ctypes.addressof(numels), ctypes.addressof(ptrs), ctypes.addressof(hp), scale)
+    # (no tensor is kept alive: a launcher is only reused when every address is unchanged)
+    leaves = traced.graph.hp_leaves
+    hp_type = ctypes.c_double * max(1, len(leaves))
+    tables = (numels, ptrs)  # the launcher must keep the ctypes arrays it passes by address
+    numels_at, ptrs_at = ctypes.addressof(numels), ctypes.addressof(ptrs)
+
+    def launch(group: dict[str, Any], grad_scale: Any, found_inf: Any) -> None:
+        del found_inf  # checked on the host before any launch (a CPU read is free)
+        assert tables
+        hp = hp_type(*[float(group[k] if i is None else group[k][i]) for k, i in leaves])
+        scale = None
+        if grad_scale is not None:
+            scale_t = grad_scale.to(device="cpu", dtype=torch.float32).reshape(-1)
+            scale = scale_t.data_ptr()
+        fn(n, numels_at, ptrs_at, ctypes.addressof(hp), scale)
+
+    return launch

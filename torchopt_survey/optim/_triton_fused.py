@@ -254,9 +254,7 @@ def load_kernel(source: str, label: str) -> Any:
 class _Plan:
     """Device tables for one set of tensors (rebuilt only when an address changes)."""
 
-    def __init__(self, device: torch.device, rows: list[list[Tensor | None]], chunk: int):
-        ptrs = [0 if t is None else t.data_ptr() for row in rows for t in row]
-        numels = [row[0].numel() for row in rows]  # type: ignore[union-attr]
+    def __init__(self, device: torch.device, ptrs: list[int], numels: list[int], chunk: int):
         chunks = [max(1, -(-n // chunk)) for n in numels]
         chunk_tensor = [t for t, c in enumerate(chunks) for _ in range(c)]
         chunk_start = [i * chunk for c in chunks for i in range(c)]
@@ -269,7 +267,7 @@ class _Plan:
         self.chunk_tensor = put(chunk_tensor, torch.int32)
         self.chunk_start = put(chunk_start, torch.int64)
         self.nchunks = put(chunks, torch.int32)
-        self.counter = torch.zeros(len(rows), dtype=torch.int32, device=device)
+        self.counter = torch.zeros(len(numels), dtype=torch.int32, device=device)
         self.grid = (len(chunk_tensor),)
 
 
@@ -293,16 +291,21 @@ def _cached(cache: OrderedDict, key: tuple, make: Any, size: int = 16) -> Any:
 def run_triton(
     traced: Traced,
     group: dict[str, Any],
-    rows: list[list[Tensor | None]],
+    dtypes: tuple[Any, ...],
+    ptrs: list[int],
+    numels: list[int],
     device: torch.device,
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
     label: str = "",
 ) -> None:
-    """One launch of the generated kernel over ``rows`` (one row of tensors per parameter)."""
+    """One launch of the generated kernel.
+
+    ``ptrs`` holds each parameter's row of addresses (param, grad, states in spec order; 0 for
+    an absent lazy state), ``dtypes`` the row's dtypes, ``numels`` each parameter's size.
+    """
     from ._fused import hp_values
 
-    dtypes = tuple(None if t is None else t.dtype for t in rows[0])
     values = hp_values(traced, group)
     tensor_hp = tuple(v.dtype if isinstance(v, Tensor) else None for v in values)
     has_gs, has_fi = grad_scale is not None, found_inf is not None
@@ -317,9 +320,8 @@ def run_triton(
     hp = _cached(_HP_BUFFERS, (device, floats),
                  lambda: torch.tensor(floats, dtype=torch.float64).to(device))
     chunk = BLOCK * ITERS
-    plan_key = (device, chunk, tuple(0 if t is None else t.data_ptr() for row in rows for t in row),
-                tuple(row[0].numel() for row in rows))  # type: ignore[union-attr]
-    plan = _cached(_PLANS, plan_key, lambda: _Plan(device, rows, chunk), size=8)
+    plan_key = (device, chunk, tuple(ptrs), tuple(numels))
+    plan = _cached(_PLANS, plan_key, lambda: _Plan(device, ptrs, numels, chunk), size=8)
     thp = [v.to(device).reshape(()) for v in values if isinstance(v, Tensor)]
     gs = grad_scale.to(device) if has_gs else hp  # type: ignore[union-attr]
     fi = found_inf.to(device) if has_fi else hp  # type: ignore[union-attr]

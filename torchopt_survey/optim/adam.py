@@ -93,12 +93,15 @@ class Adam(SurveyOptimizer):
         state["exp_avg_sq"] = second
         if hp["amsgrad"]:
             second = state["max_exp_avg_sq"] = ops.maximum_(state["max_exp_avg_sq"], second)
-        denom = ops.sqrt(second)
-        step_size = hp["lr"]
+        step_size, eps = hp["lr"], hp["eps"]
         if hp.get("bias_correction", True):
-            step_size = step_size / (1 - beta1**step)
-            denom = ops.div_(denom, (1 - beta2**step) ** 0.5)
-        denom = ops.add_(denom, hp["eps"])
+            # Kingma & Ba §2's efficient form: m_hat / (sqrt(v_hat) + eps) equals
+            # (sqrt(1-b2^t) / (1-b1^t)) m / (sqrt(v) + eps sqrt(1-b2^t)) -- the corrections
+            # ride on scalars, saving a full pass over v per step.
+            bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+            step_size = step_size * bias_correction2_sqrt / (1 - beta1**step)
+            eps = eps * bias_correction2_sqrt
+        denom = ops.add_(ops.sqrt(second), eps)
         return ops.addcdiv_(param, exp_avg, denom, -step_size)
 
 

@@ -93,6 +93,10 @@ class NAdam(SurveyOptimizer):
         exp_avg = state["exp_avg"] = ops.lerp_(state["exp_avg"], grad, 1 - beta1)
         exp_avg_sq = ops.addcmul_(ops.mul_(state["exp_avg_sq"], beta2), grad, grad, 1 - beta2)
         state["exp_avg_sq"] = exp_avg_sq
-        denom = ops.add_(ops.sqrt_(ops.div(exp_avg_sq, 1 - beta2**step)), hp["eps"])
+        # x / (sqrt(v / bc2) + eps) == sqrt(bc2) x / (sqrt(v) + eps sqrt(bc2)): the bias
+        # correction rides on scalars instead of costing a pass over v
+        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+        denom = ops.add_(ops.sqrt(exp_avg_sq), hp["eps"] * bias_correction2_sqrt)
+        lr = lr * bias_correction2_sqrt
         param = ops.addcdiv_(param, grad, denom, -lr * (1.0 - mu) / (1.0 - mu_product))
         return ops.addcdiv_(param, exp_avg, denom, -lr * mu_next / (1.0 - mu_product * mu_next))

@@ -115,13 +115,19 @@ class SGD(SurveyOptimizer):
             else:
                 buf = ops.add_(ops.mul_(buf, momentum), grad, alpha=lr * damped)
             state["momentum_buffer"] = buf
-            direction = ops.add(ops.mul(grad, lr), buf, alpha=momentum) if hp["nesterov"] else buf
-            return ops.add_(param, direction, alpha=-1)
+            if hp["nesterov"]:  # theta -= eta g + mu v, as two in-place passes
+                param = ops.add_(param, grad, alpha=-lr)
+                return ops.add_(param, buf, alpha=-momentum)
+            return ops.add_(param, buf, alpha=-1)
         # torch.optim form: b_t = mu b_{t-1} + (1 - dampening) g_t ; theta -= lr b_t
         buf = ops.clone(grad) if buf is None else ops.add_(ops.mul_(buf, momentum), grad, damped)
         state["momentum_buffer"] = buf
-        direction = ops.add(grad, buf, alpha=momentum) if hp["nesterov"] else buf
-        return ops.add_(param, direction, alpha=-lr)
+        if hp["nesterov"]:
+            # theta -= lr (g + mu b) as two in-place passes: no temporary the size of the
+            # parameters (torch.optim allocates g + mu b)
+            param = ops.add_(param, grad, alpha=-lr)
+            return ops.add_(param, buf, alpha=-lr * momentum)
+        return ops.add_(param, buf, alpha=-lr)
 
 
 class Momentum(SGD):

@@ -245,27 +245,29 @@ class SurveyOptimizer(Optimizer):
         """
         has_complex = False
         has_sparse = False
-        spec = self._state_spec(group)
-        stateless = not spec  # e.g. plain SGD: leave self.state empty, as torch.optim does
+        names = [entry.name for entry in self._state_spec(group)]
+        all_state = self.state
+        # (this loop runs for every parameter on every step: keep it lean)
         for param in group["params"]:
-            if param.grad is None:
+            grad = param.grad
+            if grad is None:
                 continue
-            if param.grad.is_sparse:
+            if grad.is_sparse:
                 if not self._sparse_ok(group):
                     raise RuntimeError(
                         f"{type(self).__name__} does not support sparse gradients"
                     )
                 has_sparse = True
-            has_complex |= torch.is_complex(param)
+            if param.is_complex():
+                has_complex = True
             params.append(param)
-            grads.append(param.grad)
-            if stateless:
-                continue
-            state = self.state[param]
-            if len(state) == 0:
+            grads.append(grad)
+            if not names:
+                continue  # e.g. plain SGD: leave self.state empty, as torch.optim does
+            state = all_state[param]
+            if not state:
                 state.update(self._new_state(group, param))
-            for entry in spec:
-                states.append(state.get(entry.name))
+            states.extend([state.get(name) for name in names])
         return has_complex, has_sparse
 
     # ----------------------------------------------------------------------------------

@@ -79,9 +79,9 @@ class Adadelta(SurveyOptimizer):
         state["step"] = state["step"] + 1
         square_avg = ops.addcmul_(ops.mul_(state["square_avg"], rho), grad, grad, 1 - rho)
         state["square_avg"] = square_avg
-        std = ops.sqrt_(ops.add(square_avg, eps))
-        delta = ops.sqrt_(ops.add(state["acc_delta"], eps))
-        delta = ops.mul_(ops.div_(delta, std), grad)
+        # RMS[dx]_{t-1} / RMS[g]_t as one square root of the ratio (one pass fewer than two)
+        ratio = ops.div_(ops.add(state["acc_delta"], eps), ops.add(square_avg, eps))
+        delta = ops.mul_(ops.sqrt_(ratio), grad)
         acc_delta = ops.addcmul_(ops.mul_(state["acc_delta"], rho), delta, delta, 1 - rho)
         state["acc_delta"] = acc_delta
         return ops.add_(param, delta, alpha=-hp["lr"])

@@ -214,8 +214,9 @@ class ForeachOps:
 
     @staticmethod
     def addcmul(xs: list[Tensor], a: list[Tensor], b: list[Tensor], value: Scalar = 1):
-        out = [x.clone() for x in xs]
-        return ForeachOps.addcmul_(out, a, b, value)
+        if isinstance(value, Tensor):
+            return torch._foreach_addcmul(xs, a, torch._foreach_mul(b, _per_tensor(value, len(b))))
+        return torch._foreach_addcmul(xs, a, b, value=value)
 
     # in place -----------------------------------------------------------------------------
     @staticmethod

@@ -115,17 +115,20 @@ class MnistTask:
         # A fresh generator per (seed, epoch) makes the shuffle independent of how the run got
         # here, so a resumed run sees exactly the batches of an uninterrupted one.
         gen = torch.Generator().manual_seed(self.spec["seed"] * 1_000_003 + epoch)
-        if bs < n:
-            # One gather per epoch, then every batch is a contiguous view: no per-step copy.
-            perm = torch.randperm(n, generator=gen).to(self.device)
-            x, y = x.index_select(0, perm), y.index_select(0, perm)
+        perm = torch.randperm(n, generator=gen).to(self.device) if bs < n else None
         # Losses stay on the device until the epoch ends: no host sync per step.
         buf = torch.empty(self.steps_per_epoch, device=self.device)
         every = max(1, self.steps_per_epoch // 50)
         step = self._step
         for i in range(self.steps_per_epoch):
-            lo = i * bs
-            buf[i] = step(x[lo : lo + bs], y[lo : lo + bs])
+            if perm is None:
+                xb, yb = x, y  # full batch: order does not matter for the mean loss
+            else:
+                # Gathering one batch per step is cheaper than permuting the whole 188 MB set
+                # each epoch (that costs ~0.13 ms/step in page faults and copies here).
+                idx = perm[i * bs : (i + 1) * bs]
+                xb, yb = x.index_select(0, idx), y.index_select(0, idx)
+            buf[i] = step(xb, yb)
             if (i + 1) % every == 0:
                 progress(i + 1, float(buf[i]))
         losses.copy_(buf.cpu())

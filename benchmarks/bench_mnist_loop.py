@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,7 @@ def plain_in_memory(task: MnistTask, steps: int) -> float:
         loss = F.cross_entropy(model(x[idx]), y[idx])
         loss.backward()
         opt.step()
-        float(loss)  # the usual per-step .item() for logging
+        loss.item()  # the usual per-step .item() for logging
     return (time.perf_counter() - t0) / steps * 1e3
 
 
@@ -122,17 +123,23 @@ def main() -> None:
     ap.add_argument("--optimizers", nargs="+", default=["sgd", "adam"], help="'all' or names")
     ap.add_argument("--steps", type=int, default=400, help="timed steps for batch-64 loops")
     ap.add_argument("--steps-b1", type=int, default=5000, help="timed steps for batch-1 loops")
+    ap.add_argument("--repeats", type=int, default=3, help="median of this many measurements")
     ap.add_argument("--out", default=None, help="write a Markdown table (and .json) here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     names = resolve_optimizer_names(args.optimizers)
+
+    def med(fn: Any, *a: Any) -> float:
+        # This VM's timings scatter by +-20 %; the median of repeats is far more stable.
+        return statistics.median(fn(*a) for _ in range(args.repeats))
+
     rows: list[dict[str, Any]] = []
     for bs, steps in ((64, args.steps), (1, args.steps_b1)):
         subset = None if bs == 64 else args.steps_b1
         base = MnistTask(_spec("sgd", bs, subset), torch.device("cpu"), args.data_dir)
-        tb = textbook(args.data_dir, bs, steps if bs == 64 else steps // 5)
-        plain = plain_in_memory(base, steps)
-        floor = fwd_bwd_floor(base, steps)
+        tb = med(textbook, args.data_dir, bs, steps if bs == 64 else steps // 5)
+        plain = med(plain_in_memory, base, steps)
+        floor = med(fwd_bwd_floor, base, steps)
         rows.append({"batch": bs, "loop": "textbook DataLoader(ToTensor()) + torch.optim.SGD",
                      "ms_per_step": tb})  # fmt: skip
         rows.append(
@@ -141,13 +148,14 @@ def main() -> None:
         rows.append({"batch": bs, "loop": "forward+backward only (floor)", "ms_per_step": floor})
         for name in names:
             task = MnistTask(_spec(name, bs, subset), torch.device("cpu"), args.data_dir)
-            ms = ours(task)
+            ms = med(ours, task)
             share = max(0.0, (ms - floor) / ms)
             rows.append({"batch": bs, "loop": f"ours ({name})", "ms_per_step": ms,
                          "speedup_vs_textbook": tb / ms,
                          "optimizer_and_bookkeeping_share": share})  # fmt: skip
     lines = [
-        f"threads={args.threads}, torch {torch.__version__}, device cpu",
+        f"threads={args.threads}, torch {torch.__version__}, device cpu, "
+        f"median of {args.repeats} measurements",
         "",
         "| batch | loop | ms/step | epoch s (60k) | speed-up vs textbook | optimizer+bookkeeping |",
         "|---:|---|---:|---:|---:|---:|",

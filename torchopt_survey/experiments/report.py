@@ -254,13 +254,13 @@ def _rebin(xs: Sequence[float], ys: Sequence[float], bins: int = 200) -> tuple[l
 
 
 def _plot_series(
-    ax: Any, x: Sequence[float], curves: Sequence[Sequence[float]], label: str
+    ax: Any, x: Sequence[float], curves: Sequence[Sequence[float]], label: str, alpha: float = 0.2
 ) -> None:
     mean, lo, hi = _mean_band(curves)
     x = list(x)[: len(mean)]
     (line,) = ax.plot(x, mean, label=label, lw=1.4, color=_color(label))
     if len(curves) > 1:
-        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=alpha, lw=0)
 
 
 def _loss_curves(runs: Sequence[dict[str, Any]]) -> tuple[list[float], list[list[float]]]:
@@ -299,7 +299,8 @@ def _figure(
             else:
                 curves = [r["history"][tag] for r in runs]
                 x = list(range(1, len(curves[0]) + 1))
-            _plot_series(ax, x, curves, label)
+            # Fainter bands when many optimizers share one panel, so the means stay readable.
+            _plot_series(ax, x, curves, label, alpha=0.2 if len(series) <= 4 else 0.07)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         if tag == "train/loss":

@@ -33,13 +33,16 @@ from torchopt_survey.experiments.models import make_mlp
 from torchopt_survey.experiments.registry import resolve_optimizer_names
 
 
-def _spec(optimizer: str, batch_size: int | str, train_subset: int | None) -> dict[str, Any]:
+def _spec(
+    optimizer: str, batch_size: int | str, train_subset: int | None, fused: bool = False
+) -> dict[str, Any]:
     from torchopt_survey.experiments.registry import optimizer_hparams
 
+    kwargs = optimizer_hparams(optimizer, {"fused": True} if fused else None)
     return {
         "experiment": "mnist", "variant": "bench", "dataset": "mnist", "regime": "bench",
         "batch_size": batch_size, "optimizer": optimizer,
-        "optimizer_kwargs": optimizer_hparams(optimizer), "seed": 0, "epochs": 1, "log_every": 1,
+        "optimizer_kwargs": kwargs, "seed": 0, "epochs": 1, "log_every": 1,
         "hidden": 500, "activation": "linear", "train_subset": train_subset, "test_subset": 100,
         "eval_batch_size": 10000, "compile": False,
     }  # fmt: skip
@@ -123,6 +126,7 @@ def main() -> None:
     ap.add_argument("--optimizers", nargs="+", default=["sgd", "adam"], help="'all' or names")
     ap.add_argument("--steps", type=int, default=400, help="timed steps for batch-64 loops")
     ap.add_argument("--steps-b1", type=int, default=5000, help="timed steps for batch-1 loops")
+    ap.add_argument("--fused", action="store_true", help="also time fused=True optimizers")
     ap.add_argument("--repeats", type=int, default=3, help="median of this many measurements")
     ap.add_argument("--out", default=None, help="write a Markdown table (and .json) here")
     args = ap.parse_args()
@@ -146,11 +150,14 @@ def main() -> None:
             {"batch": bs, "loop": "plain in-memory + torch.optim.SGD", "ms_per_step": plain}
         )
         rows.append({"batch": bs, "loop": "forward+backward only (floor)", "ms_per_step": floor})
-        for name in names:
-            task = MnistTask(_spec(name, bs, subset), torch.device("cpu"), args.data_dir)
+        variants = [(n, False) for n in names] + ([(n, True) for n in names] if args.fused else [])
+        for name, fused in variants:
+            spec = _spec(name, bs, subset, fused)
+            task = MnistTask(spec, torch.device("cpu"), args.data_dir)
             ms = med(ours, task)
             share = max(0.0, (ms - floor) / ms)
-            rows.append({"batch": bs, "loop": f"ours ({name})", "ms_per_step": ms,
+            rows.append({"batch": bs, "loop": f"ours ({name}{', fused' if fused else ''})",
+                         "ms_per_step": ms,
                          "speedup_vs_textbook": tb / ms,
                          "optimizer_and_bookkeeping_share": share})  # fmt: skip
     lines = [

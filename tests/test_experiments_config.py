@@ -124,3 +124,18 @@ def test_help_explains_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
     flags = "--config --optimizers --seeds --epochs --device --data-dir --logdir --resume --quiet"
     for flag in [*flags.split(), "--dataset", "--edge-list", "--set", "--workers"]:
         assert flag in text
+
+
+def test_fused_flag_reaches_optimizer_kwargs_and_trains(tmp_path: Path) -> None:
+    from torchopt_survey.experiments import karate
+    from torchopt_survey.experiments.runner import RunOptions, execute_run
+
+    (cfg,) = cli.build_configs(_args("karate", "--fused", "--optimizers", "adam", "--seeds", "0"))
+    specs = karate.expand(cfg)
+    assert all(s["optimizer_kwargs"]["fused"] is True for s in specs)
+    spec = {**specs[0], "epochs": 3}
+    res = execute_run(spec, RunOptions(logdir=str(tmp_path), deterministic=False))
+    assert len(res["history"]["test/auc"]) == 3
+    assert res["history"]["train/loss_epoch"][-1] < res["history"]["train/loss_epoch"][0]
+    (plain,) = cli.build_configs(_args("karate"))
+    assert "fused" not in karate.expand(plain)[0]["optimizer_kwargs"]

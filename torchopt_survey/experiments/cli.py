@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, metavar="S", help="random seeds (one run each)")
     p.add_argument("--epochs", type=int, metavar="N", help="epochs per run (all regimes)")
     p.add_argument("--lr", type=float, help="learning rate for every optimizer (paper: 0.01)")
+    p.add_argument(
+        "--fused",
+        action="store_true",
+        help="use torchopt_survey's fused optimizer kernels (same update rule, faster; "
+        "CPU needs a C compiler)",
+    )
     g = p.add_argument_group("mnist")
     g.add_argument(
         "--dataset",
@@ -138,6 +144,8 @@ def _cli_overrides(args: argparse.Namespace, exp: str, cfg: dict[str, Any]) -> d
         upd["epochs"] = args.epochs
     if args.lr is not None:
         upd["lr"] = args.lr
+    if args.fused:
+        upd["fused"] = True
     if exp == "mnist":
         for key in ("dataset", "activation", "train_subset", "test_subset"):
             if getattr(args, key) is not None:

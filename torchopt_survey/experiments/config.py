@@ -29,6 +29,9 @@ _COMMON: dict[str, Any] = {
     "lr": None,  # None: the registry's paper default (0.01)
     "optimizer_kwargs": {},  # {optimizer name: {kwarg: value}}
     "deterministic": True,
+    # torchopt_survey's fused kernels (generated C on CPU, Triton on CUDA): same update rule,
+    # fewer passes over memory. Off in the paper configs (needs a C compiler on CPU).
+    "fused": False,
 }
 
 MNIST_DEFAULTS: dict[str, Any] = {
@@ -175,6 +178,8 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(kw, dict):
             raise ValueError(f"optimizer_kwargs.{name}: expected a mapping of keyword arguments")
     cfg["optimizer_kwargs"] = okw
+    if not isinstance(cfg["fused"], bool):
+        raise ValueError(f"fused: expected true or false, got {cfg['fused']!r}")
     if exp == "mnist":
         _check_choice("dataset", str(cfg["dataset"]).lower(), tuple(DATASETS))
         cfg["dataset"] = str(cfg["dataset"]).lower()

@@ -23,6 +23,8 @@ def expand(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     for model in cfg["models"]:
         for opt in cfg["optimizers"]:
             overrides = dict(cfg["optimizer_kwargs"].get(opt, {}))
+            if cfg["fused"]:
+                overrides["fused"] = True
             if cfg["lr"] is not None:
                 overrides["lr"] = cfg["lr"]
             for seed in cfg["seeds"]:

@@ -32,6 +32,8 @@ def expand(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     for regime, rspec in cfg["regimes"].items():
         for opt in rspec["optimizers"]:
             overrides = dict(cfg["optimizer_kwargs"].get(opt, {}))
+            if cfg["fused"]:
+                overrides["fused"] = True
             lr = rspec.get("lr", cfg["lr"])
             if lr is not None:
                 overrides["lr"] = lr

@@ -20,13 +20,12 @@ Shares helpers and the JSON layout (``{"mode", "environment", "rows"}``) with be
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from bench_optim import (  # noqa: E402
     make_params,
     many_tensor_shapes,
     time_steps,
+    write_json,
 )
 
 #: methods torch has a fused CPU/CUDA kernel for (its counterpart runs fused=True)
@@ -279,12 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fused step time, {args.device}, {args.threads} thread(s), torch {torch.__version__}")
     print_table(rows, args.device)
     if args.json:
-        payload = {"mode": "fused", "environment": environment(args.threads, args.device),
-                   "rows": [asdict(r) for r in rows]}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.json, "w") as handle:
-            json.dump(payload, handle, indent=2)
-        print(f"wrote {args.json}")
+        write_json(args.json, "fused", environment(args.threads, args.device), rows)
     return 0
 
 

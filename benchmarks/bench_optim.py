@@ -171,6 +171,17 @@ def environment(threads: int, device: str) -> dict[str, Any]:
     return info
 
 
+def write_json(path: str, mode: str, env: dict[str, Any], rows: list[Any]) -> None:
+    """The rows and the environment they were measured in, as one JSON file."""
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    with open(path, "w") as handle:
+        json.dump({"mode": mode, "environment": env, "rows": [asdict(r) for r in rows]}, handle,
+                  indent=2)
+    print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", default=list(COUNTERPARTS), choices=COUNTERPARTS,
@@ -201,11 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"foreach step time, {device}, {args.threads} thread(s), torch {torch.__version__}")
     print_table(rows)
     if args.json:
-        payload = {"mode": "foreach", "environment": environment(args.threads, device),
-                   "rows": [asdict(r) for r in rows]}
-        with open(args.json, "w") as handle:
-            json.dump(payload, handle, indent=2)
-        print(f"wrote {args.json}")
+        write_json(args.json, "foreach", environment(args.threads, device), rows)
     return 0
 
 

@@ -44,3 +44,17 @@ def save_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 def load_json(path: str | os.PathLike[str]) -> Any:
     return json.loads(Path(path).read_text())
+
+
+class ModelOptimizerState:
+    """``state_dict``/``load_state_dict`` of a task that owns ``model`` and ``optimizer``."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])

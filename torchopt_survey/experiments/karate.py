@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from .checkpoint import ModelOptimizerState
 from .data import load_graph
 from .models import GCNLinkModel, PaperLinkModel
 from .registry import build_optimizer, optimizer_hparams
@@ -88,7 +89,7 @@ def split_edges(data: Any, seed: int, val_ratio: float, test_ratio: float) -> tu
         return splitter(data)
 
 
-class KarateTask:
+class KarateTask(ModelOptimizerState):
     """One link-prediction run (full-batch: one optimizer step per epoch)."""
 
     def __init__(self, spec: dict[str, Any], device: torch.device, data_dir: str | None) -> None:
@@ -126,13 +127,6 @@ class KarateTask:
         pairs = torch.cat([pos, neg], dim=1)
         labels = torch.cat([torch.ones(pos.shape[1]), torch.zeros(neg.shape[1])]).to(self.device)
         return pairs, labels
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
 
     def hparams(self) -> dict[str, Any]:
         s = self.spec

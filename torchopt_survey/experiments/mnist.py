@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from .checkpoint import ModelOptimizerState
 from .data import ImageData, load_image_dataset
 from .models import make_mlp
 from .registry import build_optimizer, optimizer_hparams
@@ -61,7 +62,7 @@ def expand(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     return specs
 
 
-class MnistTask:
+class MnistTask(ModelOptimizerState):
     """One training run: model, optimizer and the epoch loop over in-memory tensors."""
 
     def __init__(self, spec: dict[str, Any], device: torch.device, data_dir: str | None) -> None:
@@ -82,14 +83,6 @@ class MnistTask:
         # torch.compile pays off on GPUs (fused kernels); on CPU it was measured slower for this
         # small MLP, so it is opt-in.
         self._forward = torch.compile(self.model) if spec["compile"] else self.model
-
-    # -- checkpointing
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
 
     def hparams(self) -> dict[str, Any]:
         s = self.spec

@@ -468,3 +468,20 @@ def test_compiled_step_traces_like_torch(info: OptimInfo) -> None:
     ours_graphs, ours_breaks = explain(info.cls)
     _, torch_breaks = explain(info.torch_cls)
     assert ours_graphs >= 1 and ours_breaks <= torch_breaks
+
+
+BITWISE = ["SGD", "Momentum", "Adagrad", "RMSprop", "Adamax"]
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["forloop", "foreach"])
+@pytest.mark.parametrize("name", BITWISE)
+def test_bitwise_equal_to_torch_where_the_operations_are_torchs(name: str, foreach: bool) -> None:
+    """These methods run torch.optim's very operations: not one bit differs (README claim)."""
+    info = next(i for i in OPTIMS if i.name == name)
+    targets, weights = problem()
+    ours_params, torch_params = make_params(), make_params()
+    ours_opt = build(info, info.configs[0], ours_params, foreach=foreach)
+    torch_opt = build(info, info.configs[0], torch_params, ours=False, foreach=foreach)
+    for ours_final, torch_final in zip(run(ours_opt, ours_params, 50, targets, weights),
+                                       run(torch_opt, torch_params, 50, targets, weights)):
+        assert torch.equal(ours_final, torch_final)

@@ -110,7 +110,8 @@ class SurveyOptimizer(Optimizer):
             )
         super().__init__(params, defaults)
         if defaults.get("fused"):
-            # GradScaler hands grad_scale/found_inf to the fused step (see issue on AMP)
+            # GradScaler then hands grad_scale/found_inf to step(): the fused kernels unscale
+            # inside and skip the whole step when a gradient overflowed
             self._step_supports_amp_scaling = True
 
     @staticmethod

@@ -73,6 +73,19 @@ def _tensor_hyperparameter(value: Any, device: torch.device | None) -> Any:
     return value
 
 
+def _read_scalar(stored: Tensor, tensor_scalars: bool) -> Any:
+    """A scalar state entry as the math sees it: the tensor itself, or a Python float."""
+    return stored if tensor_scalars else stored.item()
+
+
+def _store_scalar(stored: Tensor, new: Any, tensor_scalars: bool) -> None:
+    """Write what the math computed back into the scalar state tensor, in place."""
+    if not tensor_scalars:
+        stored.fill_(new)
+    elif new is not stored:
+        stored.copy_(new)
+
+
 def _float_hyperparameter(value: Any) -> Any:
     if isinstance(value, Tensor):
         return value.item()
@@ -327,7 +340,7 @@ class SurveyOptimizer(Optimizer):
         device = params[0].device if tensor_scalars else None
         hp = self._hp(group, tensor_scalars, device)
         if foreach and not differentiable and not has_sparse:
-            self._foreach(group, spec, hp, params, grads, states, tensor_scalars, has_complex)
+            self._foreach(spec, hp, params, grads, states, tensor_scalars, has_complex)
         else:
             self._forloop(group, spec, hp, params, grads, states, tensor_scalars)
 
@@ -381,13 +394,13 @@ class SurveyOptimizer(Optimizer):
         for index, (param, grad) in enumerate(zip(params, grads)):
             stored = states[index * width : (index + 1) * width]
             if grad.is_sparse:
-                self._sparse_rows(group, spec, hp, param, grad, stored, tensor_scalars)
+                self._sparse_rows(spec, hp, param, grad, stored, tensor_scalars)
                 continue
             is_complex = torch.is_complex(param)
             state: dict[str, Any] = {}
             for entry, value in zip(spec, stored):
                 if entry.kind == "scalar":
-                    state[entry.name] = value if tensor_scalars else value.item()
+                    state[entry.name] = _read_scalar(value, tensor_scalars)
                 elif value is not None and is_complex:
                     state[entry.name] = torch.view_as_real(value)
                 else:
@@ -417,10 +430,7 @@ class SurveyOptimizer(Optimizer):
         for entry, old in zip(spec, stored):
             new = state[entry.name]
             if entry.kind == "scalar":
-                if not tensor_scalars:
-                    old.fill_(new)
-                elif new is not old:
-                    old.copy_(new)
+                _store_scalar(old, new, tensor_scalars)
                 continue
             if new is None:
                 continue
@@ -434,7 +444,6 @@ class SurveyOptimizer(Optimizer):
 
     def _sparse_rows(
         self,
-        group: dict[str, Any],
         spec: list[StateSpec],
         hp: dict[str, Any],
         param: Tensor,
@@ -453,23 +462,19 @@ class SurveyOptimizer(Optimizer):
         state: dict[str, Any] = {}
         for entry, value in zip(spec, stored):
             if entry.kind == "scalar":
-                state[entry.name] = value if tensor_scalars else value.item()
+                state[entry.name] = _read_scalar(value, tensor_scalars)
             else:
                 state[entry.name] = value[rows]
         new_rows = self._update(TensorOps, param[rows], values, state, hp)
         param.index_put_(rows, new_rows)
         for entry, old in zip(spec, stored):
             if entry.kind == "scalar":
-                if tensor_scalars:
-                    old.copy_(state[entry.name])
-                else:
-                    old.fill_(state[entry.name])
+                _store_scalar(old, state[entry.name], tensor_scalars)
             else:
                 old.index_put_(rows, state[entry.name])
 
     def _foreach(
         self,
-        group: dict[str, Any],
         spec: list[StateSpec],
         hp: dict[str, Any],
         params: list[Tensor],
@@ -486,7 +491,7 @@ class SurveyOptimizer(Optimizer):
         scalar_values: list[list[float]] = []
         if not tensor_scalars:
             for slot in scalar_slots:
-                column = [states[i * width + slot] for i in range(len(params))]
+                column = states[slot::width]
                 if len(column) > _FEW:
                     scalar_values.append(torch.stack(column).tolist())  # one read, not n
                 else:

@@ -81,7 +81,7 @@ def bytes_per_param(opt: Any, itemsize: int) -> int:
 def compare_cpu(method: str, set_name: str, repeats: int, steps: int, warmup: int) -> FusedRow:
     our_cls, torch_cls, kwargs = COUNTERPARTS[method]
     shapes = PARAM_SETS[set_name]()
-    from torchopt_survey.optim import _codegen_c
+    from torchopt_survey.optim.core import emit_c as _codegen_c
 
     logged = len(_codegen_c.COMPILE_LOG)
     ours_opt = our_cls(make_params(shapes, "cpu", torch.float32, 0), **kwargs, fused=True)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import torchopt_survey.optim as O
-from torchopt_survey.optim import _codegen_c
+from torchopt_survey.optim.core import emit_c as _codegen_c
 
 #: (class, constructor kwargs): every method and the flags that change its traced graph
 CASES: list[tuple[type, dict[str, Any]]] = [

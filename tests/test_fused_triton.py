@@ -46,8 +46,8 @@ def _checks() -> dict[str, Any]:
     import test_fused as F
 
     import torchopt_survey.optim as O
-    from torchopt_survey.optim import _fused
-    from torchopt_survey.optim import _triton_fused as TF
+    from torchopt_survey.optim.core import emit_triton as TF
+    from torchopt_survey.optim.core import fused as _fused
 
     assert _fused.BACKEND == "triton"
     torch.set_num_threads(1)

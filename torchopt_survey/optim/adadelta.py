@@ -6,8 +6,8 @@ from typing import Any
 
 from torch import Tensor
 
-from . import _validation as V
-from ._base import StateSpec, SurveyOptimizer
+from .core import validation as V
+from .core.base import StateSpec, SurveyOptimizer
 
 
 class Adadelta(SurveyOptimizer):

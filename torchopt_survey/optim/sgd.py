@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import _use_grad_for_differentiable
 
-from . import _validation as V
-from ._base import StateSpec, SurveyOptimizer
+from .core import validation as V
+from .core.base import StateSpec, SurveyOptimizer
 
 _SGD_ARGS: dict[str, V.Check] = {
     "lr": V.non_negative(allow_tensor=True),

@@ -5,7 +5,7 @@ A method subclasses :class:`SurveyOptimizer` and supplies three things:
 * ``_hyperparameters``: its constructor arguments with their checks (a table);
 * ``_state_spec(group)``: the per-parameter state it keeps, in torch.optim's ``state_dict`` order;
 * ``_update(ops, param, grad, state, hp)``: the update equation, written once against an ``ops``
-  backend (see :mod:`torchopt_survey.optim._ops`).
+  backend (see :mod:`torchopt_survey.optim.core.ops`).
 
 Everything else is here, once: argument checks, lazy state creation, ``maximize``, weight decay
 (L2 or decoupled), complex parameters (viewed as real pairs), parameters without gradients,
@@ -34,8 +34,8 @@ from torch.optim.optimizer import (
     _use_grad_for_differentiable,
 )
 
-from . import _validation as V
-from ._ops import ForeachOps, FunctionalOps, TensorOps
+from . import validation as V
+from .ops import ForeachOps, FunctionalOps, TensorOps
 
 StateKind = Literal["scalar", "tensor", "lazy"]
 
@@ -329,7 +329,7 @@ class SurveyOptimizer(Optimizer):
         spec = self._state_spec(group)
         differentiable = group.get("differentiable", False)
         if group.get("fused"):
-            from ._fused import fused_step
+            from .fused import fused_step
 
             fused_step(self, group, spec, params, grads, states)
             return

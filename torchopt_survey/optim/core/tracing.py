@@ -7,8 +7,8 @@ The fused paths never get a hand-written kernel per method. Instead, a method's
 because the math always rebinds names to what an op returns, an in-place op is simply a new node,
 and what the math leaves in ``state[...]`` (and returns for the parameter) are the outputs.
 
-Two emitters turn a graph into one pass over the data (see ``_codegen_c`` for CPU and
-``_triton_fused`` for CUDA). Scalar sub-expressions (bias corrections, NAdam's momentum
+Two emitters turn a graph into one pass over the data (see ``emit_c`` for CPU and
+``emit_triton`` for CUDA). Scalar sub-expressions (bias corrections, NAdam's momentum
 schedule) are computed once per tensor in float64 *inside* the kernel from the stored ``step``,
 and every float hyperparameter is a runtime argument, so a scheduler changing ``lr`` -- a float
 or a tensor -- never recompiles anything.
@@ -233,9 +233,9 @@ def _op(graph: Graph, op: str, *args: Any) -> Any:
 
 
 class SymOps:
-    """The ``ops`` backend that records the update instead of running it (see ``_ops``).
+    """The ``ops`` backend that records the update instead of running it (see ``ops``).
 
-    Each method mirrors :class:`~torchopt_survey.optim._ops.TensorOps`' semantics, in terms of
+    Each method mirrors :class:`~torchopt_survey.optim.core.ops.TensorOps`' semantics, in terms of
     the primitive elementwise nodes add/sub/mul/div/neg/abs/sqrt/max. In-place variants are the
     same as out-of-place ones: the graph is SSA and the math rebinds every result.
     """

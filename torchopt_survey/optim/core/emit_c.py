@@ -1,4 +1,4 @@
-"""CPU fused kernels: a traced update (see ``_codegen``) emitted as C, compiled once, cached.
+"""CPU fused kernels: a traced update (see ``tracing``) emitted as C, compiled once, cached.
 
 Why C rather than torch.compile: the update is a pure elementwise loop, so the whole fused step
 for a group is one C function that walks every tensor once (``for i in range(numel)``: load
@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ._codegen import Graph, Traced, _is_ref
+from .tracing import Graph, Traced, _is_ref
 
 #: compile events, (kernel label, seconds, from_disk_cache); the benchmark reports them
 COMPILE_LOG: list[tuple[str, float, bool]] = []

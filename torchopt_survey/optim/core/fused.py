@@ -2,12 +2,12 @@
 
 ``SurveyOptimizer._apply`` routes fused groups here. Nothing in this module knows a method: the
 group's ``_preprocess`` + ``_update`` are traced once per configuration into an elementwise graph
-(:mod:`._codegen`), and the graph is emitted as
+(:mod:`.tracing`), and the graph is emitted as
 
 * **CPU**: a C function compiled with the system C compiler and called through ctypes
-  (:mod:`._codegen_c`): one auto-vectorised pass over each tensor of the group, all tensors in one
+  (:mod:`.emit_c`): one auto-vectorised pass over each tensor of the group, all tensors in one
   call;
-* **CUDA**: a multi-tensor Triton kernel (:mod:`._triton_fused`): one launch per group, pointer
+* **CUDA**: a multi-tensor Triton kernel (:mod:`.emit_triton`): one launch per group, pointer
   tables for every tensor, float32 arithmetic, step counters and tensor hyperparameters read on
   the device (so the step is CUDA-graph capturable), ``grad_scale``/``found_inf`` handled inside.
 
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._codegen import Traced, structure_key, trace_update
+from .tracing import Traced, structure_key, trace_update
 
 _TRACES: dict[tuple, Traced] = {}
 _CPU_KERNELS: dict[tuple, Any] = {}
@@ -186,7 +186,7 @@ def _run_partition(
     if on_cpu:
         launch = _cpu_launcher(traced, rows, grad_scale is not None, label)
     else:
-        from ._triton_fused import run_triton
+        from .emit_triton import run_triton
 
         dtypes = tuple(None if t is None else t.dtype for t in rows[0])
         addresses = [0 if t is None else t.data_ptr() for row in rows for t in row]
@@ -237,7 +237,7 @@ def _cpu_launcher(
     traced: Traced, rows: list[list[Tensor | None]], has_gs: bool, label: str,
 ) -> Any:
     """A function that runs the C kernel over ``rows`` (address tables built once, here)."""
-    from ._codegen_c import compile_c, emit_c
+    from .emit_c import compile_c, emit_c
 
     first = rows[0]
     dtypes = tuple(None if t is None else t.dtype for t in first)

@@ -21,18 +21,23 @@ from typing import Any
 import pytest
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 
 
 def test_triton_kernels_under_interpreter() -> None:
     pytest.importorskip("triton")
+    # the checkout under test goes first on the path: an installed (editable) copy elsewhere
+    # must not be what the subprocess imports
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env = dict(os.environ, TRITON_INTERPRET="1", TORCHOPT_SURVEY_FUSED_BACKEND="triton",
-               OMP_NUM_THREADS="1")
+               OMP_NUM_THREADS="1", PYTHONPATH=path)
     result = subprocess.run([sys.executable, __file__, "--interpret"], env=env,
                             capture_output=True, text=True, timeout=600)
     lines = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
     assert lines, f"no report (rc={result.returncode}):\n{result.stderr[-4000:]}"
     report = json.loads(lines[-1][len("REPORT "):])
     assert report["checked"] >= 80, report
+    assert report["package"].startswith(str(ROOT)), report["package"]
     assert not report["failures"], "\n\n".join(report["failures"])
 
 
@@ -45,6 +50,7 @@ def _checks() -> dict[str, Any]:
     sys.path.insert(0, str(HERE))
     import test_fused as F
 
+    import torchopt_survey
     import torchopt_survey.optim as O
     from torchopt_survey.optim.core import emit_triton as TF
     from torchopt_survey.optim.core import fused as _fused
@@ -152,7 +158,7 @@ def _checks() -> dict[str, Any]:
         assert all(opt.state[p]["step"].item() == 2.0 for p in params)
 
     check("empty tensor and mixed dtypes", empty_and_mixed)
-    return {"checked": checked, "failures": failures}
+    return {"checked": checked, "failures": failures, "package": torchopt_survey.__file__}
 
 
 if __name__ == "__main__" and "--interpret" in sys.argv:

@@ -22,7 +22,6 @@ import hashlib
 import os
 import platform
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,10 +29,15 @@ from typing import Any
 
 import torch
 
-from .tracing import Graph, Traced, _is_ref
-
-#: compile events, (kernel label, seconds, from_disk_cache); the benchmark reports them
-COMPILE_LOG: list[tuple[str, float, bool]] = []
+from .emit import Dialect, walk
+from .kernel_cache import (
+    COMPILE_LOG,
+    cache_dir,
+    check_loadable,
+    private_temp,
+    write_private,
+)
+from .tracing import Traced
 
 _C_TYPES = {
     torch.float32: "float",
@@ -56,20 +60,11 @@ static inline uint16_t st_bf16(float f) {  /* round to nearest even, NaN stays N
     u += 0x7fffu + ((u >> 16) & 1u);
     return (uint16_t)(u >> 16);
 }
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #define MAXNAN(a, b) (((a) > (b) || (a) != (a)) ? (a) : (b))
 """
-
-
-def cache_dir() -> Path:
-    """Where generated sources and compiled kernels live (created on first use)."""
-    root = os.environ.get("TORCHOPT_SURVEY_CACHE_DIR")
-    if root:
-        path = Path(root)
-    else:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-        path = Path(base) / "torchopt_survey"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _cpu_signature() -> str:
@@ -86,10 +81,57 @@ def _cpu_signature() -> str:
     return platform.machine() + hashlib.sha1(flags.encode()).hexdigest()[:12]
 
 
-def _load(dtype: torch.dtype, expr: str, ct: str) -> str:
-    if dtype == torch.bfloat16:
-        return f"({ct})ld_bf16({expr})"
-    return f"({ct}){expr}"
+class CDialect(Dialect):
+    """C99 spelling: scalars are ``double``, tensors ``float`` (``double`` if wide)."""
+
+    def __init__(self, dtypes: tuple[Any, ...], has_grad_scale: bool) -> None:
+        super().__init__(dtypes, has_grad_scale)
+        self.ct = "double" if self.wide else "float"
+        self.math = {"sqrt": "sqrt", "abs": "fabs"} if self.wide else {"sqrt": "sqrtf",
+                                                                      "abs": "fabsf"}
+
+    def tensor_const(self, value: float) -> str:
+        return f"(({self.ct}){value!r})"
+
+    def scalar_const(self, value: float) -> str:
+        return repr(value)
+
+    def cast(self, index: int) -> str:
+        return f"const {self.ct} c{index} = ({self.ct})s{index};"
+
+    def define_scalar(self, index: int, expr: str) -> str:
+        return f"const double s{index} = {expr};"
+
+    def define_tensor(self, index: int, expr: str) -> str:
+        return f"const {self.ct} v{index} = {expr};"
+
+    def tensor_op(self, op: str, args: list[str]) -> str:
+        return _TENSOR_OPS[op].format(*args, **self.math)
+
+    def scalar_op(self, op: str, args: list[str], raw: tuple[Any, ...]) -> str:
+        return _SCALAR_OPS[op].format(*args)
+
+    def load_tensor(self, index: int, slot: int) -> list[str]:
+        dtype = self.dtypes[slot]
+        raw = f"x{slot}[i]"
+        expr = f"({self.ct})ld_bf16({raw})" if dtype == torch.bfloat16 else f"({self.ct}){raw}"
+        if slot == 1 and self.has_grad_scale:
+            # AMP: unscale, and store the unscaled gradient back as torch's fused kernels do
+            return [f"{self.ct} v{index} = {expr} / gs;",
+                    f"x1[i] = {_store(self.dtypes[1], f'v{index}')};"]
+        return [f"{self.ct} v{index} = {expr};"]
+
+    def load_hp(self, index: int, position: int) -> str:
+        return f"const double s{index} = hp[{position}];"
+
+    def load_scalar_state(self, index: int, slot: int) -> str:
+        return f"const double s{index} = (double)*(const float*)P[{slot}];"
+
+    def store_tensor(self, slot: int, expr: str) -> str:
+        return f"x{slot}[i] = {_store(self.dtypes[slot], expr)};"
+
+    def store_scalar_state(self, slot: int, expr: str) -> str:
+        return f"*(float*)P[{slot}] = (float)({expr});"
 
 
 def _store(dtype: torch.dtype, expr: str) -> str:
@@ -98,19 +140,13 @@ def _store(dtype: torch.dtype, expr: str) -> str:
     return f"({_C_TYPES[dtype]})({expr})"
 
 
-def _const(value: float) -> str:
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"fused: non-finite constant {value}")
-    return repr(float(value))
-
-
 _TENSOR_OPS = {
     "add": "{0} + {1}",
     "sub": "{0} - {1}",
     "mul": "{0} * {1}",
     "div": "{0} / {1}",
     "neg": "-{0}",
-    "abs": "{fabs}({0})",
+    "abs": "{abs}({0})",
     "sqrt": "{sqrt}({0})",
     "max": "MAXNAN({0}, {1})",
 }
@@ -122,119 +158,102 @@ _SCALAR_OPS = {
     "pow": "pow({0}, {1})",
 }
 
+#: fewest elements per thread: smaller groups use fewer threads (as torch's GRAIN_SIZE does)
+GRAIN = 32768
+#: thread ranges start at multiples of this many elements (whole cache lines, whole vectors)
+ALIGN = 64
+
 
 def emit_c(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool) -> str:
     """C source of the fused step for one layout.
 
     ``dtypes`` is one entry per slot: param, grad, then each state in spec order (``None`` for a
     lazy state that does not exist and is not created). Scalar states are float32.
+
+    The function splits the group's elements (all tensors, end to end) into one contiguous range
+    per thread, ``ALIGN``-aligned; a thread computes the per-tensor scalars of every tensor its
+    range touches and runs the element loop over its part. New scalar state (``step``...) is
+    stored after the parallel region, once every thread has read the old value. Each element's
+    arithmetic does not depend on which thread runs it (no FMA contraction: ``-ffp-contract=off``),
+    so any thread count gives bitwise the same result.
     """
-    graph: Graph = traced.graph
-    live = graph.live()
-    wide = any(d == torch.float64 for d in dtypes[:2] if d is not None)
-    ct = "double" if wide else "float"
-    sqrt, fabs = ("sqrt", "fabs") if wide else ("sqrtf", "fabsf")
-    slot_of = {"param": 0, "grad": 1}
-    for index, (name, _kind, _present) in enumerate(traced.slots):
-        slot_of[name] = 2 + index
-    hp_index = {ref: j for j, ref in enumerate(graph.hp_nodes)}
-
-    scalar_lines: list[str] = []
-    tensor_lines: list[str] = []
-    casts: dict[int, str] = {}
-
-    def operand(arg: Any, tensor_ctx: bool) -> str:
-        if not _is_ref(arg):
-            return f"(({ct}){_const(arg)})" if tensor_ctx else _const(arg)
-        node = graph.nodes[arg]
-        if node.is_tensor:
-            return f"v{arg}"
-        if tensor_ctx:
-            if arg not in casts:
-                casts[arg] = f"c{arg}"
-                scalar_lines.append(f"const {ct} c{arg} = ({ct})s{arg};")
-            return casts[arg]
-        return f"s{arg}"
-
-    for index, node in enumerate(graph.nodes):
-        if not live[index]:
-            continue
-        if node.op == "leaf":
-            if node.is_tensor:
-                name = node.name.split(":", 1)[-1]
-                slot = slot_of[name]
-                expr = _load(dtypes[slot], f"x{slot}[i]", ct)
-                if name == "grad" and has_grad_scale:
-                    tensor_lines.append(f"{ct} v{index} = {expr} / gs;")
-                    tensor_lines.append(f"x1[i] = {_store(dtypes[1], f'v{index}')};")
-                else:
-                    tensor_lines.append(f"{ct} v{index} = {expr};")
-            elif node.name.startswith("hp:"):
-                scalar_lines.append(f"const double s{index} = hp[{hp_index[index]}];")
-            else:
-                slot = slot_of[node.name.split(":", 1)[1]]
-                scalar_lines.append(f"const double s{index} = (double)*(const float*)P[{slot}];")
-            continue
-        if node.is_tensor:
-            a = [operand(x, True) for x in node.args]
-            expr = _TENSOR_OPS[node.op].format(*a, sqrt=sqrt, fabs=fabs)
-            tensor_lines.append(f"const {ct} v{index} = {expr};")
-        else:
-            a = [operand(x, False) for x in node.args]
-            expr = _SCALAR_OPS[node.op].format(*a)
-            scalar_lines.append(f"const double s{index} = {expr};")
-
-    stores: list[str] = []
-    scalar_stores: list[str] = []
-    for name, value in graph.outputs.items():
-        slot = slot_of[name]
-        kind = "tensor" if name == "param" else dict(
-            (n, k) for n, k, _ in traced.slots)[name]
-        if kind == "scalar":
-            scalar_stores.append(f"*(float*)P[{slot}] = (float)({operand(value, False)});")
-        else:
-            stores.append(f"x{slot}[i] = {_store(dtypes[slot], operand(value, True))};")
-
+    body = walk(traced, CDialect(dtypes, has_grad_scale))
+    ct = "double" if any(d == torch.float64 for d in dtypes[:2] if d is not None) else "float"
     decls = []
     for slot, dtype in enumerate(dtypes):
         if dtype is None or (slot >= 2 and traced.slots[slot - 2][1] == "scalar"):
             continue
         decls.append(f"{_C_TYPES[dtype]}* restrict x{slot} = ({_C_TYPES[dtype]}*)P[{slot}];")
     nslots = len(dtypes)
-    body = "\n".join(
+    return "\n".join(
         [
             "/* traced update:",
-            *("   " + line for line in graph.describe().splitlines()),
+            *("   " + line for line in traced.graph.describe().splitlines()),
             "*/",
             _PRELUDE,
-            "void torchopt_fused(int64_t ntensors, const int64_t* numels, void* const* ptrs,",
-            "                    const double* hp, const float* grad_scale) {",
-            f"    const {ct} gs = grad_scale ? ({ct})*grad_scale : ({ct})1;",
+            "static void run_range(void* const* P, int64_t lo, int64_t hi, const double* hp,",
+            f"                      const {ct} gs) {{",
             "    (void)gs; (void)hp;",
-            "    for (int64_t t = 0; t < ntensors; ++t) {",
-            f"        void* const* P = ptrs + t * {nslots};",
-            "        const int64_t n = numels[t];",
-            *("        " + d for d in decls),
-            *("        " + line for line in scalar_lines),
-            "        #pragma GCC ivdep",
-            "        for (int64_t i = 0; i < n; ++i) {",
-            *("            " + line for line in tensor_lines),
-            *("            " + line for line in stores),
-            "        }",
-            *("        " + line for line in scalar_stores),
+            *("    " + d for d in decls),
+            *("    " + line for line in body.scalar_lines),
+            "    #pragma GCC ivdep",
+            "    for (int64_t i = lo; i < hi; ++i) {",
+            *("        " + line for line in body.tensor_lines),
+            *("        " + line for line in body.stores),
             "    }",
+            "}",
+            "",
+            "void torchopt_fused(int64_t ntensors, const int64_t* numels, void* const* ptrs,",
+            "                    const double* hp, const float* grad_scale, int64_t nthreads,",
+            "                    int64_t grain) {",
+            f"    const {ct} gs = grad_scale ? ({ct})*grad_scale : ({ct})1;",
+            "    int64_t total = 0;",
+            "    for (int64_t t = 0; t < ntensors; ++t) total += numels[t];",
+            "    if (grain < 1) grain = 1;",
+            "    if (nthreads > total / grain) nthreads = total / grain;",
+            "    if (nthreads < 1) nthreads = 1;",
+            "    #pragma omp parallel num_threads(nthreads) if(nthreads > 1)",
+            "    {",
+            "#ifdef _OPENMP",
+            "        const int64_t tid = omp_get_thread_num(), nth = omp_get_num_threads();",
+            "#else",
+            "        const int64_t tid = 0, nth = 1;",
+            "#endif",
+            "        int64_t per = (total + nth - 1) / nth;",
+            f"        per = (per + {ALIGN - 1}) / {ALIGN} * {ALIGN};",
+            "        const int64_t lo = tid * per < total ? tid * per : total;",
+            "        const int64_t hi = lo + per < total ? lo + per : total;",
+            "        int64_t base = 0;",
+            "        for (int64_t t = 0; t < ntensors && base < hi; ++t) {",
+            "            const int64_t n = numels[t];",
+            "            const int64_t b = lo > base ? lo - base : 0;",
+            "            const int64_t e = hi < base + n ? hi - base : n;",
+            f"            if (b < e) run_range(ptrs + t * {nslots}, b, e, hp, gs);",
+            "            base += n;",
+            "        }",
+            "    }",
+            *([
+                "    for (int64_t t = 0; t < ntensors; ++t) {",
+                f"        void* const* P = ptrs + t * {nslots};",
+                *("        " + line for line in body.scalar_lines),  # (unused ones: dead code)
+                *("        " + line for line in body.scalar_stores),
+                "    }",
+            ] if body.scalar_stores else []),
             "}",
             "",
         ]
     )
-    return body
-
 
 _KERNELS: dict[str, Callable[..., None]] = {}
 
 
 def compile_c(source: str, label: str) -> Callable[..., None]:
-    """The ``torchopt_fused`` function of ``source`` (compiled once per machine, then cached)."""
+    """The ``torchopt_fused`` function of ``source`` (compiled once per machine, then cached).
+
+    The shared object is built in the private cache directory (see :mod:`.kernel_cache`) and
+    loaded only after its owner and mode are checked. OpenMP is linked against the runtime torch
+    already loaded (same soname), so kernels and torch's own ops share one thread pool.
+    """
     digest = hashlib.sha256((source + _cpu_signature()).encode()).hexdigest()[:24]
     fn = _KERNELS.get(digest)
     if fn is not None:
@@ -245,29 +264,46 @@ def compile_c(source: str, label: str) -> Callable[..., None]:
     from_disk = lib_path.exists()
     if not from_disk:
         src_path = directory / f"fused_{digest}.c"
-        src_path.write_text(source)
-        compiler = os.environ.get("CC", "cc")
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
-        os.close(fd)
-        cmd = [compiler, "-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math",
-               "-fPIC", "-shared", "-std=gnu11", "-o", tmp, str(src_path)]
+        write_private(src_path, source)
+        tmp = private_temp(directory, ".so")
         try:
-            result = subprocess.run(cmd, capture_output=True, text=True)
-        except OSError as error:
-            os.unlink(tmp)
-            raise RuntimeError(f"fused CPU step: cannot run the C compiler {compiler!r}: "
-                               f"{error}") from error
-        if result.returncode != 0:
-            os.unlink(tmp)
-            raise RuntimeError(
-                f"fused CPU step: compiling {src_path} failed:\n{result.stderr[-4000:]}"
-            )
-        os.replace(tmp, lib_path)  # atomic: concurrent processes never load a partial file
+            _compile(src_path, tmp)
+            os.chmod(tmp, 0o700)  # the linker recreates the file with the umask's mode
+            os.replace(tmp, lib_path)  # atomic: concurrent processes never load a partial file
+        finally:
+            tmp.unlink(missing_ok=True)
+    check_loadable(lib_path)
     lib = ctypes.CDLL(str(lib_path))
     fn = lib.torchopt_fused
     fn.restype = None
     fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                   ctypes.c_void_p]
+                   ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
     _KERNELS[digest] = fn
     COMPILE_LOG.append((label, time.perf_counter() - start, from_disk))
     return fn
+
+
+#: compiler flags: -ffp-contract=off keeps every element's arithmetic the same in the
+#: vectorised body and the scalar tail, so the thread split cannot change a result
+_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
+          "-fPIC", "-shared", "-std=gnu11"]
+_OPENMP: list[bool] = []  # whether the compiler accepted -fopenmp (decided on first compile)
+
+
+def _compile(src_path: Path, out: Path) -> None:
+    compiler = os.environ.get("CC", "cc")
+    attempts = [["-fopenmp"], []] if not _OPENMP else [["-fopenmp"] if _OPENMP[0] else []]
+    stderr = ""
+    for extra in attempts:
+        cmd = [compiler, *_FLAGS, *extra, "-o", str(out), str(src_path)]
+        try:
+            result = subprocess.run(cmd, capture_output=True, text=True)
+        except OSError as error:
+            raise RuntimeError(f"fused CPU step: cannot run the C compiler {compiler!r}: "
+                               f"{error}") from error
+        if result.returncode == 0:
+            if not _OPENMP:
+                _OPENMP.append(bool(extra))  # without OpenMP kernels run on one thread
+            return
+        stderr = result.stderr
+    raise RuntimeError(f"fused CPU step: compiling {src_path} failed:\n{stderr[-4000:]}")

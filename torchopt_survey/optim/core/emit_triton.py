@@ -37,7 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .emit_c import COMPILE_LOG, cache_dir
+from .emit import Dialect, walk
+from .kernel_cache import COMPILE_LOG, cache_dir, check_loadable, write_private
 from .tracing import Traced, _is_ref
 
 #: elements per program and loop: one program covers ``BLOCK * ITERS`` elements of one tensor
@@ -72,6 +73,74 @@ _SCALAR_OPS = {
 }
 
 
+class TritonDialect(Dialect):
+    """Triton spelling: scalars are float64 ``tl`` values, tensors blocks of ``BLOCK``."""
+
+    def __init__(self, dtypes: tuple[Any, ...], tensor_hp: tuple[Any, ...],
+                 has_grad_scale: bool) -> None:
+        super().__init__(dtypes, has_grad_scale)
+        self.tensor_hp = tensor_hp
+        self.ct = "tl.float64" if self.wide else "tl.float32"
+        # float64 arithmetic is correctly rounded as written (the _rn forms are float32-only)
+        self.ops = {**_TENSOR_OPS, **_WIDE_OPS} if self.wide else _TENSOR_OPS
+
+    def tensor_const(self, value: float) -> str:
+        return f"tl.full([], {value!r}, {self.ct})"
+
+    def scalar_const(self, value: float) -> str:
+        return f"tl.full([], {value!r}, tl.float64)"
+
+    def cast(self, index: int) -> str:
+        return f"c{index} = s{index}.to({self.ct})"
+
+    def define_scalar(self, index: int, expr: str) -> str:
+        return f"s{index} = {expr}"
+
+    def define_tensor(self, index: int, expr: str) -> str:
+        return f"v{index} = {expr}"
+
+    def tensor_op(self, op: str, args: list[str]) -> str:
+        return self.ops[op].format(*args)
+
+    def scalar_op(self, op: str, args: list[str], raw: tuple[Any, ...]) -> str:
+        if op != "pow":
+            return _SCALAR_OPS[op].format(*args)
+        (x, y), (rx, ry) = args, raw
+        if not _is_ref(ry) and ry == 0.5:
+            return f"tl.sqrt({x})"  # float64: IEEE-rounded
+        if not _is_ref(ry) and ry == 2.0:
+            return f"{x} * {x}"
+        if not _is_ref(rx):
+            if rx <= 0:
+                raise ValueError(f"fused: power of a non-positive constant {rx}")
+            return f"tl.exp({self.scalar_const(math.log(rx))} * {y})"
+        # bases are betas, decays, bias corrections: positive (or 0 -> exp(-inf))
+        return f"tl.exp(tl.log({x}) * {y})"
+
+    def load_tensor(self, index: int, slot: int) -> list[str]:
+        lines = [f"v{index} = tl.load(x{slot} + offs, mask=mask, other=0).to({self.ct})"]
+        if slot == 1 and self.has_grad_scale:
+            # AMP: unscale, and store the unscaled gradient back as torch's fused kernels do
+            div = f"v{index} / gs" if self.wide else f"tl.div_rn(v{index}, gs)"
+            lines += [f"v{index} = {div}",
+                      f"tl.store(x1 + offs, v{index}.to({_TL_TYPES[self.dtypes[1]]}), mask=mask)"]
+        return lines
+
+    def load_hp(self, index: int, position: int) -> str:
+        if self.tensor_hp[position] is None:
+            return f"s{index} = tl.load(hp_ptr + {position})"
+        return f"s{index} = tl.load(thp{position}).to(tl.float64)"
+
+    def load_scalar_state(self, index: int, slot: int) -> str:
+        return f"s{index} = tl.load(x{slot}).to(tl.float64)"
+
+    def store_tensor(self, slot: int, expr: str) -> str:
+        return f"tl.store(x{slot} + offs, ({expr}).to({_TL_TYPES[self.dtypes[slot]]}), mask=mask)"
+
+    def store_scalar_state(self, slot: int, expr: str) -> str:
+        return f"tl.store(x{slot}, ({expr}).to(tl.float32))"
+
+
 def emit_triton(
     traced: Traced,
     dtypes: tuple[Any, ...],
@@ -85,96 +154,12 @@ def emit_triton(
     ``tensor_hp``: one per hyperparameter leaf, the dtype of a tensor value or ``None`` (float,
     read from the float64 buffer).
     """
+    dialect = TritonDialect(dtypes, tensor_hp, has_grad_scale)
+    body = walk(traced, dialect)
+    ct = dialect.ct
     graph = traced.graph
-    live = graph.live()
-    wide = any(d == torch.float64 for d in dtypes[:2] if d is not None)
-    ct = "tl.float64" if wide else "tl.float32"
-    slot_of = {"param": 0, "grad": 1}
-    kinds = {"param": "tensor"}
-    for index, (name, kind, _present) in enumerate(traced.slots):
-        slot_of[name] = 2 + index
-        kinds[name] = kind
-    hp_index = {ref: j for j, ref in enumerate(graph.hp_nodes)}
-
-    scalar_lines: list[str] = []
-    tensor_lines: list[str] = []
-    casts: dict[int, str] = {}
-
-    def const64(value: float) -> str:
-        if not math.isfinite(value):
-            raise ValueError(f"fused: non-finite constant {value}")
-        return f"tl.full([], {float(value)!r}, tl.float64)"
-
-    def operand(arg: Any, tensor_ctx: bool) -> str:
-        if not _is_ref(arg):
-            return f"tl.full([], {float(arg)!r}, {ct})" if tensor_ctx else const64(arg)
-        if graph.nodes[arg].is_tensor:
-            return f"v{arg}"
-        if tensor_ctx:
-            if arg not in casts:
-                casts[arg] = f"c{arg}"
-                scalar_lines.append(f"c{arg} = s{arg}.to({ct})")
-            return casts[arg]
-        return f"s{arg}"
-
-    for index, node in enumerate(graph.nodes):
-        if not live[index]:
-            continue
-        if node.op == "leaf":
-            if node.is_tensor:
-                name = node.name.split(":", 1)[-1]
-                slot = slot_of[name]
-                tensor_lines.append(
-                    f"v{index} = tl.load(x{slot} + offs, mask=mask, other=0).to({ct})"
-                )
-                if name == "grad" and has_grad_scale:
-                    div = f"v{index} / gs" if wide else f"tl.div_rn(v{index}, gs)"
-                    tensor_lines.append(f"v{index} = {div}")
-                    tensor_lines.append(
-                        f"tl.store(x1 + offs, v{index}.to({_TL_TYPES[dtypes[1]]}), mask=mask)"
-                    )
-            elif node.name.startswith("hp:"):
-                j = hp_index[index]
-                if tensor_hp[j] is None:
-                    scalar_lines.append(f"s{index} = tl.load(hp_ptr + {j})")
-                else:
-                    scalar_lines.append(f"s{index} = tl.load(thp{j}).to(tl.float64)")
-            else:
-                slot = slot_of[node.name.split(":", 1)[1]]
-                scalar_lines.append(f"s{index} = tl.load(x{slot}).to(tl.float64)")
-            continue
-        if node.is_tensor:
-            a = [operand(x, True) for x in node.args]
-            template = (_WIDE_OPS if wide else _TENSOR_OPS).get(node.op, _TENSOR_OPS[node.op])
-            tensor_lines.append(f"v{index} = {template.format(*a)}")
-            continue
-        x, y = node.args
-        if node.op == "pow":
-            if not _is_ref(y) and y == 0.5:
-                expr = f"tl.sqrt({operand(x, False)})"  # float64: IEEE-rounded
-            elif not _is_ref(y) and y == 2.0:
-                expr = f"{operand(x, False)} * {operand(x, False)}"
-            elif not _is_ref(x):
-                if x <= 0:
-                    raise ValueError(f"fused: power of a non-positive constant {x}")
-                expr = f"tl.exp({const64(math.log(x))} * {operand(y, False)})"
-            else:  # bases are betas, decays, bias corrections: positive (or 0 -> exp(-inf))
-                expr = f"tl.exp(tl.log({operand(x, False)}) * {operand(y, False)})"
-        else:
-            expr = _SCALAR_OPS[node.op].format(operand(x, False), operand(y, False))
-        scalar_lines.append(f"s{index} = {expr}")
-
-    stores: list[str] = []
-    scalar_stores: list[str] = []
-    for name, value in graph.outputs.items():
-        slot = slot_of[name]
-        if kinds[name] == "scalar":
-            scalar_stores.append(f"tl.store(x{slot}, ({operand(value, False)}).to(tl.float32))")
-        else:
-            stores.append(
-                f"tl.store(x{slot} + offs, ({operand(value, True)}).to("
-                f"{_TL_TYPES[dtypes[slot]]}), mask=mask)"
-            )
+    scalar_lines, tensor_lines = body.scalar_lines, body.tensor_lines
+    stores, scalar_stores = body.stores, body.scalar_stores
 
     nslots = len(dtypes)
     decls = []
@@ -239,9 +224,8 @@ def load_kernel(source: str, label: str) -> Any:
         path = cache_dir() / f"triton_{digest}.py"
         from_disk = path.exists()
         if not from_disk:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(source)
-            tmp.replace(path)
+            write_private(path, source)
+        check_loadable(path)  # importing it runs it: only a file nobody else can write
         spec = importlib.util.spec_from_file_location(f"torchopt_fused_{digest}", path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)

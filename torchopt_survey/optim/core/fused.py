@@ -237,14 +237,14 @@ def _cpu_launcher(
     traced: Traced, rows: list[list[Tensor | None]], has_gs: bool, label: str,
 ) -> Any:
     """A function that runs the C kernel over ``rows`` (address tables built once, here)."""
-    from .emit_c import compile_c, emit_c
+    from . import emit_c as C
 
     first = rows[0]
     dtypes = tuple(None if t is None else t.dtype for t in first)
     kernel_key = (id(traced), dtypes, has_gs)
     entry = _CPU_KERNELS.get(kernel_key)
     if entry is None:
-        entry = (compile_c(emit_c(traced, dtypes, has_gs), label), traced)  # keeps id() valid
+        entry = (C.compile_c(C.emit_c(traced, dtypes, has_gs), label), traced)  # keeps id() valid
         _CPU_KERNELS[kernel_key] = entry
     fn = entry[0]
     nslots = len(first)
@@ -267,6 +267,7 @@ def _cpu_launcher(
         if grad_scale is not None:
             scale_t = grad_scale.to(device="cpu", dtype=torch.float32).reshape(-1)
             scale = scale_t.data_ptr()
-        fn(n, numels_at, ptrs_at, ctypes.addressof(hp), scale)
+        # torch's intra-op thread count, read per step (torch.set_num_threads applies at once)
+        fn(n, numels_at, ptrs_at, ctypes.addressof(hp), scale, torch.get_num_threads(), C.GRAIN)
 
     return launch

@@ -64,6 +64,113 @@ def _as_real(t: Tensor) -> Tensor:
     return torch.view_as_real(t) if t.is_complex() else t
 
 
+# ---------------------------------------------------------------------------------------------
+# what may reach a kernel: plain strided floating-point tensors on a supported device
+# ---------------------------------------------------------------------------------------------
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def _dtensor_class() -> type | None:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        return None
+    return DTensor
+
+
+def _plain_memory(t: Tensor) -> bool:
+    """A tensor whose data_ptr is its data: no ``__torch_dispatch__`` (wrapper) subclass.
+
+    (A Python subclass of ``Tensor``/``Parameter`` that only adds methods or
+    ``__torch_function__`` still owns ordinary strided storage.)
+    """
+    return type(t) in _PLAIN or (
+        getattr(type(t), "__torch_dispatch__", None) is torch._C._disabled_torch_dispatch_impl
+    )
+
+
+def _where(opt: Any, group: dict[str, Any], param: Tensor) -> str:
+    """``params[j] ('name') of param_groups[g]`` for an error message."""
+    g = next((i for i, other in enumerate(opt.param_groups) if other is group), "?")
+    j = next((i for i, other in enumerate(group["params"]) if other is param), "?")
+    names = group.get("param_names")
+    label = f" ({names[j]!r})" if names and isinstance(j, int) and j < len(names) else ""
+    return f"{type(opt).__name__}(fused=True): param_groups[{g}]['params'][{j}]{label}"
+
+
+def _unwrap(
+    opt: Any,
+    group: dict[str, Any],
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[Tensor | None],
+    width: int,
+) -> tuple[list[Tensor], list[Tensor], list[Tensor | None]]:
+    """The plain tensors the kernels work on: the local shard of a DTensor, else the tensor.
+
+    A kernel sees raw memory, so a tensor subclass must never reach it. DTensor's update is
+    elementwise on its local shard (param, grad and state share one sharding, checked here);
+    any other subclass is refused naming the parameter. Plain tensors (the usual case) cost one
+    type check each.
+    """
+    if all(type(t) in _PLAIN for t in params) and all(type(t) in _PLAIN for t in grads) and all(
+            t is None or type(t) in _PLAIN for t in states):
+        return params, grads, states
+    dtensor = _dtensor_class()
+    work_params, work_grads, work_states = [], [], []
+    for index, (param, grad) in enumerate(zip(params, grads)):
+        row = states[index * width : (index + 1) * width]
+        if dtensor is not None and isinstance(param, dtensor):
+            layout = (param.device_mesh, param.placements)
+            for what, t in [("its gradient", grad), *((f"its state {i}", v) for i, v in
+                                                       enumerate(row) if v is not None)]:
+                if t.dim() == 0 and not isinstance(t, dtensor):
+                    continue  # a scalar state (step): a plain tensor, same on every rank
+                if not isinstance(t, dtensor) or (t.device_mesh, t.placements) != layout:
+                    raise RuntimeError(
+                        f"{_where(opt, group, param)} is a DTensor with placements "
+                        f"{param.placements}, but {what} is "
+                        + (f"a DTensor with placements {t.placements}"
+                           if isinstance(t, dtensor) else f"a {type(t).__name__}")
+                        + ": the fused update runs elementwise on local shards, which needs "
+                        "one sharding for all of them"
+                    )
+            param, grad = param.to_local(), grad.to_local()
+            row = [v.to_local() if isinstance(v, dtensor) else v for v in row]
+        for what, t in [("", param), (" gradient", grad), *((" state", v) for v in row)]:
+            if t is not None and not _plain_memory(t):
+                raise RuntimeError(
+                    f"{_where(opt, group, params[index])}{what} is a {type(t).__name__}: "
+                    "a tensor subclass with its own __torch_dispatch__ has no plain memory for "
+                    "the generated kernel; fused=True supports plain tensors and DTensor only "
+                    "(use foreach=True for this parameter)"
+                )
+        work_params.append(param)
+        work_grads.append(grad)
+        work_states.extend(row)
+    return work_params, work_grads, work_states
+
+
+def _check_supported(opt: Any, group: dict[str, Any], original: Tensor, param: Tensor,
+                     grad: Tensor) -> None:
+    """Refuse what no kernel handles, before any compiler or driver runs (as torch does)."""
+    for what, t in (("", param), (" gradient", grad)):
+        if t.layout != torch.strided:
+            if t.is_sparse:
+                raise RuntimeError(f"{type(opt).__name__}(fused=True) does not support sparse "
+                                   "gradients")
+            raise RuntimeError(f"{_where(opt, group, original)}{what} has layout {t.layout}: "
+                               "fused=True needs strided tensors")
+        if t.device.type not in ("cpu", "cuda") or not (t.is_floating_point() or t.is_complex()):
+            raise RuntimeError(
+                f"{_where(opt, group, original)}{what} is a {t.device.type} tensor of dtype "
+                f"{t.dtype}: fused=True needs floating-point (or complex) CPU or CUDA tensors"
+            )
+    if grad.device != param.device:
+        raise RuntimeError(f"{_where(opt, group, original)}: its gradient is on {grad.device}, "
+                           f"the parameter on {param.device}")
+
+
 def fused_step(
     opt: Any,
     group: dict[str, Any],
@@ -76,6 +183,8 @@ def fused_step(
     grad_scale: Tensor | None = getattr(opt, "grad_scale", None)
     found_inf: Tensor | None = getattr(opt, "found_inf", None)
     width = len(spec)
+    originals = params  # state is keyed by these; the kernels see plain (local) tensors
+    params, grads, states = _unwrap(opt, group, originals, grads, states, width)
     scalar_slots = [i for i, e in enumerate(spec) if e.kind == "scalar"]
     lazy_slots = [i for i, e in enumerate(spec) if e.kind == "lazy"]
     on_cpu = params[0].device.type == "cpu" and BACKEND != "triton"
@@ -101,16 +210,16 @@ def fused_step(
 
     partitions: dict[tuple, list[int]] = {}
     for index, (param, grad) in enumerate(zip(params, grads)):
-        if grad.is_sparse:
-            raise RuntimeError(f"{type(opt).__name__}(fused=True) does not support sparse "
-                               "gradients")
+        _check_supported(opt, group, originals[index], param, grad)
+    states = list(states)  # (converted scalars are written into it below)
+    for index, (param, grad) in enumerate(zip(params, grads)):
         row = states[index * width : (index + 1) * width]
         for slot in scalar_slots:
             value = row[slot]
             if value.dtype != torch.float32 or value.device != param.device:
                 # e.g. state loaded from a non-fused optimizer: fused keeps float32 on device
                 value = value.to(device=param.device, dtype=torch.float32)
-                opt.state[param][spec[slot].name] = value
+                opt.state[originals[index]][spec[slot].name] = value
                 states[index * width + slot] = value
         key = (
             param.device,
@@ -126,8 +235,8 @@ def fused_step(
         device = key[0]
         lazy_present = key[4]
         traced = get_trace(opt, spec, group, lazy_present)
-        launch = _run_partition(opt, traced, group, spec, params, grads, states, members,
-                                device, grad_scale, found_inf, on_cpu)
+        launch = _run_partition(opt, traced, group, spec, originals, params, grads, states,
+                                members, device, grad_scale, found_inf, on_cpu)
         if launch is None:
             signature = None  # tensors were made or copied this step: not reusable as is
         else:
@@ -143,6 +252,7 @@ def _run_partition(
     traced: Traced,
     group: dict[str, Any],
     spec: list[Any],
+    originals: list[Tensor],
     params: list[Tensor],
     grads: list[Tensor],
     states: list[Tensor | None],
@@ -157,6 +267,7 @@ def _run_partition(
     outputs = traced.graph.outputs
     created: list[tuple[Tensor, str, Tensor]] = []  # lazy states made by this step
     copy_back: list[tuple[Tensor, Tensor]] = []
+    copies: list[Tensor] = []  # read-only private copies (gradients): never written back
     rows: list[list[Tensor | None]] = []
     if not on_cpu and found_inf is not None and any(
         not present and name in outputs for name, kind, present in traced.slots
@@ -166,7 +277,7 @@ def _run_partition(
         if float(found_inf.item()) != 0.0:
             return None
     for index in members:
-        param = params[index]
+        param, original = params[index], originals[index]
         row: list[Tensor | None] = [_as_real(param), _as_real(grads[index])]
         for slot, (name, kind, _present) in enumerate(traced.slots):
             value = states[index * width + slot]
@@ -175,12 +286,14 @@ def _run_partition(
             elif value is not None:
                 row.append(_as_real(value))
             elif name in outputs:
-                buffer = torch.empty_like(row[0], memory_format=torch.preserve_format)
-                created.append((param, name, buffer))
-                row.append(buffer)
+                # made like the original, so a DTensor parameter gets DTensor state
+                buffer = torch.empty_like(original, memory_format=torch.preserve_format)
+                created.append((original, name, buffer))
+                local = buffer if original is param else buffer.to_local()
+                row.append(_as_real(local))
             else:
                 row.append(None)
-        _make_dense(row, copy_back)
+        _make_dense(row, copy_back, copies, grad_scale is not None)
         rows.append(row)
     label = type(opt).__name__
     if on_cpu:
@@ -199,9 +312,9 @@ def _run_partition(
     launch(group, grad_scale, found_inf)
     for dense, original in copy_back:
         original.copy_(dense)
-    for param, name, buffer in created:
-        opt.state[param][name] = torch.view_as_complex(buffer) if param.is_complex() else buffer
-    return None if copy_back or created else launch
+    for original, name, buffer in created:
+        opt.state[original][name] = buffer
+    return None if copy_back or created or copies else launch
 
 
 def _is_dense(t: Tensor) -> bool:
@@ -214,8 +327,15 @@ def _is_dense(t: Tensor) -> bool:
     return True
 
 
-def _make_dense(row: list[Tensor | None], copy_back: list[tuple[Tensor, Tensor]]) -> None:
-    """Kernels walk raw memory: every tensor of a row must be dense with the param's layout."""
+def _make_dense(row: list[Tensor | None], copy_back: list[tuple[Tensor, Tensor]],
+                copies: list[Tensor], unscales_grad: bool) -> None:
+    """Kernels walk raw memory: every tensor of a row must be dense with the param's layout.
+
+    Param and state are written, so a dense copy of one is copied back after the kernel. The
+    gradient is read-only (an expanded gradient may even repeat one memory location): its copy is
+    private and dropped -- except under AMP, where torch leaves the unscaled gradient in
+    ``.grad``; that is copied back only where the gradient's elements are distinct memory.
+    """
     param = row[0]
     assert param is not None
     if param.is_contiguous() and all(t is None or t.dim() == 0 or t.is_contiguous()
@@ -230,7 +350,10 @@ def _make_dense(row: list[Tensor | None], copy_back: list[tuple[Tensor, Tensor]]
             continue
         dense = t.contiguous()
         row[i] = dense
-        copy_back.append((dense, t))
+        if i != 1 or (unscales_grad and torch._debug_has_internal_overlap(t) == 0):
+            copy_back.append((dense, t))
+        else:
+            copies.append(dense)
 
 
 def _cpu_launcher(

@@ -381,3 +381,65 @@ def test_reused_launch_plan_follows_tensor_changes() -> None:
     for p, q in zip(params, ref_params):
         torch.testing.assert_close(p, q)
     assert_state_close(opt, ref, **TOL[torch.float32])
+
+
+# ---------------------------------------------------------------------------------------------
+# threads: the CPU kernel splits the group's elements across torch.get_num_threads() threads
+# ---------------------------------------------------------------------------------------------
+THREAD_SHAPES = [(1000,), (517, 3), (1,), (0,), (70,)]  # ranges cut tensors mid-way
+
+
+@pytest.fixture
+def small_grain(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Let tiny groups use several threads (the default grain keeps them on one)."""
+    monkeypatch.setattr(_codegen_c, "GRAIN", 64)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _threaded_run(cls: type, kwargs: dict[str, Any], dtype: torch.dtype,
+                  threads: int) -> list[torch.Tensor]:
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(s, generator=gen).to(dtype).requires_grad_() for s in THREAD_SHAPES]
+    opt = cls(params, **kwargs, fused=True)
+    for step in range(5):
+        for p, g in zip(params, make_grads(params, step)):
+            p.grad = g
+        opt.step()
+    states = [v for p in params for v in opt.state[p].values()]
+    return [p.detach() for p in params] + states
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_thread_count_does_not_change_results(case: tuple[type, dict[str, Any]],
+                                              dtype: torch.dtype, small_grain: Any) -> None:
+    cls, kwargs = case
+    one = _threaded_run(cls, kwargs, dtype, 1)
+    for threads in (2, 3):
+        many = _threaded_run(cls, kwargs, dtype, threads)
+        for a, b in zip(one, many, strict=True):
+            assert torch.equal(a, b), f"{threads} threads differ from 1"
+
+
+def test_kernel_uses_torch_thread_count(small_grain: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchopt_survey.optim.core import fused
+
+    monkeypatch.setattr(fused, "_CPU_KERNELS", {})
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(s, generator=gen).requires_grad_() for s in THREAD_SHAPES]
+    opt = O.Adam(params, fused=True)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    used = []
+    for threads in (2, 1, 3):
+        torch.set_num_threads(threads)
+        opt.step()
+        (entry,) = fused._CPU_KERNELS.values()
+        used.append(_codegen_c.threads_used(entry[0]))
+    assert used == [2, 1, 3]
+    monkeypatch.setattr(_codegen_c, "GRAIN", 32768)  # a small group stays on one thread
+    opt.step()
+    assert _codegen_c.threads_used(entry[0]) == 1

@@ -203,6 +203,8 @@ def emit_c(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool) -> str
             "    }",
             "}",
             "",
+            "int64_t torchopt_threads_used = 0;  /* threads of the last call (for tests) */",
+            "",
             "void torchopt_fused(int64_t ntensors, const int64_t* numels, void* const* ptrs,",
             "                    const double* hp, const float* grad_scale, int64_t nthreads,",
             "                    int64_t grain) {",
@@ -219,6 +221,7 @@ def emit_c(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool) -> str
             "#else",
             "        const int64_t tid = 0, nth = 1;",
             "#endif",
+            "        if (tid == 0) torchopt_threads_used = nth;",
             "        int64_t per = (total + nth - 1) / nth;",
             f"        per = (per + {ALIGN - 1}) / {ALIGN} * {ALIGN};",
             "        const int64_t lo = tid * per < total ? tid * per : total;",
@@ -245,6 +248,12 @@ def emit_c(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool) -> str
     )
 
 _KERNELS: dict[str, Callable[..., None]] = {}
+_LIBS: dict[int, ctypes.CDLL] = {}
+
+
+def threads_used(fn: Callable[..., None]) -> int:
+    """How many threads the last call of the kernel ``fn`` ran on."""
+    return ctypes.c_int64.in_dll(_LIBS[id(fn)], "torchopt_threads_used").value
 
 
 def compile_c(source: str, label: str) -> Callable[..., None]:
@@ -279,6 +288,7 @@ def compile_c(source: str, label: str) -> Callable[..., None]:
     fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                    ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
     _KERNELS[digest] = fn
+    _LIBS[id(fn)] = lib
     COMPILE_LOG.append((label, time.perf_counter() - start, from_disk))
     return fn
 

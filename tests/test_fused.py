@@ -19,27 +19,29 @@ from torchopt_survey.optim.core import emit_c as _codegen_c
 #: (class, constructor kwargs): every method and the flags that change its traced graph
 CASES: list[tuple[type, dict[str, Any]]] = [
     (O.SGD, {"lr": 0.1}),
-    (O.SGD, {"lr": 0.1, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.01}),
+    (O.SGD, {"lr": 0.1, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.1}),
     (O.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True, "maximize": True}),
     (O.Momentum, {"lr": 0.1}),
     (O.Momentum, {"lr": 0.1, "momentum_form": "survey", "nesterov": True}),
     (O.NAG, {"lr": 0.1}),
-    (O.Adagrad, {"lr": 0.1, "lr_decay": 0.01, "weight_decay": 0.01,
+    (O.Adagrad, {"lr": 0.1, "lr_decay": 0.1, "weight_decay": 0.1,
                  "initial_accumulator_value": 0.1}),
-    (O.Adagrad, {"lr": 0.1, "eps_inside_sqrt": True}),
-    (O.Adadelta, {"weight_decay": 0.01}),
+    (O.Adagrad, {"lr": 0.1, "eps": 0.5, "eps_inside_sqrt": True}),
+    (O.Adadelta, {"weight_decay": 0.5}),
     (O.RMSprop, {"lr": 0.01}),
-    (O.RMSprop, {"lr": 0.01, "centered": True, "momentum": 0.5, "weight_decay": 0.01}),
-    (O.RMSprop, {"lr": 0.01, "eps_inside_sqrt": True, "momentum": 0.5}),
+    (O.RMSprop, {"lr": 0.05, "centered": True, "momentum": 0.5, "weight_decay": 0.1}),
+    (O.RMSprop, {"lr": 0.01, "eps": 0.1, "eps_inside_sqrt": True, "momentum": 0.5}),
     (O.Adam, {"lr": 0.01}),
-    (O.Adam, {"lr": 0.01, "weight_decay": 0.1, "maximize": True}),
-    (O.Adam, {"lr": 0.01, "amsgrad": True, "bias_correction": False}),
+    (O.Adam, {"lr": 0.01, "weight_decay": 0.5, "maximize": True}),
+    (O.Adam, {"lr": 0.05, "amsgrad": True, "bias_correction": False}),
     (O.AdamW, {"lr": 0.01}),
-    (O.AMSGrad, {"lr": 0.01, "weight_decay": 0.01}),
+    (O.AMSGrad, {"lr": 0.01, "weight_decay": 0.5}),
     (O.NAdam, {"lr": 0.01}),
-    (O.NAdam, {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True}),
-    (O.Adamax, {"lr": 0.01, "weight_decay": 0.01}),
+    (O.NAdam, {"lr": 0.01, "weight_decay": 0.5, "decoupled_weight_decay": True}),
+    (O.Adamax, {"lr": 0.01, "weight_decay": 0.5}),
 ]
+#: steps of every fused-vs-forloop comparison (enough for every switch above to show)
+STEPS = 6
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 TOL = {
@@ -95,6 +97,43 @@ def assert_state_close(a: Any, b: Any, **tol: Any) -> None:
             torch.testing.assert_close(x, y, **scaled, msg=f"state {index}.{name}")
 
 
+def assert_run_close(params: list[torch.Tensor], opt: Any, ref_params: list[torch.Tensor],
+                     ref: Any, dtype: torch.dtype) -> None:
+    """Parameters and state of a run in ``dtype`` against a reference run, at ``TOL[dtype]``."""
+    for p, q in zip(params, ref_params):
+        assert p.dtype == dtype
+        torch.testing.assert_close(p.detach().float(), q.detach().float(), **TOL[dtype])
+    assert_state_close(opt, ref, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_every_switch_of_the_cases_shows(case: tuple[type, dict[str, Any]],
+                                         dtype: torch.dtype) -> None:
+    """A kernel that ignored any one setting of a case must fail ``test_fused_matches_forloop``.
+
+    For each setting, the forloop run without it (the default instead) must differ from the run
+    with it by more than that test's tolerance -- in every dtype, after ``STEPS`` steps.
+    """
+    cls, kwargs = case
+    ref_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+    def reference(config: dict[str, Any]) -> tuple[list[torch.Tensor], Any]:
+        params = [p.detach().to(ref_dtype).requires_grad_() for p in make_params(dtype)]
+        return params, run(cls, config, params, STEPS, round_to=dtype, foreach=False)
+
+    ref_params, ref = reference(kwargs)
+    for key in [k for k in kwargs if k != "lr"]:
+        if cls is O.SGD and key == "momentum" and kwargs.get("nesterov"):
+            continue  # (nesterov needs momentum: dropping it is an invalid configuration)
+        # what a kernel ignoring ``key`` would produce (rounded to ``dtype`` as it stores)
+        params, opt = reference({k: v for k, v in kwargs.items() if k != key})
+        ignored = [p.detach().to(dtype) for p in params]
+        with pytest.raises(AssertionError):
+            assert_run_close(ignored, opt, ref_params, ref, dtype)
+            pytest.fail(f"dropping {key}={kwargs[key]!r} stays within the {dtype} tolerance")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_fused_matches_forloop(case: tuple[type, dict[str, Any]], dtype: torch.dtype) -> None:
@@ -102,13 +141,10 @@ def test_fused_matches_forloop(case: tuple[type, dict[str, Any]], dtype: torch.d
     reference_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     # same (rounded) starting point and gradients, float32 arithmetic in the reference
     ref_params = [p.detach().to(reference_dtype).requires_grad_() for p in make_params(dtype)]
-    ref = run(cls, kwargs, ref_params, 4, round_to=dtype, foreach=False)
+    ref = run(cls, kwargs, ref_params, STEPS, round_to=dtype, foreach=False)
     params = make_params(dtype)
-    opt = run(cls, kwargs, params, 4, fused=True)
-    for p, q in zip(params, ref_params):
-        assert p.dtype == dtype
-        torch.testing.assert_close(p.detach().float(), q.detach().float(), **TOL[dtype])
-    assert_state_close(opt, ref, **TOL[dtype])
+    opt = run(cls, kwargs, params, STEPS, fused=True)
+    assert_run_close(params, opt, ref_params, ref, dtype)
     for p in params:
         for name, value in opt.state[p].items():
             if value.dim() == 0:

@@ -76,14 +76,10 @@ def _checks() -> dict[str, Any]:
                 ref_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
                 ref_params = [p.detach().to(ref_dtype).requires_grad_()
                               for p in F.make_params(dtype)]
-                ref = F.run(cls, kwargs, ref_params, 3, round_to=dtype, foreach=False)
+                ref = F.run(cls, kwargs, ref_params, F.STEPS, round_to=dtype, foreach=False)
                 params = F.make_params(dtype)
-                opt = F.run(cls, kwargs, params, 3, fused=True)
-                for p, q in zip(params, ref_params):
-                    assert p.dtype == dtype
-                    torch.testing.assert_close(p.detach().float(), q.detach().float(),
-                                               **F.TOL[dtype])
-                F.assert_state_close(opt, ref, **F.TOL[dtype])
+                opt = F.run(cls, kwargs, params, F.STEPS, fused=True)
+                F.assert_run_close(params, opt, ref_params, ref, dtype)
 
             check(f"{F.case_id(case)} {dtype}", one)
 

@@ -14,7 +14,8 @@ import torch
 from test_fused import (  # sibling test module (pytest puts tests/ on sys.path)
     CASES,
     DTYPES,
-    TOL,
+    STEPS,
+    assert_run_close,
     assert_state_close,
     case_id,
     make_grads,
@@ -36,12 +37,10 @@ def test_cuda_fused_matches_forloop(case: tuple[type, dict[str, Any]], dtype: to
     cls, kwargs = case
     ref_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     ref_params = [p.detach().to(ref_dtype).requires_grad_() for p in make_params(dtype, "cuda")]
-    ref = run(cls, kwargs, ref_params, 4, round_to=dtype, foreach=False)
+    ref = run(cls, kwargs, ref_params, STEPS, round_to=dtype, foreach=False)
     params = make_params(dtype, "cuda")
-    opt = run(cls, kwargs, params, 4, fused=True)
-    for p, q in zip(params, ref_params):
-        torch.testing.assert_close(p.detach().float(), q.detach().float(), **TOL[dtype])
-    assert_state_close(opt, ref, **TOL[dtype])
+    opt = run(cls, kwargs, params, STEPS, fused=True)
+    assert_run_close(params, opt, ref_params, ref, dtype)
     step = next(iter(opt.state.values())).get("step")
     if step is not None:
         assert step.device.type == "cuda" and step.dtype == torch.float32

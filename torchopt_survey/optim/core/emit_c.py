@@ -10,9 +10,11 @@ Scalars that vary per step (bias corrections, NAdam's schedule) are computed onc
 double inside the kernel from the stored ``step``; hyperparameters arrive in a double array, so
 nothing recompiles when a scheduler changes them.
 
-Kernels are cached in memory and as shared objects in a cache directory
-(``$TORCHOPT_SURVEY_CACHE_DIR``, else ``$XDG_CACHE_HOME/torchopt_survey`` or
-``~/.cache/torchopt_survey``), keyed by a hash of the source and this machine's CPU flags.
+The loop is split across ``torch.get_num_threads()`` OpenMP threads (see :func:`emit_c`); the
+graph walk itself is shared with the Triton emitter (:mod:`.emit`), this module only spells it.
+
+Kernels are cached in memory and as shared objects in the private cache directory of
+:mod:`.kernel_cache`, keyed by a hash of the source and this machine's CPU flags.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ group's ``_preprocess`` + ``_update`` are traced once per configuration into an 
 
 * **CPU**: a C function compiled with the system C compiler and called through ctypes
   (:mod:`.emit_c`): one auto-vectorised pass over each tensor of the group, all tensors in one
-  call;
+  call, the elements split across ``torch.get_num_threads()`` threads;
 * **CUDA**: a multi-tensor Triton kernel (:mod:`.emit_triton`): one launch per group, pointer
   tables for every tensor, float32 arithmetic, step counters and tensor hyperparameters read on
   the device (so the step is CUDA-graph capturable), ``grad_scale``/``found_inf`` handled inside.
@@ -19,6 +19,13 @@ Common semantics (those of torch's fused optimizers):
   by ``grad_scale`` inside the kernel (and written back unscaled, as torch does); when
   ``found_inf`` is nonzero nothing changes -- parameters, moments, step counts;
 * complex parameters are updated as real views; sparse gradients are refused.
+
+What reaches a kernel is checked first (:func:`_unwrap`, :func:`_check_supported`): plain strided
+floating-point (or complex) tensors on CPU or CUDA. A DTensor is replaced by its local shard
+(FSDP2); anything else -- meta tensors, integer dtypes, wrapper subclasses -- raises a
+``RuntimeError`` naming the parameter before any compiler or driver runs. Gradients are
+read-only: a gradient the kernel cannot walk directly (expanded, transposed) is read through a
+private dense copy that is never written back (AMP's unscaled write-back aside).
 """
 
 from __future__ import annotations

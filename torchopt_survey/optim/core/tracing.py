@@ -7,9 +7,10 @@ The fused paths never get a hand-written kernel per method. Instead, a method's
 because the math always rebinds names to what an op returns, an in-place op is simply a new node,
 and what the math leaves in ``state[...]`` (and returns for the parameter) are the outputs.
 
-Two emitters turn a graph into one pass over the data (see ``emit_c`` for CPU and
-``emit_triton`` for CUDA). Scalar sub-expressions (bias corrections, NAdam's momentum
-schedule) are computed once per tensor in float64 *inside* the kernel from the stored ``step``,
+One walk (``emit``) turns a graph into one pass over the data, spelled in C for CPU
+(``emit_c``) or Triton for CUDA (``emit_triton``). Scalar sub-expressions (bias corrections,
+NAdam's momentum schedule) are computed once per tensor in float64 *inside* the kernel from the
+stored ``step``,
 and every float hyperparameter is a runtime argument, so a scheduler changing ``lr`` -- a float
 or a tensor -- never recompiles anything.
 

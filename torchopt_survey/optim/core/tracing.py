@@ -10,9 +10,8 @@ and what the math leaves in ``state[...]`` (and returns for the parameter) are t
 One walk (``emit``) turns a graph into one pass over the data, spelled in C for CPU
 (``emit_c``) or Triton for CUDA (``emit_triton``). Scalar sub-expressions (bias corrections,
 NAdam's momentum schedule) are computed once per tensor in float64 *inside* the kernel from the
-stored ``step``,
-and every float hyperparameter is a runtime argument, so a scheduler changing ``lr`` -- a float
-or a tensor -- never recompiles anything.
+stored ``step``, and every float hyperparameter is a runtime argument, so a scheduler changing
+``lr`` -- a float or a tensor -- never recompiles anything.
 
 What decides the graph (the "structure key"): the optimizer class, its boolean/string flags, the
 *sign class* of numeric hyperparameters (the math branches only on ``momentum == 0``,

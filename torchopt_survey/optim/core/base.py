@@ -92,6 +92,36 @@ def _float_hyperparameter(value: Any) -> Any:
     return value
 
 
+def _split_names(param_group: dict[str, Any], params: list[Any]) -> list[Any]:
+    """Take ``(name, tensor)`` pairs apart as torch.optim does (``named_parameters()``).
+
+    The tensors become the group's ``params`` and the names its ``param_names``; a group must
+    name all of its tensors or none. Returns the tensors (other entries are left for the
+    caller's type check).
+    """
+    unnamed = [index for index, param in enumerate(params) if not isinstance(param, tuple)]
+    if len(unnamed) == len(params):
+        return params
+    if unnamed:
+        raise ValueError(  # torch.optim's wording, so code matching its message keeps working
+            "all optimizer params should be with/without names. Some param names are missing "
+            f"(params[{unnamed[0]}] has no name)"
+        )
+    names: list[str] = []
+    tensors: list[Any] = []
+    for index, pair in enumerate(params):
+        if len(pair) != 2 or not isinstance(pair[0], str) or not isinstance(pair[1], Tensor):
+            raise TypeError(
+                f"params[{index}]: a named parameter must be a (str, Tensor) pair as yielded "
+                f"by named_parameters(), got {tuple(type(x).__name__ for x in pair)}"
+            )
+        names.append(pair[0])
+        tensors.append(pair[1])
+    param_group["params"] = tensors
+    param_group["param_names"] = names
+    return tensors
+
+
 class SurveyOptimizer(Optimizer):
     """Base class: a torch.optim.Optimizer whose math lives in ``_update``."""
 
@@ -207,6 +237,7 @@ class SurveyOptimizer(Optimizer):
             )
         else:
             params_list = list(params) if params is not None else []
+        params_list = _split_names(param_group, params_list)
         for index, param in enumerate(params_list):
             if not isinstance(param, Tensor):
                 raise TypeError(

@@ -224,6 +224,13 @@ class SurveyOptimizer(Optimizer):
     def _sparse_ok(self, group: dict[str, Any]) -> bool:
         return self._supports_sparse
 
+    def _sparse_rowwise(self, group: dict[str, Any]) -> bool:
+        """How a sparse gradient is applied: to the rows it holds only (True, torch.optim's
+        Adagrad), or by running ``_update`` on the sparse tensor itself (False, torch.optim's
+        SGD: its momentum buffer is then a sparse tensor too, and every row it ever touched
+        keeps moving)."""
+        return True
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
@@ -424,10 +431,13 @@ class SurveyOptimizer(Optimizer):
         width = len(spec)
         for index, (param, grad) in enumerate(zip(params, grads)):
             stored = states[index * width : (index + 1) * width]
-            if grad.is_sparse:
+            is_sparse = grad.is_sparse
+            if is_sparse and self._sparse_rowwise(group):
                 self._sparse_rows(spec, hp, param, grad, stored, tensor_scalars)
                 continue
-            is_complex = torch.is_complex(param)
+            # (a sparse tensor has no real view: the whole-tensor sparse math, which only
+            # SGD uses, runs on complex values directly -- as torch.optim.SGD does)
+            is_complex = torch.is_complex(param) and not is_sparse
             state: dict[str, Any] = {}
             for entry, value in zip(spec, stored):
                 if entry.kind == "scalar":

@@ -1,0 +1,118 @@
+"""A torch.optim parity hole, closed (issue #7, item 2).
+
+Sparse gradients with momentum: ``SGD(momentum=...)``, ``Momentum`` and ``NAG`` on an
+``nn.Embedding(sparse=True)`` do what torch.optim.SGD does -- the update runs on the sparse
+tensors, the momentum buffer is sparse too -- with the same result.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import torchopt_survey as tos
+
+# (our class, our kwargs, torch.optim.SGD kwargs)
+SPARSE_CASES = [
+    (tos.SGD, {"momentum": 0.9}, {"momentum": 0.9}),
+    (tos.SGD, {"momentum": 0.9, "dampening": 0.3, "maximize": True},
+     {"momentum": 0.9, "dampening": 0.3, "maximize": True}),
+    (tos.SGD, {"momentum": 0.5, "nesterov": True}, {"momentum": 0.5, "nesterov": True}),
+    (tos.Momentum, {}, {"momentum": 0.9}),
+    (tos.Momentum, {"momentum": 0.8, "nesterov": True}, {"momentum": 0.8, "nesterov": True}),
+    (tos.NAG, {}, {"momentum": 0.9, "nesterov": True}),
+    (tos.NAG, {"maximize": True}, {"momentum": 0.9, "nesterov": True, "maximize": True}),
+    (tos.SGD, {}, {}),
+]
+SPARSE_IDS = [f"{cls.__name__}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'default'}"
+              for cls, kw, _ in SPARSE_CASES]
+
+
+class Model(torch.nn.Module):
+    """A sparse embedding and a dense layer in one parameter group (as real models have)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(20, 3, sparse=True)
+        self.out = torch.nn.Linear(3, 1)
+
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        return (torch.tanh(self.out(self.emb(index))) ** 2).sum() + (self.emb(index) ** 2).sum()
+
+
+def train(model: Model, opt: torch.optim.Optimizer, steps: int, start: int = 0) -> None:
+    for step in range(start, start + steps):
+        index = torch.randint(0, 20, (8,), generator=torch.Generator().manual_seed(step))
+        opt.zero_grad()
+        model(index).backward()
+        opt.step()
+
+
+def pair() -> tuple[Model, Model]:
+    torch.manual_seed(0)
+    model = Model().double()
+    return model, copy.deepcopy(model)
+
+
+def assert_models_close(a: Model, b: Model, tol: float = 1e-12) -> None:
+    for (name, x), y in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(x, y, rtol=tol, atol=tol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("foreach", [False, True, None], ids=["forloop", "foreach", "default"])
+@pytest.mark.parametrize(("cls", "kwargs", "torch_kwargs"), SPARSE_CASES, ids=SPARSE_IDS)
+def test_sparse_gradients_with_momentum_match_torch(cls, kwargs, torch_kwargs, foreach) -> None:
+    ours_model, torch_model = pair()
+    ours = cls(ours_model.parameters(), lr=0.05, foreach=foreach, **kwargs)
+    theirs = torch.optim.SGD(torch_model.parameters(), lr=0.05, foreach=foreach, **torch_kwargs)
+    train(ours_model, ours, 15)
+    train(torch_model, theirs, 15)
+    assert_models_close(ours_model, torch_model)
+    # same state: a sparse momentum buffer for the embedding, a dense one for the layer
+    for p_ours, p_torch in zip(ours_model.parameters(), torch_model.parameters()):
+        assert list(ours.state[p_ours]) == list(theirs.state[p_torch])
+        if "momentum_buffer" in theirs.state[p_torch]:
+            mine = ours.state[p_ours]["momentum_buffer"]
+            ref = theirs.state[p_torch]["momentum_buffer"]
+            assert mine.layout == ref.layout
+            torch.testing.assert_close(mine.to_dense(), ref.to_dense(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("direction", ["ours->torch", "torch->ours"])
+def test_sparse_momentum_state_dict_round_trip(direction: str) -> None:
+    """A sparse momentum buffer moves between ours and torch.optim and the run continues."""
+    source_model, target_model = pair()
+    make_ours = lambda m: tos.Momentum(m.parameters(), lr=0.05)  # noqa: E731
+    make_torch = lambda m: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)  # noqa: E731
+    make_source, make_target = (
+        (make_ours, make_torch) if direction == "ours->torch" else (make_torch, make_ours))
+    source = make_source(source_model)
+    train(source_model, source, 6)
+    target_model.load_state_dict(source_model.state_dict())
+    target = make_target(target_model)
+    target.load_state_dict(copy.deepcopy(source.state_dict()))
+    train(source_model, source, 6, start=6)
+    train(target_model, target, 6, start=6)
+    assert_models_close(target_model, source_model)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Momentum", "NAG"])
+def test_sparse_gradients_refused_where_torch_refuses_them(name: str) -> None:
+    """weight_decay (sparse + dense is undefined) and fused=True: same error type as torch."""
+    cls = getattr(tos, name)
+    momentum = {} if name == "SGD" else None
+    for flags in ({"weight_decay": 0.1}, {"fused": True}):
+        errors = []
+        for make in (cls, torch.optim.SGD):
+            kwargs = dict(flags, lr=0.1)
+            if make is torch.optim.SGD and momentum is None:
+                kwargs.update(momentum=0.9, nesterov=name == "NAG")
+            emb = torch.nn.Embedding(5, 2, sparse=True)
+            opt = make(emb.parameters(), **kwargs)
+            emb(torch.tensor([1, 2])).sum().backward()
+            with pytest.raises(RuntimeError) as info:
+                opt.step()
+            errors.append(info.type)
+        assert errors[0] is errors[1]

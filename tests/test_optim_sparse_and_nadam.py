@@ -1,8 +1,11 @@
-"""A torch.optim parity hole, closed (issue #7, item 2).
+"""Two torch.optim parity holes, closed (issue #7, items 2 and 3).
 
-Sparse gradients with momentum: ``SGD(momentum=...)``, ``Momentum`` and ``NAG`` on an
-``nn.Embedding(sparse=True)`` do what torch.optim.SGD does -- the update runs on the sparse
-tensors, the momentum buffer is sparse too -- with the same result.
+* Sparse gradients with momentum: ``SGD(momentum=...)``, ``Momentum`` and ``NAG`` on an
+  ``nn.Embedding(sparse=True)`` do what torch.optim.SGD does -- the update runs on the sparse
+  tensors, the momentum buffer is sparse too -- with the same result.
+* NAdam follows torch.optim.NAdam's arithmetic, including the float32 rounding of the
+  ``mu_product`` state it multiplies in place: float64 trajectories agree to 1e-12 like every
+  other method, and the stored ``mu_product`` is bit for bit torch's.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import copy
 
 import pytest
 import torch
+from optim_infos import BY_NAME
 
 import torchopt_survey as tos
 
@@ -116,3 +120,70 @@ def test_sparse_gradients_refused_where_torch_refuses_them(name: str) -> None:
                 opt.step()
             errors.append(info.type)
         assert errors[0] is errors[1]
+
+
+# ------------------------------------------------------------------------------------------
+# NAdam: torch.optim's arithmetic
+# ------------------------------------------------------------------------------------------
+NADAM_CONFIGS = [
+    {},
+    {"weight_decay": 0.1},
+    {"weight_decay": 0.1, "decoupled_weight_decay": True, "momentum_decay": 0.01},
+    {"maximize": True, "betas": (0.8, 0.99)},
+]
+
+
+def nadam_problem(seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    shapes = [(7, 5), (5,), (3, 4, 2)]
+    params = [torch.randn(s, generator=generator, dtype=torch.float64) for s in shapes]
+    targets = [torch.randn(s, generator=generator, dtype=torch.float64) for s in shapes]
+    return params, targets
+
+
+def nadam_run(opt, params, targets, steps: int) -> None:
+    for _ in range(steps):
+        for p, t in zip(params, targets):
+            p.grad = 2 * (p.detach() - t) + 0.1 * torch.sin(p.detach())
+        opt.step()
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["forloop", "foreach"])
+@pytest.mark.parametrize("config", NADAM_CONFIGS, ids=lambda c: "-".join(map(str, c)) or "default")
+def test_nadam_float64_parity_at_the_tolerance_of_the_others(config: dict, foreach: bool) -> None:
+    # the same tolerance as every other method of the conformance table
+    tolerance = BY_NAME["Adam"].parity_rtol
+    assert BY_NAME["NAdam"].parity_rtol == tolerance <= 1e-12
+    start, targets = nadam_problem()
+    ours_params = [p.clone().requires_grad_(True) for p in start]
+    torch_params = [p.clone().requires_grad_(True) for p in start]
+    ours = tos.NAdam(ours_params, lr=0.01, foreach=foreach, **config)
+    theirs = torch.optim.NAdam(torch_params, lr=0.01, foreach=foreach, **config)
+    nadam_run(ours, ours_params, targets, 200)
+    nadam_run(theirs, torch_params, targets, 200)
+    for a, b in zip(ours_params, torch_params):
+        torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
+        # the float32 product is torch's, bit for bit: the rounding is the same
+        assert torch.equal(ours.state[a]["mu_product"], theirs.state[b]["mu_product"])
+        assert ours.state[a]["mu_product"].dtype == theirs.state[b]["mu_product"].dtype
+
+
+def test_nadam_follows_the_state_dtype_after_loading_like_torch() -> None:
+    """torch.optim casts a loaded mu_product to the parameter's dtype (float64 here) and then
+    multiplies in float64; ours does the same, so a resumed run stays on torch's trajectory."""
+    start, targets = nadam_problem(1)
+    source_params = [p.clone().requires_grad_(True) for p in start]
+    source = torch.optim.NAdam(source_params, lr=0.01)
+    nadam_run(source, source_params, targets, 20)
+    runs = []
+    for cls in (tos.NAdam, torch.optim.NAdam):
+        for foreach in (False, True):
+            params = [p.detach().clone().requires_grad_(True) for p in source_params]
+            opt = cls(params, lr=0.01, foreach=foreach)
+            opt.load_state_dict(copy.deepcopy(source.state_dict()))
+            assert opt.state[params[0]]["mu_product"].dtype == torch.float64
+            nadam_run(opt, params, targets, 100)
+            runs.append(params)
+    for params in runs[:-1]:
+        for a, b in zip(params, runs[-1]):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -35,7 +35,7 @@ from torch.optim.optimizer import (
 )
 
 from . import validation as V
-from .ops import ForeachOps, FunctionalOps, TensorOps
+from .ops import ForeachOps, FunctionalOps, StoredScalar, TensorOps
 
 StateKind = Literal["scalar", "tensor", "lazy"]
 
@@ -74,8 +74,15 @@ def _tensor_hyperparameter(value: Any, device: torch.device | None) -> Any:
 
 
 def _read_scalar(stored: Tensor, tensor_scalars: bool) -> Any:
-    """A scalar state entry as the math sees it: the tensor itself, or a Python float."""
-    return stored if tensor_scalars else stored.item()
+    """A scalar state entry as the math sees it: the tensor itself, or a Python float (one
+    that remembers a non-float64 tensor's dtype, see :func:`.ops.stored_mul`)."""
+    if tensor_scalars:
+        return stored
+    return _as_python_scalar(stored.item(), stored.dtype)
+
+
+def _as_python_scalar(value: float, dtype: torch.dtype) -> Any:
+    return value if dtype is torch.float64 else StoredScalar(value, dtype)
 
 
 def _store_scalar(stored: Tensor, new: Any, tensor_scalars: bool) -> None:
@@ -530,6 +537,8 @@ class SurveyOptimizer(Optimizer):
         # Float scalars (steps...) are read once for all parameters, then the parameters are
         # partitioned so that each foreach call gets one Python scalar per hyperparameter.
         scalar_values: list[list[float]] = []
+        scalar_dtypes: list[torch.dtype] = []  # each scalar column's dtype, when uniform
+        mixed_dtypes = False  # scalar state of several dtypes (e.g. partly loaded): partition
         if not tensor_scalars:
             for slot in scalar_slots:
                 column = states[slot::width]
@@ -537,18 +546,25 @@ class SurveyOptimizer(Optimizer):
                     scalar_values.append(torch.stack(column).tolist())  # one read, not n
                 else:
                     scalar_values.append([value.item() for value in column])
+                dtype = column[0].dtype
+                scalar_dtypes.append(dtype)
+                mixed_dtypes = mixed_dtypes or any(v.dtype is not dtype for v in column)
         # Common case first: one dtype, one device, equal scalars, same lazy-state presence.
         first = params[0]
         dtype, device_index = first.dtype, first.get_device()
         if (
-            all(p.dtype is dtype and p.get_device() == device_index for p in params)
+            not mixed_dtypes
+            and all(p.dtype is dtype and p.get_device() == device_index for p in params)
             and all(values.count(values[0]) == len(values) for values in scalar_values)
             and all(
                 len({states[i * width + slot] is None for i in range(len(params))}) == 1
                 for slot in lazy_slots
             )
         ):
-            scalars = tuple(values[0] for values in scalar_values)
+            scalars = tuple(
+                _as_python_scalar(values[0], dtype)
+                for values, dtype in zip(scalar_values, scalar_dtypes)
+            )
             self._foreach_partition(
                 spec, hp, params, grads, states, None, scalars, tensor_scalars, has_complex
             )
@@ -559,6 +575,8 @@ class SurveyOptimizer(Optimizer):
                 param.device,
                 param.dtype,
                 tuple(values[index] for values in scalar_values),
+                tuple(states[index * width + slot].dtype for slot in scalar_slots)
+                if mixed_dtypes else tuple(scalar_dtypes),
                 tuple(states[index * width + slot] is None for slot in lazy_slots),
             )
             members = partitions.get(key)
@@ -568,7 +586,8 @@ class SurveyOptimizer(Optimizer):
                 members.append(index)
 
         everyone = len(partitions) == 1
-        for (_, _, scalars, _), members in partitions.items():
+        for (_, _, values, dtypes, _), members in partitions.items():
+            scalars = tuple(_as_python_scalar(v, d) for v, d in zip(values, dtypes))
             self._foreach_partition(
                 spec, hp, params, grads, states, None if everyone else members, scalars,
                 tensor_scalars, has_complex,

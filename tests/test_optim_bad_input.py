@@ -423,3 +423,24 @@ def test_torch_validation_is_the_floor(ours: type, theirs: Callable[..., Any]) -
                 misses.append(f"{name}={value!r}: {error!r}")
     assert checked >= 10, "torch rejected suspiciously few values; is the table stale?"
     assert not misses, f"torch.optim rejects these but {ours.__name__} does not: {misses}"
+
+
+# the counterparts whose torch.optim class has a fused flag at all
+_FUSED_COUNTERPARTS = [
+    (ours, theirs) for ours, theirs in COUNTERPARTS
+    if "fused" in inspect.signature(getattr(theirs, "func", theirs)).parameters
+]
+
+
+@pytest.mark.parametrize("flags", [{"fused": True, "foreach": True},
+                                   {"fused": True, "differentiable": True}],
+                         ids=["fused-foreach", "fused-differentiable"])
+@pytest.mark.parametrize(("ours", "theirs"), _FUSED_COUNTERPARTS,
+                         ids=[cls.__name__ for cls, _ in _FUSED_COUNTERPARTS])
+def test_flag_conflicts_raise_torchs_error_type_too(ours, theirs, flags) -> None:
+    """Our ValueError for conflicting flags is also the RuntimeError torch.optim raises."""
+    torch_error = _raises(lambda ps: theirs(ps, **flags))
+    assert torch_error is not None
+    with pytest.raises(ValueError, match="fused") as error:
+        ours([_p()], **flags)
+    assert isinstance(error.value, type(torch_error)), (type(error.value), type(torch_error))

@@ -224,9 +224,9 @@ class SurveyOptimizer(Optimizer):
     def _check_consistency(self, group: dict[str, Any], where: str) -> None:
         """Checks that involve several hyperparameters (methods that have more extend this)."""
         if group.get("fused") and group.get("foreach"):
-            raise ValueError(f"{where}fused and {where}foreach cannot both be True")
+            raise V.FlagConflict(f"{where}fused and {where}foreach cannot both be True")
         if group.get("fused") and group.get("differentiable"):
-            raise ValueError(f"{where}fused does not support differentiable=True")
+            raise V.FlagConflict(f"{where}fused does not support differentiable=True")
 
     def _sparse_ok(self, group: dict[str, Any]) -> bool:
         return self._supports_sparse

@@ -122,6 +122,12 @@ def test_state_dict_loads_between_named_and_unnamed(info, source, target, path) 
         resumed = clone_params(at_save)
         opt = _make(info, kind, resumed, load_path)
         opt.load_state_dict(copy.deepcopy(saved))
+        # the loaded groups bring the saver's foreach/fused flags: run on this path instead
+        flags = torch_flags(info, load_path) if kind.startswith("torch") else PATHS[load_path]
+        for group in opt.param_groups:
+            for key in ("foreach", "fused"):
+                if key in flags or group.get(key):
+                    group[key] = flags.get(key)
         return opt, run(opt, resumed, 5, start=5)
 
     second, continued = load_and_continue(target)

@@ -181,9 +181,37 @@ def test_nadam_follows_the_state_dtype_after_loading_like_torch() -> None:
             params = [p.detach().clone().requires_grad_(True) for p in source_params]
             opt = cls(params, lr=0.01, foreach=foreach)
             opt.load_state_dict(copy.deepcopy(source.state_dict()))
+            opt.param_groups[0]["foreach"] = foreach  # (the loaded group brought the saver's)
             assert opt.state[params[0]]["mu_product"].dtype == torch.float64
             nadam_run(opt, params, targets, 100)
             runs.append(params)
     for params in runs[:-1]:
         for a, b in zip(params, runs[-1]):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_nadam_foreach_with_state_of_two_dtypes_like_torch() -> None:
+    """A state dict saved before one parameter ever had a gradient: after loading, the loaded
+    mu_product is float64 (torch casts it to the parameter's dtype) and the new one float32.
+    The foreach step must multiply each in its own precision, as torch's does."""
+    start, targets = nadam_problem(2)
+    source_params = [p.clone().requires_grad_(True) for p in start]
+    source = torch.optim.NAdam(source_params, lr=0.01)
+    for _ in range(5):  # the last parameter never gets a gradient: no state for it
+        for p, t in zip(source_params[:-1], targets):
+            p.grad = 2 * (p.detach() - t)
+        source.step()
+    runs = []
+    for cls in (tos.NAdam, torch.optim.NAdam):
+        params = [p.detach().clone().requires_grad_(True) for p in source_params]
+        opt = cls(params, lr=0.01, foreach=True)
+        opt.load_state_dict(copy.deepcopy(source.state_dict()))
+        opt.param_groups[0]["foreach"] = True  # (the loaded group brought the saver's None)
+        nadam_run(opt, params, targets, 50)
+        assert opt.state[params[0]]["mu_product"].dtype == torch.float64
+        assert opt.state[params[-1]]["mu_product"].dtype == torch.float32
+        runs.append((params, opt))
+    (ours_params, ours), (torch_params, theirs) = runs
+    for a, b in zip(ours_params, torch_params):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        assert torch.equal(ours.state[a]["mu_product"], theirs.state[b]["mu_product"])

@@ -225,6 +225,13 @@ def parity(case: Case) -> float:
     return CAPTURABLE
 
 
+def keep_path(opt: torch.optim.Optimizer, flags: dict[str, Any]) -> None:
+    """A loaded state dict brings its groups' foreach/fused flags along (torch.optim's rule);
+    put back the path this optimizer was built for, so the loaded state is run on that path."""
+    for group in opt.param_groups:
+        group.update({k: v for k, v in flags.items() if k in ("foreach", "fused")})
+
+
 def _torch_foreach_ok(case: Case) -> bool:
     """Whether torch.optim runs this configuration with foreach=True on CPU."""
     try:
@@ -306,6 +313,7 @@ def test_state_dict_round_trips_with_named_parameters(case: Case, source: str) -
             resumed = clone(params)
             opt = make(named(resumed) if with_names else resumed, **kwargs)
             opt.load_state_dict(copy.deepcopy(state_dict))
+            keep_path(opt, kwargs)
             return opt, run(opt, resumed, 5)
 
         # torch.optim loading the same dict is the reference: names and the continued run

@@ -163,6 +163,17 @@ CONSTRUCTOR_CASES = [
     bad(ts.Adam, lambda: ts.Adam(None), TypeError, r"params", id="params-none"),
     bad(ts.Adam, lambda: ts.Adam([{"lr": 0.1}]), (KeyError, ValueError), r"params",
         id="params-group-without-params"),
+    # --- named parameters: (str, Tensor) pairs, all of a group's or none
+    bad(ts.Adam, lambda: ts.Adam([("w", _p()), _p()]), ValueError,
+        r"names are missing \(params\[1\]", id="params-named-and-unnamed"),
+    bad(ts.Adam, lambda: ts.Adam([("w", _p(), "extra")]), TypeError,
+        r"params\[0\].*\(str, Tensor\)", id="params-named-triple"),
+    bad(ts.SGD, lambda: ts.SGD([("w", _p()), (1, _p())], lr=0.1), TypeError,
+        r"params\[1\].*\(str, Tensor\)", id="params-named-non-str-name"),
+    bad(ts.Adam, lambda: ts.Adam([("w", 1.0)]), TypeError, r"params\[0\].*\(str, Tensor\)",
+        id="params-named-non-tensor"),
+    bad(ts.Adam, lambda: ts.Adam([{"params": [_p()]}, {"params": [("w", _p())]}]), ValueError,
+        r"param groups should be with/without names", id="params-groups-named-and-unnamed"),
 ]
 
 # ids "apg-*": bad values that arrive through add_param_group, as param_groups[1]
@@ -196,6 +207,8 @@ ADD_GROUP_CASES = [
     bad(ts.Adam, _add_group(ts.Adam, [_p()]), TypeError, r"param_group", id="apg-Adam-not-a-dict"),
     bad(ts.Adam, _shared_param_add, ValueError, r"more than one parameter group",
         id="apg-Adam-duplicate-param"),
+    bad(ts.Adam, _add_group(ts.Adam, {"params": [("w", _p())]}), ValueError,
+        r"cannot add param group with names", id="apg-Adam-named-into-unnamed"),
 ]
 
 
@@ -410,3 +423,24 @@ def test_torch_validation_is_the_floor(ours: type, theirs: Callable[..., Any]) -
                 misses.append(f"{name}={value!r}: {error!r}")
     assert checked >= 10, "torch rejected suspiciously few values; is the table stale?"
     assert not misses, f"torch.optim rejects these but {ours.__name__} does not: {misses}"
+
+
+# the counterparts whose torch.optim class has a fused flag at all
+_FUSED_COUNTERPARTS = [
+    (ours, theirs) for ours, theirs in COUNTERPARTS
+    if "fused" in inspect.signature(getattr(theirs, "func", theirs)).parameters
+]
+
+
+@pytest.mark.parametrize("flags", [{"fused": True, "foreach": True},
+                                   {"fused": True, "differentiable": True}],
+                         ids=["fused-foreach", "fused-differentiable"])
+@pytest.mark.parametrize(("ours", "theirs"), _FUSED_COUNTERPARTS,
+                         ids=[cls.__name__ for cls, _ in _FUSED_COUNTERPARTS])
+def test_flag_conflicts_raise_torchs_error_type_too(ours, theirs, flags) -> None:
+    """Our ValueError for conflicting flags is also the RuntimeError torch.optim raises."""
+    torch_error = _raises(lambda ps: theirs(ps, **flags))
+    assert torch_error is not None
+    with pytest.raises(ValueError, match="fused") as error:
+        ours([_p()], **flags)
+    assert isinstance(error.value, type(torch_error)), (type(error.value), type(torch_error))

@@ -47,7 +47,9 @@ class SGD(SurveyOptimizer):
     rate inside it, as survey 1 writes it.
 
     Arguments, defaults, ``param_groups`` keys and ``state_dict`` layout are torch.optim.SGD's.
-    Sparse gradients are accepted without momentum (the rows present are updated).
+    Sparse gradients (``nn.Embedding(sparse=True)``) are accepted with and without momentum
+    and handled as torch.optim.SGD handles them: the update runs on the sparse tensors, so the
+    momentum buffer is sparse as well (``weight_decay`` cannot be combined with them).
     """
 
     _hyperparameters = {**_SGD_ARGS, "momentum_form": V.one_of("torch", "survey")}
@@ -88,7 +90,13 @@ class SGD(SurveyOptimizer):
     _extra_switches: dict[str, Any] = {}
 
     def _sparse_ok(self, group: dict[str, Any]) -> bool:
-        return group["momentum"] == 0  # without momentum, updating only present rows is exact
+        return True
+
+    def _sparse_rowwise(self, group: dict[str, Any]) -> bool:
+        # torch.optim.SGD runs its update on the sparse gradient itself: with momentum the
+        # buffer is a sparse tensor that decays (and moves) every row it ever held, so a
+        # row-wise update would differ from it
+        return False
 
     def _check_consistency(self, group: dict[str, Any], where: str) -> None:
         super()._check_consistency(group, where)

@@ -35,7 +35,7 @@ from torch.optim.optimizer import (
 )
 
 from . import validation as V
-from .ops import ForeachOps, FunctionalOps, TensorOps
+from .ops import ForeachOps, FunctionalOps, StoredScalar, TensorOps
 
 StateKind = Literal["scalar", "tensor", "lazy"]
 
@@ -74,8 +74,15 @@ def _tensor_hyperparameter(value: Any, device: torch.device | None) -> Any:
 
 
 def _read_scalar(stored: Tensor, tensor_scalars: bool) -> Any:
-    """A scalar state entry as the math sees it: the tensor itself, or a Python float."""
-    return stored if tensor_scalars else stored.item()
+    """A scalar state entry as the math sees it: the tensor itself, or a Python float (one
+    that remembers a non-float64 tensor's dtype, see :func:`.ops.stored_mul`)."""
+    if tensor_scalars:
+        return stored
+    return _as_python_scalar(stored.item(), stored.dtype)
+
+
+def _as_python_scalar(value: float, dtype: torch.dtype) -> Any:
+    return value if dtype is torch.float64 else StoredScalar(value, dtype)
 
 
 def _store_scalar(stored: Tensor, new: Any, tensor_scalars: bool) -> None:
@@ -90,6 +97,36 @@ def _float_hyperparameter(value: Any) -> Any:
     if isinstance(value, Tensor):
         return value.item()
     return value
+
+
+def _split_names(param_group: dict[str, Any], params: list[Any]) -> list[Any]:
+    """Take ``(name, tensor)`` pairs apart as torch.optim does (``named_parameters()``).
+
+    The tensors become the group's ``params`` and the names its ``param_names``; a group must
+    name all of its tensors or none. Returns the tensors (other entries are left for the
+    caller's type check).
+    """
+    unnamed = [index for index, param in enumerate(params) if not isinstance(param, tuple)]
+    if len(unnamed) == len(params):
+        return params
+    if unnamed:
+        raise ValueError(  # torch.optim's wording, so code matching its message keeps working
+            "all optimizer params should be with/without names. Some param names are missing "
+            f"(params[{unnamed[0]}] has no name)"
+        )
+    names: list[str] = []
+    tensors: list[Any] = []
+    for index, pair in enumerate(params):
+        if len(pair) != 2 or not isinstance(pair[0], str) or not isinstance(pair[1], Tensor):
+            raise TypeError(
+                f"params[{index}]: a named parameter must be a (str, Tensor) pair as yielded "
+                f"by named_parameters(), got {tuple(type(x).__name__ for x in pair)}"
+            )
+        names.append(pair[0])
+        tensors.append(pair[1])
+    param_group["params"] = tensors
+    param_group["param_names"] = names
+    return tensors
 
 
 class SurveyOptimizer(Optimizer):
@@ -187,12 +224,19 @@ class SurveyOptimizer(Optimizer):
     def _check_consistency(self, group: dict[str, Any], where: str) -> None:
         """Checks that involve several hyperparameters (methods that have more extend this)."""
         if group.get("fused") and group.get("foreach"):
-            raise ValueError(f"{where}fused and {where}foreach cannot both be True")
+            raise V.FlagConflict(f"{where}fused and {where}foreach cannot both be True")
         if group.get("fused") and group.get("differentiable"):
-            raise ValueError(f"{where}fused does not support differentiable=True")
+            raise V.FlagConflict(f"{where}fused does not support differentiable=True")
 
     def _sparse_ok(self, group: dict[str, Any]) -> bool:
         return self._supports_sparse
+
+    def _sparse_rowwise(self, group: dict[str, Any]) -> bool:
+        """How a sparse gradient is applied: to the rows it holds only (True, torch.optim's
+        Adagrad), or by running ``_update`` on the sparse tensor itself (False, torch.optim's
+        SGD: its momentum buffer is then a sparse tensor too, and every row it ever touched
+        keeps moving)."""
+        return True
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if not isinstance(param_group, dict):
@@ -207,6 +251,7 @@ class SurveyOptimizer(Optimizer):
             )
         else:
             params_list = list(params) if params is not None else []
+        params_list = _split_names(param_group, params_list)
         for index, param in enumerate(params_list):
             if not isinstance(param, Tensor):
                 raise TypeError(
@@ -393,10 +438,13 @@ class SurveyOptimizer(Optimizer):
         width = len(spec)
         for index, (param, grad) in enumerate(zip(params, grads)):
             stored = states[index * width : (index + 1) * width]
-            if grad.is_sparse:
+            is_sparse = grad.is_sparse
+            if is_sparse and self._sparse_rowwise(group):
                 self._sparse_rows(spec, hp, param, grad, stored, tensor_scalars)
                 continue
-            is_complex = torch.is_complex(param)
+            # (a sparse tensor has no real view: the whole-tensor sparse math, which only
+            # SGD uses, runs on complex values directly -- as torch.optim.SGD does)
+            is_complex = torch.is_complex(param) and not is_sparse
             state: dict[str, Any] = {}
             for entry, value in zip(spec, stored):
                 if entry.kind == "scalar":
@@ -489,6 +537,8 @@ class SurveyOptimizer(Optimizer):
         # Float scalars (steps...) are read once for all parameters, then the parameters are
         # partitioned so that each foreach call gets one Python scalar per hyperparameter.
         scalar_values: list[list[float]] = []
+        scalar_dtypes: list[torch.dtype] = []  # each scalar column's dtype, when uniform
+        mixed_dtypes = False  # scalar state of several dtypes (e.g. partly loaded): partition
         if not tensor_scalars:
             for slot in scalar_slots:
                 column = states[slot::width]
@@ -496,18 +546,25 @@ class SurveyOptimizer(Optimizer):
                     scalar_values.append(torch.stack(column).tolist())  # one read, not n
                 else:
                     scalar_values.append([value.item() for value in column])
+                dtype = column[0].dtype
+                scalar_dtypes.append(dtype)
+                mixed_dtypes = mixed_dtypes or any(v.dtype is not dtype for v in column)
         # Common case first: one dtype, one device, equal scalars, same lazy-state presence.
         first = params[0]
         dtype, device_index = first.dtype, first.get_device()
         if (
-            all(p.dtype is dtype and p.get_device() == device_index for p in params)
+            not mixed_dtypes
+            and all(p.dtype is dtype and p.get_device() == device_index for p in params)
             and all(values.count(values[0]) == len(values) for values in scalar_values)
             and all(
                 len({states[i * width + slot] is None for i in range(len(params))}) == 1
                 for slot in lazy_slots
             )
         ):
-            scalars = tuple(values[0] for values in scalar_values)
+            scalars = tuple(
+                _as_python_scalar(values[0], dtype)
+                for values, dtype in zip(scalar_values, scalar_dtypes)
+            )
             self._foreach_partition(
                 spec, hp, params, grads, states, None, scalars, tensor_scalars, has_complex
             )
@@ -518,6 +575,8 @@ class SurveyOptimizer(Optimizer):
                 param.device,
                 param.dtype,
                 tuple(values[index] for values in scalar_values),
+                tuple(states[index * width + slot].dtype for slot in scalar_slots)
+                if mixed_dtypes else tuple(scalar_dtypes),
                 tuple(states[index * width + slot] is None for slot in lazy_slots),
             )
             members = partitions.get(key)
@@ -527,7 +586,8 @@ class SurveyOptimizer(Optimizer):
                 members.append(index)
 
         everyone = len(partitions) == 1
-        for (_, _, scalars, _), members in partitions.items():
+        for (_, _, values, dtypes, _), members in partitions.items():
+            scalars = tuple(_as_python_scalar(v, d) for v, d in zip(values, dtypes))
             self._foreach_partition(
                 spec, hp, params, grads, states, None if everyone else members, scalars,
                 tensor_scalars, has_complex,

@@ -21,12 +21,62 @@ list.
 
 from __future__ import annotations
 
+import math
+import struct
 from typing import Any
 
 import torch
 from torch import Tensor
 
 Scalar = Any  # float | int | Tensor (0-d, or 1-d per-tensor values in ForeachOps)
+
+_FLOAT32 = struct.Struct("f")
+
+
+def _round_to(value: float, dtype: torch.dtype) -> float:
+    """``value`` rounded to ``dtype`` (to nearest, as a tensor of that dtype would hold it)."""
+    if dtype is torch.float32:
+        try:
+            return _FLOAT32.unpack(_FLOAT32.pack(value))[0]
+        except OverflowError:  # beyond float32's range: a float32 tensor holds +-inf
+            return math.copysign(math.inf, value)
+    return torch.tensor(value, dtype=dtype).item()
+
+
+class StoredScalar(float):
+    """A scalar state entry (``step``, ``mu_product``) read from its 0-d tensor as a Python
+    float that remembers the tensor's dtype.
+
+    The forloop and foreach paths read scalar state once per step as Python numbers; plain
+    arithmetic on it is double precision, exactly as torch.optim's ``_get_value(t)``. Only
+    where torch.optim updates the state *tensor* itself (``mu_product *= mu``) does the
+    precision of the tensor matter: :func:`stored_mul` reproduces that. The base class hands
+    out a ``StoredScalar`` only for tensors that are not float64.
+    """
+
+    __slots__ = ("dtype",)
+
+    def __new__(cls, value: float, dtype: torch.dtype) -> StoredScalar:
+        self = super().__new__(cls, value)
+        self.dtype = dtype
+        return self
+
+
+def stored_mul(stored: Any, factor: Any) -> Any:
+    """``stored * factor`` as torch.optim's in-place ``state_tensor.mul_(factor)`` computes it.
+
+    A 0-d tensor multiplied by a Python number works in the tensor's dtype: the number is
+    rounded to it first and the product is rounded again. For a :class:`StoredScalar` this
+    returns that rounded value (a float); tensors (capturable or compiled steps) and traced
+    values (the fused code generators) are simply multiplied.
+    """
+    if isinstance(stored, StoredScalar) and isinstance(factor, (int, float)):
+        dtype = stored.dtype
+        return _round_to(float(stored) * _round_to(float(factor), dtype), dtype)
+    own = getattr(type(stored), "stored_mul", None)
+    if own is not None:  # a value type that knows how its state is stored rounds by itself
+        return own(stored, factor)
+    return stored * factor
 
 
 class TensorOps:

@@ -15,6 +15,14 @@ from torch import Tensor
 Check = Callable[[str, Any], None]
 
 
+class FlagConflict(ValueError, RuntimeError):
+    """Flags that cannot be combined (``fused`` with ``foreach`` or ``differentiable``).
+
+    A ValueError naming them, like every bad input here, that is also the RuntimeError
+    torch.optim raises for the same combinations: code catching either keeps working.
+    """
+
+
 def _number(name: str, value: Any, *, allow_tensor: bool) -> float:
     """Return ``value`` as a float, or raise TypeError naming ``name``."""
     if isinstance(value, bool):

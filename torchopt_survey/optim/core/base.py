@@ -306,6 +306,7 @@ class SurveyOptimizer(Optimizer):
         has_sparse = False
         names = [entry.name for entry in self._state_spec(group)]
         all_state = self.state
+        placeholders = getattr(self, "_placeholders", None)
         # (this loop runs for every parameter on every step: keep it lean)
         for param in group["params"]:
             grad = param.grad
@@ -326,6 +327,11 @@ class SurveyOptimizer(Optimizer):
             state = all_state[param]
             if not state:
                 state.update(self._new_state(group, param))
+            if placeholders:
+                # lazy state made up by _materialise_state: the math creates it on first use
+                states.extend([None if placeholders.pop(id(state.get(name)), None) is not None
+                               else state.get(name) for name in names])
+                continue
             states.extend([state.get(name) for name in names])
         return has_complex, has_sparse
 
@@ -348,8 +354,65 @@ class SurveyOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        elif not self.state and self._is_materialisation_step():
+            self._materialise_state()
+            return None
         self._step_groups()
         return loss
+
+    def _is_materialisation_step(self) -> bool:
+        """Whether this step is torch.distributed.checkpoint's state-initialisation step.
+
+        ``get_optimizer_state_dict``/``set_optimizer_state_dict`` create the lazy state of a
+        fresh optimizer by stepping once with every gradient zero and every lr set to 0. Run
+        as a real step, that advances step counts (and, with L2 weight decay, fills moments
+        and momentum buffers with ``weight_decay * param``), so a run whose state dict was
+        read before its first step would train differently from one whose was not (torch.optim
+        has this problem: pytorch/pytorch#164929). Only called while no state exists.
+        """
+        if torch.compiler.is_compiling():
+            return False
+        for group in self.param_groups:
+            lr = group.get("lr", 1.0)
+            # the checkpoint helper sets 0.0, or a CPU tensor 0.0 in place of a tensor lr; a
+            # device tensor is never read here (that would synchronise every capturable step)
+            if isinstance(lr, Tensor) and lr.device.type != "cpu" or lr != 0:
+                return False
+        saw_grad = False
+        for group in self.param_groups:
+            for param in group["params"]:
+                grad = param.grad
+                if grad is None:
+                    continue
+                saw_grad = True
+                local = grad.to_local() if hasattr(grad, "to_local") else grad  # DTensor shard
+                if local.is_sparse:
+                    local = local._values()
+                if local.numel() and bool(local.any()):
+                    return False
+        return saw_grad
+
+    def _materialise_state(self) -> None:
+        """Create every parameter's state as it is before the first step, changing nothing.
+
+        Scalars and tensors get their initial values (step 0, zero moments: exactly what the
+        first real step would start from). Lazy state (SGD's momentum buffer, a copy of the
+        first gradient) has no initial value: a zero tensor holds its place and its shape for
+        the checkpoint, and the first real step replaces it as if it were absent -- unless a
+        loaded state dict replaced it first.
+        """
+        placeholders: dict[int, Tensor] = {}
+        for group in self.param_groups:
+            lazy = [entry.name for entry in self._state_spec(group) if entry.kind == "lazy"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self.state[param]
+                state.update(self._new_state(group, param))
+                for name in lazy:
+                    state[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                    placeholders[id(state[name])] = state[name]
+        self._placeholders = placeholders
 
     def _step_groups(self) -> None:
         """Update every group from the gradients already in ``.grad``."""
@@ -695,6 +758,7 @@ class SurveyOptimizer(Optimizer):
         """
         self._check_state_dict(state_dict)
         super().load_state_dict(state_dict)
+        self._placeholders = {}  # loaded state is real state
 
     def _check_state_dict(self, state_dict: Any) -> None:
         name = type(self).__name__

@@ -43,7 +43,7 @@ Y = torch.linspace(-1, 1, 8, dtype=torch.float64).reshape(8, 1).cos()
 PATHS: dict[str, dict[str, bool]] = {
     "forloop": {"foreach": False},
     "foreach": {"foreach": True},
-    # "fused": {"fused": True},
+    "fused": {"fused": True},
 }
 
 

@@ -3,7 +3,7 @@
 Each scenario of ``tests/dist_worker.py`` trains every configuration of ``optim_infos.py`` for a
 few float64 steps and measures the largest parameter difference from the same steps taken in a
 single plain process on the whole batch: DistributedDataParallel, ZeroRedundancyOptimizer,
-FSDP2 (DTensor parameters, an empty shard on one rank; forloop and foreach paths) and
+FSDP2 (DTensor parameters, an empty shard on one rank; forloop, foreach and fused paths) and
 torch.distributed.checkpoint (save on 2 ranks, load on 2 and on 1, and a state dict read before
 the first step changing nothing). The two ranks run once for the whole module.
 """
@@ -82,7 +82,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str
 
 
 @pytest.mark.parametrize("kind", [
-    "ddp", "zero", "fsdp-forloop", "fsdp-foreach", "dcp-lazy", "dcp-2to2", "dcp-2to1",
+    "ddp", "zero", "fsdp-forloop", "fsdp-foreach", "fsdp-fused", "dcp-lazy", "dcp-2to2", "dcp-2to1",
 ])
 def test_matches_one_process(results: dict[str, list[dict[str, Any]]], kind: str) -> None:
     records = results.get(kind)

@@ -4,7 +4,7 @@
   result and are left bit-identical, same tensor, same strides (AMP's unscaled write-back aside);
 * tensors a kernel cannot address -- meta tensors, wrapper subclasses -- are refused with an
   error naming the parameter, before any compiler runs.
-(The DTensor path is tested on two processes in ``test_fused_fsdp.py``.)
+(The DTensor path is tested on two processes in ``test_distributed.py``.)
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from torch.optim.optimizer import _use_grad_for_differentiable
 
 from .core import validation as V
 from .core.base import StateSpec, SurveyOptimizer
+from .core.ops import ForeachOps
 
 _SGD_ARGS: dict[str, V.Check] = {
     "lr": V.non_negative(allow_tensor=True),
@@ -123,10 +124,11 @@ class SGD(SurveyOptimizer):
         buf = ops.clone(grad) if buf is None else ops.add_(ops.mul_(buf, momentum), grad, damped)
         state["momentum_buffer"] = buf
         if hp["nesterov"]:
-            # theta -= lr (g + mu b) as two in-place passes: no temporary the size of the
-            # parameters (torch.optim allocates g + mu b)
-            param = ops.add_(param, grad, alpha=-lr)
-            return ops.add_(param, buf, alpha=-lr * momentum)
+            # theta -= lr (g + mu b) with torch.optim's operations, so the result is bitwise
+            # torch's: g + mu b is rounded first. The list path adds into the gradients in
+            # place, as torch's foreach does (no temporary); the forloop allocates, as torch's.
+            grad = (ops.add_ if ops is ForeachOps else ops.add)(grad, buf, alpha=momentum)
+            return ops.add_(param, grad, alpha=-lr)
         return ops.add_(param, buf, alpha=-lr)
 
 

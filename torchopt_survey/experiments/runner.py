@@ -117,7 +117,8 @@ def _purge_events_after(run_dir: Path, until: float) -> int:
     ``until`` (the last checkpoint's): what a killed attempt logged past its checkpoint, which
     the resumed attempt logs again. A physical purge, so any reader sees one point per step
     (TensorBoard's own ``purge_step`` only asks its reader to hide them, and for one step axis).
-    Files are rewritten atomically; a file left with no event is removed. Returns the count."""
+    Files are rewritten atomically; a file left with no event is removed. Returns the count.
+    (Events carry wall time: this assumes the clock did not step back during the lost epoch.)"""
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto import event_pb2
     from tensorboard.summary.writer.record_writer import RecordWriter

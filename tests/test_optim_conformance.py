@@ -560,3 +560,25 @@ def test_bitwise_equal_to_torch_where_the_operations_are_torchs(
     for p_ours, p_torch in zip(ours_params, torch_params):
         for key, value in torch_opt.state[p_torch].items():
             assert torch.equal(ours_opt.state[p_ours][key], value), key
+
+
+# ------------------------------------------------------------------------------------------
+# gradients are read-only
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", [{"foreach": False}, {"foreach": True}, {"fused": True}],
+                         ids=["forloop", "foreach", "fused"])
+@pytest.mark.parametrize(("info", "config"), CASES, ids=CASE_IDS)
+def test_step_never_writes_gradients(info: OptimInfo, config: dict, path: dict) -> None:
+    """Every path reads ``.grad`` and leaves it bit for bit as it was (torch's foreach Nesterov
+    SGD adds into the gradients; ours must not), over steps that create and then use state."""
+    params = make_params()
+    targets, weights = problem()
+    optimizer = build(info, config, params, **path)
+    sign = -1.0 if config.get("maximize", False) else 1.0
+    for _ in range(3):
+        optimizer.zero_grad()
+        (sign * loss_fn(params, targets, weights)).backward()
+        before = [p.grad.clone() for p in params]
+        optimizer.step()
+        for index, (param, grad) in enumerate(zip(params, before)):
+            assert torch.equal(param.grad, grad), f"step() changed params[{index}].grad"

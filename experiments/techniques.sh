@@ -30,7 +30,9 @@ run "${explode[@]}" --set name=explode-layernorm --set norm=layer
 over=(--config configs/mnist_overfit.yaml)
 run "${over[@]}" --set name=overfit-none
 run "${over[@]}" --set name=overfit-l1 --set l1=1e-4
+run "${over[@]}" --set name=overfit-l1-strong --set l1=1e-3
 run "${over[@]}" --set name=overfit-l2 --set l2=5e-3
+run "${over[@]}" --set name=overfit-l2-strong --set l2=5e-2
 run "${over[@]}" --set name=overfit-dropout --set dropout=0.5
 run "${over[@]}" --set name=overfit-early --set early_stopping=10
 python -m torchopt_survey.experiments report --logdir "$LOGDIR" --out "$OUT"

@@ -21,6 +21,7 @@ from torchopt_survey.experiments.data import write_synthetic_mnist
 from torchopt_survey.experiments.runner import RunOptions, execute_run
 from torchopt_survey.experiments.techniques import (
     EarlyStopping,
+    GradNormTracker,
     Techniques,
     build_mlp,
     clip_gradients,
@@ -192,6 +193,18 @@ def test_task_clips_before_the_step_but_logs_the_raw_norm(synth: str) -> None:
     for name, value in raw.items():  # logged gradient norms equal p.grad.norm()
         assert metrics[f"grad_norm/{name}"] == pytest.approx(value, rel=1e-5)
     assert sum(v**2 for v in raw.values()) ** 0.5 > 1e-2  # the clip did act
+
+
+def test_diverged_gradients_log_nan_norms_and_skip_empty_histograms() -> None:
+    model = nn.Linear(3, 2)
+    tracker = GradNormTracker(model)
+    model.weight.grad = torch.full((2, 3), float("nan"))
+    model.bias.grad = torch.tensor([1.0, float("inf")])
+    tracker.record()
+    metrics = tracker.epoch_metrics()
+    assert math.isnan(metrics["grad_norm/weight"]) and math.isinf(metrics["grad_norm/bias"])
+    hist = tracker.histograms()
+    assert list(hist) == ["grad/bias"] and hist["grad/bias"].tolist() == [1.0]
 
 
 # ----------------------------------------------------------------------------- val split, stopping

@@ -365,6 +365,29 @@ def _gradient_setups(
     return out  # fmt: skip
 
 
+_COLORS = (
+    ("clip", "tab:blue"), ("batch", "tab:red"), ("layer", "tab:purple"), ("Xavier", "tab:green"),
+    ("He", "tab:orange"), ("dropout", "tab:green"), ("L1", "tab:orange"), ("L2", "tab:red"),
+    ("early", "tab:purple"),
+)  # fmt: skip
+
+
+def _color(label: str, baseline: bool) -> str | None:
+    """The same colour for a technique in every panel; the baseline of a panel in black."""
+    if baseline:
+        return "black"
+    # Treatment labels extend the baseline's ("He init + × gain 2 + batch norm"): the last
+    # part names the technique.
+    last = label.split(" + ")[-1]
+    return next((c for key, c in _COLORS if key in last), None)
+
+
+def _suptitle(fig: Any, text: str, width_in: float) -> None:
+    import textwrap
+
+    fig.suptitle(textwrap.fill(text, width=max(40, int(width_in * 12))), fontsize=10)
+
+
 def _band(
     ax: Any, x: Sequence[float], curves: Sequence[Sequence[float]], label: str, **kw: Any
 ) -> Any:
@@ -398,37 +421,38 @@ def write_figures(results: Sequence[dict[str, Any]], out: Path) -> list[Path]:
     paths: list[Path] = []
     grad = _gradient_setups(groups)
     if grad:
-        fig, axes = plt.subplots(1, len(grad), figsize=(5.4 * len(grad), 4.3), squeeze=False)
+        width = 5.4 * len(grad)
+        fig, axes = plt.subplots(1, len(grad), figsize=(width, 4.5), squeeze=False)
         for ax, (title, series) in zip(axes[0], grad, strict=True):
-            for label, runs in series:
+            for i, (label, runs) in enumerate(series):
                 curves = [first_epoch_grad_norms(r) for r in runs]
-                _band(ax, range(1, len(curves[0]) + 1), curves, label, marker="o", ms=3, lw=1.4)
+                x = range(1, len(curves[0]) + 1)
+                color = _color(label, i == 0)
+                _band(ax, x, curves, label, marker="o", ms=3, lw=1.4, color=color)
             ax.set_yscale("log")
             ax.set_xlabel("layer (1 = input layer)")
             ax.set_ylabel("gradient norm of the weights, mean over epoch 1")
             ax.set_title(title, fontsize=9)
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=7)
-        fig.suptitle(
-            "Vanishing and exploding gradients: per-layer gradient norm by depth "
-            "(mean over seeds, band = min–max)"
-        )
+        text = "Per-layer gradient norm by depth (mean over seeds, band = min–max)"
+        _suptitle(fig, text, width)
         fig.tight_layout()
         p = out / "fig_grad_norm_by_depth.png"
         _save(fig, p)
         paths.append(p)
-        fig, axes = plt.subplots(1, len(grad), figsize=(5.4 * len(grad), 4.3), squeeze=False)
+        fig, axes = plt.subplots(1, len(grad), figsize=(width, 4.5), squeeze=False)
         for ax, (title, series) in zip(axes[0], grad, strict=True):
-            for label, runs in series:
+            for i, (label, runs) in enumerate(series):
                 x, curves = _loss_curves(runs)
-                _band(ax, x, curves, label, lw=1.3)
+                _band(ax, x, curves, label, lw=1.3, color=_color(label, i == 0))
             ax.set_yscale("log")
             ax.set_xlabel("epoch")
-            ax.set_ylabel("training loss (gaps: diverged to nan)")
+            ax.set_ylabel("training loss (a line that ends: diverged to nan)")
             ax.set_title(title, fontsize=9)
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=7)
-        fig.suptitle("Training loss of the same runs (mean over seeds, band = min–max)")
+        _suptitle(fig, "Training loss of the same runs (mean over seeds, band = min–max)", width)
         fig.tight_layout()
         p = out / "fig_grad_training_loss.png"
         _save(fig, p)
@@ -440,49 +464,49 @@ def write_figures(results: Sequence[dict[str, Any]], out: Path) -> list[Path]:
     ]
     for i, by_t in enumerate(over):
         items = sorted(by_t.items(), key=lambda kv: (len(json.loads(kv[0])), kv[0]))
-        fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.3))
-        for k, runs in items:
+        fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.5))
+        for j, (k, runs) in enumerate(items):
             label = _label(json.loads(k)) if json.loads(k) else "no regularisation"
+            color = _color(label, j == 0)
             test = [[100 * a for a in r["history"]["test/accuracy"]] for r in runs]
             train = [[100 * a for a in r["history"]["train/accuracy"]] for r in runs]
-            x = range(1, max(map(len, test)) + 1)
-            # Early-stopped seeds end at different epochs: plot each seed's own length.
-            line = _band(
-                axes[0], x, [t for t in test if len(t) == min(map(len, test))], label, lw=1.4
-            )
-            for t in test:
-                if len(t) < len(x):
-                    axes[0].plot(range(1, len(t) + 1), t, color=line.get_color(), lw=0.8, alpha=0.6)
-                    axes[0].plot(len(t), t[-1], "x", color=line.get_color(), ms=7)
             gaps = [
                 [a - b for a, b in zip(tr, te, strict=True)]
                 for tr, te in zip(train, test, strict=True)
             ]
-            n = min(map(len, gaps))
-            _band(
-                axes[1],
-                range(1, n + 1),
-                [g[:n] for g in gaps],
-                label,
-                color=line.get_color(),
-                lw=1.4,
-            )
-        axes[0].set_ylabel("test accuracy % (× = early stop)")
-        axes[1].set_ylabel("train − test accuracy, points")
+            for ax, curves in ((axes[0], test), (axes[1], gaps)):
+                if len({len(c) for c in curves}) == 1:
+                    line = _band(
+                        ax, range(1, len(curves[0]) + 1), curves, label, lw=1.4, color=color
+                    )
+                else:  # early-stopped seeds end at different epochs: one line each
+                    for s, c in enumerate(curves):
+                        (line,) = ax.plot(
+                            range(1, len(c) + 1),
+                            c,
+                            lw=1.0,
+                            color=color,
+                            label=label if s == 0 else None,
+                        )
+                        color = line.get_color()
+                if any("early_stopping" in r for r in runs):
+                    for c in curves:
+                        ax.plot(len(c), c[-1], "x", color=line.get_color(), ms=8, mew=2)
+                color = line.get_color()
+        axes[0].set_ylabel("test accuracy %")
+        axes[1].set_ylabel("train − test accuracy, points (eval mode)")
         for ax in axes:
-            ax.set_xlabel("epoch")
+            ax.set_xlabel("epoch  (× = early stop)")
             ax.grid(alpha=0.3)
         axes[1].legend(fontsize=8)
         spec = next(iter(by_t.values()))[0]["spec"]
-        fig.suptitle(
-            f"Overfitting set-up: {_setup_title(spec)} (mean over seeds, band = min–max)",
-            fontsize=10,
-        )
+        text = f"Overfitting set-up: {_setup_title(spec)} (mean over seeds, band = min–max)"
+        _suptitle(fig, text, 11.5)
         fig.tight_layout()
         p = out / ("fig_overfitting.png" if i == 0 else f"fig_overfitting_{i + 1}.png")
         _save(fig, p)
         paths.append(p)
-    return paths  # fmt: skip
+    return paths
 
 
 def write(results: Sequence[dict[str, Any]], out: Path) -> tuple[list[Path], str]:

@@ -201,8 +201,23 @@ def test_diverged_gradients_log_nan_norms_and_skip_empty_histograms() -> None:
     model.weight.grad = torch.full((2, 3), float("nan"))
     model.bias.grad = torch.tensor([1.0, float("inf")])
     tracker.record()
+    model.weight.grad = torch.full((2, 3), 2.0)  # a finite step before the nan one ...
+    model.bias.grad = torch.tensor([3.0, 4.0])
+    tracker.record()
+    model.weight.grad = torch.full((2, 3), float("nan"))
+    model.bias.grad = torch.tensor([1.0, float("inf")])
+    tracker.record()
     metrics = tracker.epoch_metrics()
-    assert math.isnan(metrics["grad_norm/weight"]) and math.isinf(metrics["grad_norm/bias"])
+    # ... is the mean over finite steps: weight norm sqrt(6 * 4), bias 5 (inf step left out).
+    assert metrics["grad_norm/weight"] == pytest.approx(math.sqrt(24))
+    assert metrics["grad_norm/bias"] == pytest.approx(5.0)
+    model.weight.grad = torch.full((2, 3), float("nan"))
+    tracker.record()
+    assert math.isnan(tracker.epoch_metrics()["grad_norm/weight"])  # no finite step at all
+    model.weight.grad = torch.full((2, 3), float("nan"))
+    model.bias.grad = torch.tensor([1.0, float("inf")])
+    tracker.record()
+    tracker.epoch_metrics()
     hist = tracker.histograms()
     assert list(hist) == ["grad/bias"] and hist["grad/bias"].tolist() == [1.0]
 

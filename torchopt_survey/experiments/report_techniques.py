@@ -344,6 +344,11 @@ def _save(fig: Any, path: Path) -> None:
         plt.close(fig)
 
 
+def _diverged(runs: Runs) -> str:
+    bad = sum(not _finite(r["final"]["train/loss_epoch"]) for r in runs)
+    return f" (diverged: {bad}/{len(runs)} seeds)" if bad else ""
+
+
 def _gradient_setups(
     groups: dict[str, dict[str, Runs]],
 ) -> list[tuple[str, list[tuple[str, Runs]]]]:
@@ -358,7 +363,7 @@ def _gradient_setups(
         ):
             continue
         items = sorted(by_t.items(), key=lambda kv: (len(json.loads(kv[0])), kv[0]))
-        series = [(_label(json.loads(k)), runs) for k, runs in items]
+        series = [(_label(json.loads(k)) + _diverged(runs), runs) for k, runs in items]
         out.append((_setup_title(any_run["spec"]), series))
     # Vanishing set-ups (a plain default-init baseline) first.
     out.sort(key=lambda s: (s[1][0][0] != "default init, no technique", s[0]))

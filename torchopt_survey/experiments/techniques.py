@@ -322,11 +322,13 @@ def clip_gradients(
 
 class GradNormTracker:
     """Per-parameter gradient L2 norms summed over an epoch's steps, on the device (no host
-    sync per step); the epoch mean goes to TensorBoard as ``grad_norm/<parameter name>``."""
+    sync per step); the epoch mean (over steps where the norm is finite) goes to TensorBoard
+    as ``grad_norm/<parameter name>``."""
 
     def __init__(self, model: nn.Module) -> None:
         self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.sum: torch.Tensor | None = None
+        self.count: torch.Tensor | None = None
         self.steps = 0
         self.last: dict[str, torch.Tensor] = {}
 
@@ -335,7 +337,14 @@ class GradNormTracker:
         if any(g is None for g in grads):  # e.g. an unused embedding row set: skip the step
             return
         norms = torch.stack(torch._foreach_norm(grads)).detach()
-        self.sum = norms if self.sum is None else self.sum + norms
+        # Mean over the steps with a finite norm: a run that diverges mid-epoch still shows
+        # how large its gradients grew (nan when no step was finite).
+        finite = torch.isfinite(norms)
+        norms = torch.where(finite, norms, torch.zeros_like(norms))
+        if self.sum is None or self.count is None:
+            self.sum, self.count = norms, finite.to(norms.dtype)
+        else:
+            self.sum, self.count = self.sum + norms, self.count + finite
         self.steps += 1
         self._grads = grads
 
@@ -343,12 +352,13 @@ class GradNormTracker:
         """Mean gradient norm per parameter over the epoch's steps; resets the sums."""
         if self.sum is None or not self.steps:
             return {}
-        means = (self.sum.double() / self.steps).cpu().tolist()
+        assert self.count is not None
+        means = (self.sum.double() / self.count.double()).cpu().tolist()  # 0/0 = nan
         # Gradient values of the epoch's last step, for the histograms.
         self.last = {
             n: g.detach().flatten().cpu() for (n, _), g in zip(self.named, self._grads, strict=True)
         }
-        self.sum, self.steps = None, 0
+        self.sum, self.count, self.steps = None, None, 0
         return {f"grad_norm/{n}": m for (n, _), m in zip(self.named, means, strict=True)}
 
     def histograms(self) -> dict[str, torch.Tensor]:

@@ -88,9 +88,10 @@ def log_first_over_last(run: dict[str, Any]) -> float:
 
 
 def log_largest(run: dict[str, Any]) -> float:
-    """log10 of the largest per-layer first-epoch gradient norm (inf when it overflowed)."""
+    """log10 of the largest per-layer first-epoch gradient norm; inf when the first epoch's
+    training loss overflowed to inf/nan (the gradients exploded past float range)."""
     g = first_epoch_grad_norms(run)
-    if not all(_finite(x) for x in g):
+    if not _finite(run["history"]["train/loss_epoch"][0]) or not all(_finite(x) for x in g):
         return math.inf
     return math.log10(max(g))
 
@@ -472,7 +473,8 @@ def write_figures(results: Sequence[dict[str, Any]], out: Path) -> list[Path]:
         fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.5))
         for j, (k, runs) in enumerate(items):
             label = _label(json.loads(k)) if json.loads(k) else "no regularisation"
-            color = _color(label, j == 0)
+            # Several strengths of one technique may share this panel: one colour per series.
+            color = "black" if j == 0 else matplotlib.colormaps["tab10"]((j - 1) % 10)
             test = [[100 * a for a in r["history"]["test/accuracy"]] for r in runs]
             train = [[100 * a for a in r["history"]["train/accuracy"]] for r in runs]
             gaps = [

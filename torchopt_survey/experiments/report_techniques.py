@@ -346,7 +346,7 @@ def _save(fig: Any, path: Path) -> None:
 
 
 def _diverged(runs: Runs) -> str:
-    bad = sum(not _finite(r["final"]["train/loss_epoch"]) for r in runs)
+    bad = sum(not _finite(r["history"]["train/loss_epoch"][-1]) for r in runs)
     return f" (diverged: {bad}/{len(runs)} seeds)" if bad else ""
 
 

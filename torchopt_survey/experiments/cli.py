@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--dataset",
         choices=tuple(DATASETS),
-        help="MNIST-format torchvision dataset (default mnist)",
+        # torchvision's class names work too (FashionMNIST, KMNIST), in any case.
+        type=lambda s: s.lower().replace("-", "").replace("_", ""),
+        help="MNIST-format torchvision dataset (default mnist; FashionMNIST spelling works too)",
     )
     g.add_argument(
         "--regimes",
@@ -105,7 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="override any config value, e.g. --set hidden=100 --set regimes.sgd.epochs=2 "
-        "(prefix mnist./karate. to target one experiment under 'all')",
+        "(prefix mnist./karate. to target one experiment under 'all'). Training techniques: "
+        "init, init_gain, norm, dropout, l1, l2, clip_grad_norm, clip_grad_value, val_split, "
+        "early_stopping, normalize_inputs, eval_train, scheduler, log_grad_norms, name "
+        "(e.g. --set hidden=[64,64,64] --set init=kaiming_normal --set norm=batch "
+        "--set 'scheduler={name: StepLR, step_size: 5}')",
     )
     g.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     g.add_argument(

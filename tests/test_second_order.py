@@ -400,7 +400,7 @@ def test_cg_restarts_when_direction_is_not_descent() -> None:
     # a previous direction pointing uphill with a tiny previous gradient: β d₋ dominates, gᵀd > 0
     st["d_prev"].copy_(g)
     st["g_prev"].fill_(1e-6)
-    before = float(closure())
+    before = float(closure().detach())
     opt.step(closure)
     assert int(st["restarts"]) == restarts + 1
     assert float(closure()) < before
@@ -605,6 +605,31 @@ def test_newton_refuses_the_survey_mlp_with_sizes() -> None:
     with pytest.raises(ValueError, match=r"397,510 values.*632\.\d GB.*max_params=10,000"):
         ts.Newton([big])
     ts.Newton([torch.empty(100, requires_grad=True)], max_params=100)  # at the limit: fine
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_frozen_parameter_is_left_alone(cls: type) -> None:
+    x = torch.zeros(10, dtype=DT, requires_grad=True)
+    frozen = torch.ones(2, dtype=DT)  # requires_grad=False, as a frozen layer's weight
+    opt = cls([x, frozen], max_iter=5)
+    _run_steps(opt, [x, frozen], lambda v: rosenbrock(v[:10]) + (v[10:] ** 2).sum(), 1)
+    assert torch.equal(frozen, torch.ones(2, dtype=DT))
+    assert float(rosenbrock(x.detach())) < 9.0  # moved from f(0) = 9
+    if cls is not ts.ConjugateGradient:  # frozen entries add no singular rows: no damping
+        assert float(opt.state[x]["damping"]) == 0.0
+
+
+def test_closure_calling_autograd_backward_gets_a_clear_error() -> None:
+    x = _p()
+    opt = ts.NewtonCG([x])
+
+    def closure() -> Tensor:
+        loss = (x**2).sum() + x.sum()
+        torch.autograd.backward(loss)  # not deferred: the graph is freed
+        return loss
+
+    with pytest.raises(RuntimeError, match=r"Call loss.backward\(\)"):
+        opt.step(closure)
 
 
 @pytest.mark.cuda

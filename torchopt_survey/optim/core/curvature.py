@@ -65,6 +65,18 @@ def check_flat_params(params: Sequence[Tensor], owner: str) -> None:
             )
 
 
+def grad_wrt(outputs: Any, params: Sequence[Tensor], **kwargs: Any) -> tuple[Tensor, ...]:
+    """``torch.autograd.grad`` over ``params``; parameters that do not require grad (frozen)
+    or that the outputs do not reach get zeros."""
+    live = [p for p in params if p.requires_grad]
+    got = iter(
+        torch.autograd.grad(outputs, live, allow_unused=True, materialize_grads=True, **kwargs)
+        if live
+        else ()
+    )
+    return tuple(next(got) if p.requires_grad else torch.zeros_like(p) for p in params)
+
+
 # --------------------------------------------------------------------------- closure evaluation
 
 
@@ -189,14 +201,14 @@ def evaluate_with_graph(
             f"{owner}: with curvature='gauss_newton' the closure must return (loss, outputs) "
             "where outputs is the network output tensor the loss was computed from"
         )
-    grads = torch.autograd.grad(
-        loss,
-        list(params),
-        create_graph=kind == "hessian",
-        retain_graph=True,
-        allow_unused=True,
-        materialize_grads=True,
-    )
+    try:
+        grads = grad_wrt(loss, params, create_graph=kind == "hessian", retain_graph=True)
+    except RuntimeError as exc:
+        raise RuntimeError(
+            f"{owner}: could not differentiate the closure's loss ({exc}). Call loss.backward() "
+            "(or nothing) in the closure, not torch.autograd.backward/grad: the optimizer defers "
+            "loss.backward() to keep the graph for the curvature products"
+        ) from exc
     _check_grads(grads, owner)
     for p, g in zip(params, grads):
         p.grad = g.detach().clone()
@@ -232,10 +244,7 @@ class CurvatureOperator:
         out = ev.outputs
         # Jᵀu is linear in u, so differentiating it in u gives Jv ("double backward" JVP).
         self._u = torch.zeros_like(out, requires_grad=True)
-        self._jt_u = torch.autograd.grad(
-            out, self.params, grad_outputs=self._u, create_graph=True, allow_unused=True,
-            materialize_grads=True,
-        )
+        self._jt_u = grad_wrt(out, self.params, grad_outputs=self._u, create_graph=True)
         (self._dl_dout,) = torch.autograd.grad(ev.loss_tensor, out, create_graph=True)
 
     @torch.enable_grad()
@@ -254,10 +263,7 @@ class CurvatureOperator:
         ]
         if not pieces:  # gradient independent of the parameters: zero curvature
             return torch.zeros_like(v)
-        out = torch.autograd.grad(
-            torch.stack(pieces).sum(), self.params, retain_graph=True, allow_unused=True,
-            materialize_grads=True,
-        )
+        out = grad_wrt(torch.stack(pieces).sum(), self.params, retain_graph=True)
         return flatten(out)
 
     def _ggn(self, v: Tensor) -> Tensor:
@@ -272,10 +278,7 @@ class CurvatureOperator:
                                          retain_graph=True)
         else:  # loss linear in the outputs
             hjv = torch.zeros_like(jv)
-        out = torch.autograd.grad(
-            self.ev.outputs, self.params, grad_outputs=hjv, retain_graph=True, allow_unused=True,
-            materialize_grads=True,
-        )
+        out = grad_wrt(self.ev.outputs, self.params, grad_outputs=hjv, retain_graph=True)
         return flatten(out)
 
     @torch.enable_grad()
@@ -311,6 +314,8 @@ class CurvatureOperator:
         cols = torch.cat(
             [block[:, offsets[i] : offsets[i] + self.params[i].numel()] for i in used], dim=1
         )
+        if not all(p.requires_grad for p in self.params):
+            raise RuntimeError("batched rows need every parameter to require grad")
         out = torch.autograd.grad(
             flat_g, self.params, grad_outputs=cols, retain_graph=True, allow_unused=True,
             materialize_grads=True, is_grads_batched=True,

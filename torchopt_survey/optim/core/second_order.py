@@ -116,7 +116,12 @@ class ClosureOptimizer(Optimizer):
 
     @property
     def _params(self) -> list[Tensor]:
-        return [p for group in self.param_groups for p in group["params"]]
+        """The flat problem's variables: every parameter that requires grad (frozen ones are
+        left out, so they add no zero rows to the curvature)."""
+        params = [p for group in self.param_groups for p in group["params"] if p.requires_grad]
+        if not params:
+            raise ValueError(f"{self._name}: no parameter requires grad; nothing to optimize")
+        return params
 
     @property
     def _hp(self) -> dict[str, Any]:

@@ -230,7 +230,7 @@ class ClosureOptimizer(Optimizer):
                     f"{self._name}: line search failed ({result.message}); parameters left at "
                     f"the best point found (step {result.step:g}, loss {result.loss:g})",
                     RuntimeWarning,
-                    stacklevel=4,
+                    stacklevel=6,  # the caller of step()
                 )
         self._set(state, "ls_evals", result.evals)
         self._set(state, "ls_success", result.success)

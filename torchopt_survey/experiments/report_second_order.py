@@ -274,13 +274,14 @@ def _figure(path: Path, title: str, by_opt: dict[str, list[Run]], target: float)
         secs = [sum(c[i][4] for c in curves) / len(curves) for i in range(k)]
         style = "-" if opt in SECOND_ORDER_NAMES else "--"
         axes[0].plot(its, loss, style, label=opt)
-        axes[1].plot(secs, loss, style, label=opt)
+        timed = [(t, y) for t, y in zip(secs, loss) if t > 0.0]  # log axis: drop t = 0
+        axes[1].plot([t for t, _ in timed], [y for _, y in timed], style, label=opt)
     for ax, xlabel in zip(axes, ("iterations (epochs)", "training wall time (s)")):
         ax.axhline(target, color="grey", lw=0.8, ls=":")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("training loss (seed mean)")
         ax.set_yscale("log")
-    axes[1].set_xscale("symlog", linthresh=0.1)
+    axes[1].set_xscale("log")
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()

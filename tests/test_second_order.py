@@ -403,7 +403,7 @@ def test_cg_restarts_when_direction_is_not_descent() -> None:
     before = float(closure().detach())
     opt.step(closure)
     assert int(st["restarts"]) == restarts + 1
-    assert float(closure()) < before
+    assert float(closure().detach()) < before
 
 
 def test_damping_rule_constants() -> None:

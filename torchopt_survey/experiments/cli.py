@@ -19,7 +19,7 @@ from .config import (
 )
 from .data import DATASETS, DataError
 from .models import ACTIVATIONS, LINK_MODELS
-from .registry import OPTIMIZER_NAMES
+from .registry import OPTIMIZER_NAMES, SECOND_ORDER_NAMES
 
 COMMANDS = ("mnist", "karate", "all", "report")
 
@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--optimizers",
         nargs="+",
         metavar="NAME",
-        help="'all' or names from: " + ", ".join(OPTIMIZER_NAMES) + " (sets every MNIST regime)",
+        help="'all' (the first-order methods) or names from: " + ", ".join(OPTIMIZER_NAMES)
+        + "; second-order (full batch): " + ", ".join(SECOND_ORDER_NAMES)
+        + " (sets every MNIST regime)",
     )
     p.add_argument("--seeds", nargs="+", type=int, metavar="S", help="random seeds (one run each)")
     p.add_argument("--epochs", type=int, metavar="N", help="epochs per run (all regimes)")

@@ -12,6 +12,7 @@ import torch
 from torch.nn import functional as F
 
 from .checkpoint import ModelOptimizerState
+from .closure_step import closure_step, needs_closure
 from .data import load_graph
 from .models import GCNLinkModel, PaperLinkModel
 from .registry import build_optimizer, optimizer_hparams
@@ -175,6 +176,8 @@ class KarateTask(ModelOptimizerState):
     ) -> dict[str, float]:
         self.model.train()
         pairs, labels = self._with_negatives(seed_offset=epoch)
+        if needs_closure(self.optimizer):  # second-order methods (issue #8)
+            return self._closure_epoch(pairs, labels, losses, progress)
         self.optimizer.zero_grad(set_to_none=True)
         loss = F.binary_cross_entropy_with_logits(self._logits(self.train, pairs), labels)
         loss = self.tech.loss(loss)
@@ -184,6 +187,24 @@ class KarateTask(ModelOptimizerState):
         losses[0] = loss.detach().cpu()
         progress(1, float(losses[0]))
         return {"train/loss_epoch": float(losses[0]), **self.tech.epoch_metrics()}
+
+    def _closure_epoch(
+        self,
+        pairs: torch.Tensor,
+        labels: torch.Tensor,
+        losses: torch.Tensor,
+        progress: Callable[[int, float], None],
+    ) -> dict[str, float]:
+        """One outer iteration of a closure-based optimizer on this epoch's full batch."""
+
+        def compute() -> tuple[torch.Tensor, torch.Tensor]:
+            logits = self._logits(self.train, pairs)
+            return F.binary_cross_entropy_with_logits(logits, labels), logits
+
+        loss, counters = closure_step(self.optimizer, compute)
+        losses[0] = loss.cpu()
+        progress(1, float(losses[0]))
+        return {"train/loss_epoch": float(losses[0]), **counters}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

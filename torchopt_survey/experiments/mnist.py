@@ -10,6 +10,7 @@ import torch
 from torch.nn import functional as F
 
 from .checkpoint import ModelOptimizerState
+from .closure_step import closure_step, needs_closure
 from .data import ImageData, load_image_dataset
 from .registry import build_optimizer, optimizer_hparams
 from .techniques import (
@@ -177,6 +178,8 @@ class MnistTask(ModelOptimizerState):
         x, y = self.x_train, self.y_train
         n, bs = x.shape[0], self.batch_size
         self.model.train()
+        if needs_closure(self.optimizer):  # second-order methods (issue #8)
+            return self._closure_epoch(losses, progress)
         # A fresh generator per (seed, epoch) makes the shuffle independent of how the run got
         # here, so a resumed run sees exactly the batches of an uninterrupted one.
         gen = torch.Generator().manual_seed(self.spec["seed"] * 1_000_003 + epoch)
@@ -198,6 +201,26 @@ class MnistTask(ModelOptimizerState):
                 progress(i + 1, float(buf[i]))
         losses.copy_(buf.cpu())
         return {"train/loss_epoch": float(losses.double().mean()), **self.tech.epoch_metrics()}
+
+    def _closure_epoch(
+        self, losses: torch.Tensor, progress: Callable[[int, float], None]
+    ) -> dict[str, float]:
+        """Closure-based optimizers: each step is one outer iteration over the batches of the
+        epoch in order (full batch: one step per epoch, the regime they are meant for)."""
+        x, y = self.data.x_train, self.data.y_train
+        bs = self.batch_size
+        counters: dict[str, float] = {}
+        for i in range(self.steps_per_epoch):
+            xb, yb = x[i * bs : (i + 1) * bs], y[i * bs : (i + 1) * bs]
+
+            def compute(xb: torch.Tensor = xb, yb: torch.Tensor = yb) -> tuple[torch.Tensor, ...]:
+                out = self._forward(xb)
+                return F.cross_entropy(out, yb), out
+
+            loss, counters = closure_step(self.optimizer, compute)
+            losses[i] = loss.cpu()
+            progress(i + 1, float(losses[i]))
+        return {"train/loss_epoch": float(losses.double().mean()), **counters}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

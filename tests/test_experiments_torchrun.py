@@ -207,9 +207,10 @@ def test_killed_rank_is_reported_and_resume_continues_from_the_checkpoint(
         out, _ = launcher.communicate(timeout=60)  # survivors must not hang
         ref_out, _ = ref.communicate(timeout=TIMEOUT_S)
     finally:
-        for proc in (launcher, ref):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL) if proc is launcher else proc.kill()
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+        if ref.poll() is None:
+            ref.kill()
     assert ref.returncode == 0, ref_out[-3000:]
     # the launcher reports the dead rank and fails
     assert launcher.returncode != 0, out[-3000:]
@@ -226,3 +227,53 @@ def test_killed_rank_is_reported_and_resume_continues_from_the_checkpoint(
     # run ends as the uninterrupted one-process run does
     _compare(one, two, KILL_RUN)
     assert len(list((two / KILL_RUN).glob("events.out.tfevents.*"))) == 2  # one per attempt
+
+
+def test_survivor_of_a_silent_rank_gives_up_after_the_timeout(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """No launcher to stop it: a rank whose peer stops answering (SIGSTOP) must fail after the
+    process-group timeout with a one-line message, not wait forever."""
+    logdir, port = tmp_path / "runs", _free_port()
+    procs = []
+    for rank in (0, 1):
+        e = dict(env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                 MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                 TORCHOPT_SURVEY_DIST_TIMEOUT="8")  # fmt: skip
+        procs.append(subprocess.Popen(
+            _cli(*KILL_ARGS, "--logdir", str(logdir)), env=e, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+        ))  # fmt: skip
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while not (logdir / KILL_RUN / "checkpoint.pt").exists():
+            assert procs[0].poll() is None, procs[0].communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.02)
+        procs[1].send_signal(signal.SIGSTOP)
+        t0 = time.monotonic()
+        out, _ = procs[0].communicate(timeout=90)
+        waited = time.monotonic() - t0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+    assert procs[0].returncode == 1, out[-3000:]
+    assert "error: rank 0: lost the other ranks" in out and "rerun with --resume" in out
+    assert "Traceback" not in out, out[-3000:]
+    assert 8 <= waited < 60
+    assert load_checkpoint(logdir / KILL_RUN / "checkpoint.pt")["epoch"] >= 1
+
+
+def test_workers_refused_under_torchrun(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from torchopt_survey.experiments import cli, distributed
+
+    for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(k, v)
+    assert cli.main(["karate", "--workers", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--workers: under torchrun each run already uses every process" in err
+    assert distributed.context() is None  # refused before joining any process group

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -338,6 +339,12 @@ def run_experiments(args: argparse.Namespace) -> int:
     return 0
 
 
+# What gloo/NCCL errors say when a peer is gone or silent (they are plain RuntimeErrors).
+_COMM_FAILURE = re.compile(
+    r"gloo|nccl|connection (closed|reset)|timed out|timeout", flags=re.IGNORECASE
+)
+
+
 def _run_distributed(args: argparse.Namespace) -> int:
     """This process is one rank of a torchrun job: join the group, train every run with DDP
     (rank 0 alone reads and writes the run folders and prints), leave the group."""
@@ -355,9 +362,13 @@ def _run_distributed(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         return run_experiments(args)
-    except dist.DistError as exc:
-        # a peer died or hung (timeout): say so in one line; torchrun reports which rank failed
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except (dist.DistError, RuntimeError) as exc:
+        text = str(exc).strip()
+        if not (isinstance(exc, dist.DistError) or _COMM_FAILURE.search(text)):
+            raise  # a bug, not a lost peer: keep the traceback
+        # A peer died (connection reset) or hung past the process-group timeout: one line, no
+        # traceback; torchrun reports which rank failed first.
+        first = text.splitlines()[0] if text else type(exc).__name__
         print(
             f"error: rank {ctx.rank}: lost the other ranks ({first[:300]}); "
             "rerun with --resume to continue from the last checkpoint",

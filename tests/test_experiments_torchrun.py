@@ -88,6 +88,7 @@ def _compare(one: Path, two: Path, run: str) -> None:
     for tag, values in r1["history"].items():
         if not tag.startswith("time/"):
             assert r2["history"][tag] == pytest.approx(values, abs=TOL), (run, tag)
+    assert r2.get("early_stopping") == r1.get("early_stopping")
     assert r2["loss_curve"]["step"] == r1["loss_curve"]["step"]
     assert r2["loss_curve"]["loss"] == pytest.approx(r1["loss_curve"]["loss"], abs=TOL)
     m1 = load_checkpoint(one / run / "checkpoint.pt")["task"]["model"]
@@ -107,16 +108,20 @@ def test_shard_covers_a_batch_once_in_order() -> None:
             assert max(sizes) - min(sizes) <= 1
 
 
-# MNIST minibatch: 961 images in batches of 64, so the last global batch is one image: rank 1's
-# shard of it is empty;
+# MNIST minibatch: 961 training images (1068 less a 10 % validation split) in batches of 64,
+# so the last global batch is one image: rank 1's shard of it is empty. Early stopping and
+# ReduceLROnPlateau read rank 0's validation loss on every rank; the L2 penalty must count once.
 # Karate with both link models (the GCN's message passing runs whole on each rank).
 ALL_ARGS = [
     "all", "--optimizers", "sgd", "--seeds", "0", "--regimes", "minibatch", "--epochs", "2",
-    "--train-subset", "961", "--test-subset", "300", "--models", "paper", "gcn",
+    "--train-subset", "1068",
+    "--set", "mnist.name=tech", "--set", "mnist.val_split=0.1", "--set", "mnist.early_stopping=1",
+    "--set", "mnist.l2=0.001", "--set", "mnist.scheduler={name: ReduceLROnPlateau, patience: 0}",
+    "--test-subset", "300", "--models", "paper", "gcn",
     "--set", "karate.epochs=5", "--threads", "1",
 ]  # fmt: skip
 RUNS = (
-    "mnist/mnist-minibatch/sgd/seed0",
+    "mnist/mnist-minibatch-tech/sgd/seed0",
     "karate/karate-paper/sgd/seed0",
     "karate/karate-gcn/sgd/seed0",
 )

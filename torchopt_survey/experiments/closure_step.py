@@ -23,6 +23,19 @@ def needs_closure(optimizer: torch.optim.Optimizer) -> bool:
     return isinstance(optimizer, (ClosureOptimizer, torch.optim.LBFGS))
 
 
+def refuse_closure_optimizers(optimizer: torch.optim.Optimizer, name: str) -> None:
+    """Under torchrun: the closure-based methods are refused, not silently run unsharded.
+
+    Their line searches and Hessian-vector products re-evaluate the loss and differentiate it
+    twice (``torch.autograd.grad``), which DDP's gradient all-reduce does not cover.
+    """
+    if needs_closure(optimizer):
+        raise ValueError(
+            f"optimizer {name!r}: the closure-based second-order methods (newton, newton_cg, cg) "
+            "do not run under torchrun/DDP; run them in one process"
+        )
+
+
 def closure_step(
     optimizer: torch.optim.Optimizer, compute: Compute
 ) -> tuple[torch.Tensor, dict[str, float]]:

@@ -114,3 +114,41 @@ def test_state_survives_the_checkpoint_format(name: str) -> None:
     opt2.load_state_dict(loaded)
     for key, value in opt.state[p].items():
         assert torch.equal(value, opt2.state[opt2.param_groups[0]["params"][0]][key]), key
+
+
+def test_mnist_closure_epoch_trains_on_the_training_part_only(tmp_path: Path) -> None:
+    """With ``val_split`` the closure-based step sees the training part, never the held-out
+    validation images (the first-order loop's data)."""
+    root = write_synthetic_mnist(tmp_path / "data", n_train=300, n_test=100)
+    cfg = merge(default_config("mnist"), {"epochs": 1, "hidden": 20, "val_split": 0.2})
+    cfg["regimes"] = {"fullbatch": {"batch_size": "full", "optimizers": ["cg"]}}
+    (spec,) = mnist.expand(validate(cfg))
+    task = mnist.MnistTask(spec, torch.device("cpu"), str(root))
+    seen: list[torch.Tensor] = []
+    forward = task._forward
+    task._forward = lambda x: (seen.append(x), forward(x))[1]
+    task.train_epoch(1, torch.empty(1), lambda *_: None)
+    assert task.x_train.shape[0] == 240 and seen
+    assert all(torch.equal(x, task.x_train) for x in seen)
+
+
+@pytest.mark.parametrize("module", [mnist, karate], ids=["mnist", "karate"])
+def test_closure_optimizers_refused_under_torchrun(module, tmp_path: Path) -> None:
+    from torchopt_survey.experiments.distributed import DistContext
+
+    task = _task(module, tmp_path, "cg")
+    with pytest.raises(ValueError, match="do not run under torchrun"):
+        task.distribute(DistContext(rank=0, world_size=2, local_rank=0, backend="gloo"))
+
+
+def _task(module, tmp_path: Path, optimizer: str):
+    if module is mnist:
+        root = write_synthetic_mnist(tmp_path / "data", n_train=100, n_test=50)
+        cfg = merge(default_config("mnist"), {"epochs": 1, "hidden": 8})
+        cfg["regimes"] = {"fullbatch": {"batch_size": "full", "optimizers": [optimizer]}}
+        (spec,) = mnist.expand(validate(cfg))
+        return mnist.MnistTask(spec, torch.device("cpu"), str(root))
+    cfg = validate(merge(default_config("karate"), {"optimizers": [optimizer], "seeds": [0],
+                                                     "epochs": 1}))
+    spec = karate.expand(cfg)[0]
+    return karate.KarateTask(spec, torch.device("cpu"), None)

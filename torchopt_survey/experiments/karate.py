@@ -17,7 +17,14 @@ from .data import load_graph
 from .distributed import DistContext, all_reduce_sum, wrap_ddp
 from .models import GCNLinkModel, PaperLinkModel
 from .registry import build_optimizer, optimizer_hparams
-from .techniques import Techniques, init_weights, option, technique_spec, variant_suffix
+from .techniques import (
+    TechniqueHooks,
+    Techniques,
+    init_weights,
+    option,
+    technique_spec,
+    variant_suffix,
+)
 from .techniques import hparams as technique_hparams
 
 
@@ -94,7 +101,7 @@ def split_edges(data: Any, seed: int, val_ratio: float, test_ratio: float) -> tu
         return splitter(data)
 
 
-class KarateTask(ModelOptimizerState):
+class KarateTask(TechniqueHooks, ModelOptimizerState):
     """One link-prediction run (full-batch: one optimizer step per epoch)."""
 
     def __init__(self, spec: dict[str, Any], device: torch.device, data_dir: str | None) -> None:
@@ -154,30 +161,6 @@ class KarateTask(ModelOptimizerState):
         hp.update({f"opt/{k}": v for k, v in s["optimizer_kwargs"].items()})
         hp.update(technique_hparams(s))
         return hp
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "techniques": self.tech.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.tech.load_state_dict(state.get("techniques", {}))
-
-    # -- hooks the runner calls (techniques.py does the work)
-    @property
-    def stop(self) -> bool:
-        return self.tech.stop
-
-    def end_epoch(self, epoch: int, metrics: dict[str, float]) -> dict[str, float]:
-        return self.tech.end_epoch(epoch, metrics)
-
-    def histograms(self) -> dict[str, torch.Tensor]:
-        return self.tech.histograms()
-
-    def finish(self) -> dict[str, Any]:
-        extra = self.tech.finish()
-        if extra:  # early stopping restored the best weights (chosen on validation edges)
-            extra["final"] = self.evaluate()
-        return extra
 
     def _logits(self, data: Any, pairs: torch.Tensor) -> torch.Tensor:
         # Message passing only over training edges: val/test edges stay unseen.

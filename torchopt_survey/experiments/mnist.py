@@ -15,6 +15,7 @@ from .data import ImageData, load_image_dataset
 from .distributed import DistContext, all_reduce_sum, wrap_ddp
 from .registry import build_optimizer, optimizer_hparams
 from .techniques import (
+    TechniqueHooks,
     Techniques,
     build_mlp,
     init_weights,
@@ -75,7 +76,7 @@ def expand(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     return specs
 
 
-class MnistTask(ModelOptimizerState):
+class MnistTask(TechniqueHooks, ModelOptimizerState):
     """One training run: model, optimizer and the epoch loop over in-memory tensors."""
 
     def __init__(self, spec: dict[str, Any], device: torch.device, data_dir: str | None) -> None:
@@ -146,30 +147,6 @@ class MnistTask(ModelOptimizerState):
             self.x_test = (self.x_test - mean) / std
             if self.x_val is not None:
                 self.x_val = (self.x_val - mean) / std
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "techniques": self.tech.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.tech.load_state_dict(state.get("techniques", {}))
-
-    # -- hooks the runner calls (techniques.py does the work)
-    @property
-    def stop(self) -> bool:
-        return self.tech.stop
-
-    def end_epoch(self, epoch: int, metrics: dict[str, float]) -> dict[str, float]:
-        return self.tech.end_epoch(epoch, metrics)
-
-    def histograms(self) -> dict[str, torch.Tensor]:
-        return self.tech.histograms()
-
-    def finish(self) -> dict[str, Any]:
-        extra = self.tech.finish()
-        if extra:  # best weights restored: their metrics are the run's final ones
-            extra["final"] = self.evaluate()
-        return extra
 
     # -- training
     def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:

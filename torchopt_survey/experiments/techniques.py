@@ -548,3 +548,39 @@ def welch_p(a: list[float], b: list[float]) -> float:
         warnings.simplefilter("ignore", RuntimeWarning)
         res = stats.ttest_ind(a, b, equal_var=False)
     return float(res.pvalue)
+
+
+class TechniqueHooks:
+    """What a task hands the runner for its §V options (``self.tech``), shared by both tasks.
+
+    A mixin before ``ModelOptimizerState``: the technique state (early-stopping bookkeeping,
+    best weights) travels in the checkpoint beside the model and optimizer.
+    """
+
+    tech: Techniques
+
+    def evaluate(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "techniques": self.tech.state_dict()}  # type: ignore[misc]
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)  # type: ignore[misc]
+        self.tech.load_state_dict(state.get("techniques", {}))
+
+    @property
+    def stop(self) -> bool:
+        return self.tech.stop
+
+    def end_epoch(self, epoch: int, metrics: dict[str, float]) -> dict[str, float]:
+        return self.tech.end_epoch(epoch, metrics)
+
+    def histograms(self) -> dict[str, torch.Tensor]:
+        return self.tech.histograms()
+
+    def finish(self) -> dict[str, Any]:
+        extra = self.tech.finish()
+        if extra:  # best weights restored (chosen on validation data): their metrics are final
+            extra["final"] = self.evaluate()
+        return extra

@@ -159,6 +159,9 @@ _SCALAR_OPS = {
     "mul": "{0} * {1}",
     "div": "{0} / {1}",
     "pow": "pow({0}, {1})",
+    # torch's in-place multiply of a float32 state tensor (NAdam's mu_product): both operands
+    # and the product rounded to float32
+    "mul32": "(double)((float){0} * (float){1})",
 }
 
 #: fewest elements per thread: smaller groups use fewer threads (as torch's GRAIN_SIZE does)

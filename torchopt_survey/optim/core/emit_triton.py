@@ -70,6 +70,7 @@ _SCALAR_OPS = {
     "sub": "{0} - {1}",
     "mul": "{0} * {1}",
     "div": "{0} / {1}",
+    "mul32": "({0}.to(tl.float32) * {1}.to(tl.float32)).to(tl.float64)",
 }
 
 

@@ -131,8 +131,8 @@ def _unwrap(
             layout = (param.device_mesh, param.placements)
             for what, t in [("its gradient", grad), *((f"its state {i}", v) for i, v in
                                                        enumerate(row) if v is not None)]:
-                if t.dim() == 0 and not isinstance(t, dtensor):
-                    continue  # a scalar state (step): a plain tensor, same on every rank
+                if t.dim() == 0:
+                    continue  # a scalar state (step): the same value on every rank
                 if not isinstance(t, dtensor) or (t.device_mesh, t.placements) != layout:
                     raise RuntimeError(
                         f"{_where(opt, group, param)} is a DTensor with placements "

@@ -150,6 +150,12 @@ class SVal:
     def __rpow__(self, o: Any) -> Any:
         return self._bin("pow", o, self)
 
+    def stored_mul(self, factor: Any) -> SVal:
+        """``self * factor`` as torch's in-place multiply of a float32 state tensor computes it
+        (both rounded to float32, product rounded): see ``ops.stored_mul``."""
+        return SVal(self.graph, _Ref(self.graph.add("mul32", (self.ref, _operand(factor)),
+                                                    False)))
+
     def __neg__(self) -> Any:
         return self._bin("sub", 0.0, self)
 
@@ -348,7 +354,9 @@ def _describe_value(value: Any) -> Any:
 def structure_key(group: dict[str, Any], lazy_present: tuple[bool, ...]) -> tuple:
     """What the traced graph of a group depends on (see the module docstring)."""
     return tuple(
-        (key, _describe_value(value)) for key, value in group.items() if key != "params"
+        # parameter names never reach the kernel: they must not key (or re-trace) it
+        (key, _describe_value(value)) for key, value in group.items()
+        if key not in ("params", "param_names")
     ) + (lazy_present,)
 
 

@@ -108,3 +108,70 @@ def test_not_vectorisable_runs_fall_back() -> None:
     karate = {"experiment": "karate", "seed": 0, "optimizer_kwargs": {}}
     groups, alone = plan_groups([karate, dict(karate, seed=1)])
     assert not groups and len(alone) == 2
+# ------------------------------------------------------------------------------------------
+# the sweep command
+# ------------------------------------------------------------------------------------------
+def _sweep(tmp: Path, data_dir: str, *extra: str) -> int:
+    from torchopt_survey.experiments import cli
+
+    return cli.main(["sweep", "--logdir", str(tmp / "runs"), "--quiet", "--device", "cpu",
+                     "--data-dir", data_dir, *extra])
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--lr-grid", "1e-3:1e-1"], "--lr-grid"),
+    (["--lr-grid", "1e-3:1e-1:0"], "--lr-grid"),
+    (["--lr-grid", "1e-3:1e-1:3", "--grid", "momentum=0.5,x"], "momentum"),
+    (["--lr-grid", "1e-3:1e-1:3", "--grid", "momentum=0.9"], "momentum"),  # adam takes none
+    (["--lr-grid", "1e-3:1e-1:3", "--grid", "momentum="], "empty"),
+])
+def test_sweep_bad_input_exits_2(tmp_path: Path, data_dir: str, args: list[str], needle: str,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    code = _sweep(tmp_path, data_dir, "--experiment", "mnist", "--optimizers", "adam",
+                  "--seeds", "0", *args)
+    assert code == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+def test_sweep_tunes_on_validation_and_marks_failures(tmp_path: Path, data_dir: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process, Adam's runs crash (a patched optimizer factory): they are marked failed
+    with their error, SGD's runs finish, and the tuned choice comes from validation."""
+    from torchopt_survey.experiments import cli, registry, vectorized
+
+    real = registry.build_optimizer
+
+    def build(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "adam":
+            raise RuntimeError("boom for the test")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(mnist, "build_optimizer", build)
+    monkeypatch.setattr(vectorized, "build_optimizer", build)
+    monkeypatch.setenv("TORCHOPT_SURVEY_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+    code = cli.main(["sweep", "--experiment", "mnist", "--optimizers", "sgd", "adam",
+                     "--lr-grid", "1e-2:1e-1:2", "--seeds", "0", "1", "--epochs", "1",
+                     "--set", "hidden=8", "--set", "regimes.minibatch.batch_size=8",
+                     "--train-subset", "48", "--test-subset", "40", "--val-split", "16",
+                     "--logdir", str(tmp_path / "runs"), "--data-dir", data_dir,
+                     "--device", "cpu", "--quiet"])
+    assert code == 0
+    out = tmp_path / "runs" / "sweep"
+    table = (out / "sweep_runs.csv").read_text().splitlines()
+    assert len(table) == 1 + 2 * 2 * 2
+    failed = [line for line in table[1:] if ",failed," in line]
+    assert len(failed) == 4 and all(",adam," in line for line in failed)
+    assert "boom for the test" in failed[0]
+    report = json.loads((out / "sweep.json").read_text())
+    sgd = [b for b in report["best"] if b["optimizer"] == "sgd"][0]
+    settings = [r for r in report["rows"] if r["optimizer"] == "sgd"]
+    by_setting: dict[str, list[float]] = {}
+    for r in settings:
+        by_setting.setdefault(r["setting"], []).append(r["val"])
+    chosen = max(by_setting, key=lambda k: sum(by_setting[k]) / len(by_setting[k]))
+    assert sgd["best_setting"] == chosen  # on validation, not test
+    assert [b for b in report["best"] if b["optimizer"] == "adam"][0]["seeds"] == 0
+    assert "sgd" in (out / "sweep_best.md").read_text()
+    assert report["timing"]["vectorized_programs"] >= 1

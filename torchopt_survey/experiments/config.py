@@ -44,6 +44,9 @@ MNIST_DEFAULTS: dict[str, Any] = {
     "test_subset": None,
     "eval_batch_size": 10000,
     "compile": False,
+    # hold out the last N training images as a validation split (val/accuracy, val/loss);
+    # 0: none (the paper). The sweep chooses its settings on it.
+    "val_split": 0,
     # Regimes of the first survey, all with the same optimizer options: batch_size "full" is
     # full-batch gradient descent (one step per epoch).
     "regimes": {
@@ -186,6 +189,7 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         _check_choice("activation", cfg["activation"], tuple(ACTIVATIONS))
         _check_int(cfg, "hidden")
         _check_int(cfg, "eval_batch_size")
+        _check_int(cfg, "val_split", minimum=0)
         for key in ("train_subset", "test_subset"):
             if cfg[key] is not None:
                 _check_int(cfg, key)

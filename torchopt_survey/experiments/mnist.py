@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -17,13 +18,34 @@ from .registry import build_optimizer, optimizer_hparams
 _DATA_CACHE: dict[tuple[Any, ...], ImageData] = {}
 
 
+@dataclasses.dataclass
+class SplitImageData(ImageData):
+    """An image dataset whose last ``val_split`` training images are held out for validation.
+
+    (Issue #10's own minimal ``val_split``, to be unified with #9's validation split.)
+    """
+
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+
+
 def get_data(spec: dict[str, Any], data_dir: str | None, device: torch.device) -> ImageData:
     """Load (once per process) the dataset a run spec asks for."""
-    key = (spec["dataset"], data_dir, str(device), spec["train_subset"], spec["test_subset"])
+    val = int(spec.get("val_split") or 0)
+    key = (spec["dataset"], data_dir, str(device), spec["train_subset"], spec["test_subset"], val)
     if key not in _DATA_CACHE:
-        _DATA_CACHE[key] = load_image_dataset(
+        data = load_image_dataset(
             spec["dataset"], data_dir, device, spec["train_subset"], spec["test_subset"]
         )
+        if val:
+            n = data.x_train.shape[0]
+            if val >= n:
+                raise ValueError(f"val_split: {val} held-out images leave none of the {n} "
+                                 "training images to train on")
+            data = SplitImageData(
+                data.name, data.x_train[: n - val], data.y_train[: n - val], data.x_test,
+                data.y_test, data.x_train[n - val :], data.y_train[n - val :])
+        _DATA_CACHE[key] = data
     return _DATA_CACHE[key]
 
 
@@ -57,6 +79,8 @@ def expand(cfg: dict[str, Any]) -> list[dict[str, Any]]:
                         "test_subset": cfg["test_subset"],
                         "eval_batch_size": cfg["eval_batch_size"],
                         "compile": cfg["compile"],
+                        # (only when set: older runs' specs stay equal for --resume)
+                        **({"val_split": cfg["val_split"]} if cfg["val_split"] else {}),
                     }
                 )
     return specs
@@ -86,7 +110,9 @@ class MnistTask(ModelOptimizerState):
 
     def hparams(self) -> dict[str, Any]:
         s = self.spec
-        hp = {k: s[k] for k in ("dataset", "regime", "optimizer", "seed", "epochs", "activation")}
+        hp = {"optimizer": s["optimizer"], "lr": s["optimizer_kwargs"].get("lr"),
+              "seed": s["seed"], "regime": s["regime"]}  # (first in the HParams dashboard)
+        hp.update({k: s[k] for k in ("dataset", "epochs", "activation")})
         hp["batch_size"] = self.batch_size
         hp.update({f"opt/{k}": v for k, v in s["optimizer_kwargs"].items()})
         return hp
@@ -132,13 +158,19 @@ class MnistTask(ModelOptimizerState):
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         self.model.eval()
-        x, y = self.data.x_test, self.data.y_test
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        step = self.spec["eval_batch_size"]
-        for i in range(0, x.shape[0], step):
-            out = self.model(x[i : i + step])
-            loss_sum += F.cross_entropy(out, y[i : i + step], reduction="sum").double()
-            correct += (out.argmax(1) == y[i : i + step]).sum()
-        n = x.shape[0]
-        return {"test/accuracy": float(correct) / n, "test/loss": float(loss_sum) / n}
+        splits = [("test", self.data.x_test, self.data.y_test)]
+        if getattr(self.data, "x_val", None) is not None:
+            splits.append(("val", self.data.x_val, self.data.y_val))
+        metrics: dict[str, float] = {}
+        for name, x, y in splits:
+            correct = torch.zeros((), device=self.device, dtype=torch.long)
+            loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+            step = self.spec["eval_batch_size"]
+            for i in range(0, x.shape[0], step):
+                out = self.model(x[i : i + step])
+                loss_sum += F.cross_entropy(out, y[i : i + step], reduction="sum").double()
+                correct += (out.argmax(1) == y[i : i + step]).sum()
+            n = x.shape[0]
+            metrics[f"{name}/accuracy"] = float(correct) / n
+            metrics[f"{name}/loss"] = float(loss_sum) / n
+        return metrics

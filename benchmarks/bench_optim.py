@@ -125,9 +125,11 @@ def compare(
         ours_opt.step()
         torch_opt.step()
     ours_times, torch_times = [], []
-    for _ in range(repeats):  # alternate, so machine drift affects both alike
-        ours_times.append(time_steps(ours_opt, steps, device))
-        torch_times.append(time_steps(torch_opt, steps, device))
+    for round_ in range(repeats):
+        # alternate which goes first, so drift and cache state after the other's run hit both
+        pairs = [(ours_opt, ours_times), (torch_opt, torch_times)]
+        for opt, times in pairs if round_ % 2 == 0 else pairs[::-1]:
+            times.append(time_steps(opt, steps, device))
     ours_ms = statistics.median(ours_times) * 1e3
     torch_ms = statistics.median(torch_times) * 1e3
     numel = sum(torch.Size(s).numel() for s in shapes)

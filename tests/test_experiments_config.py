@@ -126,15 +126,29 @@ def test_help_explains_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
         assert flag in text
 
 
-def test_fused_flag_reaches_optimizer_kwargs_and_trains(tmp_path: Path) -> None:
+def test_fused_flag_reaches_optimizer_kwargs_and_trains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from torchopt_survey.experiments import karate
     from torchopt_survey.experiments.runner import RunOptions, execute_run
+    from torchopt_survey.optim.core import fused
 
     (cfg,) = cli.build_configs(_args("karate", "--fused", "--optimizers", "adam", "--seeds", "0"))
     specs = karate.expand(cfg)
     assert all(s["optimizer_kwargs"]["fused"] is True for s in specs)
     spec = {**specs[0], "epochs": 3}
+    # the fused kernels did the updates: count the calls of the fused step and the tensors
+    # each updated (a path that ignored fused=True would train just as well)
+    real_step, calls = fused.fused_step, []
+
+    def counting_step(optimizer, group, spec, params, *args, **kwargs):
+        calls.append((type(optimizer).__name__, group["fused"], len(params)))
+        return real_step(optimizer, group, spec, params, *args, **kwargs)
+
+    monkeypatch.setattr(fused, "fused_step", counting_step)
     res = execute_run(spec, RunOptions(logdir=str(tmp_path), deterministic=False))
+    steps = 3 * res["loss_curve"]["steps_per_epoch"]
+    assert len(calls) >= steps and all(c[:2] == ("Adam", True) and c[2] > 0 for c in calls)
     assert len(res["history"]["test/auc"]) == 3
     assert res["history"]["train/loss_epoch"][-1] < res["history"]["train/loss_epoch"][0]
     (plain,) = cli.build_configs(_args("karate"))

@@ -50,6 +50,25 @@ def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
 
 
+def _raw_scalars(run_dir: Path) -> list[tuple[str, int, float]]:
+    """Every scalar event on disk, file by file in the order written: no de-duplication and no
+    purge logic of a reader (TensorBoard's EventAccumulator would hide leftovers)."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto import event_pb2
+
+    files = []
+    for path in run_dir.glob("events.out.tfevents.*"):
+        events = [event_pb2.Event.FromString(r) for r in RawEventFileLoader(str(path)).Load()]
+        files.append(events)
+    out = []
+    for events in sorted(files, key=lambda evs: evs[0].wall_time):
+        for event in events:
+            for v in event.summary.value:
+                if v.WhichOneof("value") == "simple_value":
+                    out.append((v.tag, event.step, v.simple_value))
+    return out
+
+
 def _hparams(run_dir: Path) -> dict[str, object]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
@@ -145,13 +164,23 @@ def _run_args(logdir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(
-    tmp_path: Path, data_env: dict[str, str]
-) -> None:
-    run = "mnist/mnist-sgd/momentum/seed0"
-    ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
+RUN = "mnist/mnist-sgd/momentum/seed0"
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory, data_env: dict[str, str]) -> Path:
+    """The uninterrupted run that killed-and-resumed attempts must reproduce."""
+    ref_dir = tmp_path_factory.mktemp("ref")
     ref = subprocess.run(_cli(*_run_args(ref_dir)), env=data_env, capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr
+    return ref_dir
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(
+    tmp_path: Path, data_env: dict[str, str], reference_run: Path
+) -> None:
+    run = RUN
+    ref_dir, cut_dir = reference_run, tmp_path / "cut"
 
     proc = subprocess.Popen(_cli(*_run_args(cut_dir)), env=data_env, stderr=subprocess.PIPE)
     ckpt = cut_dir / run / "checkpoint.pt"
@@ -175,6 +204,11 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(
     assert res.returncode == 0, res.stderr
     r_ref = json.loads((ref_dir / run / "result.json").read_text())
     r_cut = json.loads((cut_dir / run / "result.json").read_text())
+    # a resume, not a restart (which would reproduce the same numbers: training is
+    # deterministic): the second attempt started from the epoch the first one reached
+    assert (r_ref["resumed_from_epoch"], r_ref["epochs_trained"]) == (None, 3)
+    assert (r_cut["resumed_from_epoch"], r_cut["epochs_trained"]) == (killed_at, 3 - killed_at)
+    assert r_cut["discarded_checkpoints"] == []
     for tag, values in r_ref["history"].items():
         if not tag.startswith("time/"):
             assert r_cut["history"][tag] == values, tag  # exact float equality
@@ -188,6 +222,82 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(
     bufs_ref = [s["momentum_buffer"] for s in c_ref["task"]["optimizer"]["state"].values()]
     bufs_cut = [s["momentum_buffer"] for s in c_cut["task"]["optimizer"]["state"].values()]
     assert all(torch.equal(a, b) for a, b in zip(bufs_ref, bufs_cut, strict=True))
-    # TensorBoard keeps one loss point per step: the killed attempt's extra events are purged
-    steps = [s for s, _ in _scalars(cut_dir / run)["train/loss"]]
-    assert sorted(set(steps)) == list(range(1, 9001))
+    # on disk, in the order written: one loss point per step, as in the reference run
+    raw = _raw_scalars(cut_dir / run)
+    assert [(s, v) for t, s, v in raw if t == "train/loss"] == [
+        (s, v) for t, s, v in _raw_scalars(ref_dir / run) if t == "train/loss"
+    ]
+    assert [s for t, s, _ in raw if t == "train/loss"] == list(range(1, 9001))
+
+
+# Runs the CLI with save_checkpoint replaced: SIGKILL as the checkpoint of epoch 2 is about to be
+# written, i.e. after that epoch's TensorBoard events were flushed to disk.
+_KILL_BEFORE_CHECKPOINT_2 = """
+import os, signal, sys
+from torchopt_survey.experiments import cli, runner
+real = runner.save_checkpoint
+def save_or_die(path, state):
+    if state["epoch"] == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(path, state)
+runner.save_checkpoint = save_or_die
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_events_a_killed_attempt_wrote_past_its_checkpoint_are_purged(
+    tmp_path: Path, data_env: dict[str, str], reference_run: Path
+) -> None:
+    cut_dir = tmp_path / "cut"
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILL_BEFORE_CHECKPOINT_2, *_run_args(cut_dir)],
+        env=data_env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert load_checkpoint(cut_dir / RUN / "checkpoint.pt")["epoch"] == 1
+    # the scenario is real: epoch 2's events are on disk, past the epoch-1 checkpoint
+    killed = _raw_scalars(cut_dir / RUN)
+    assert [s for t, s, _ in killed if t == "train/loss"] == list(range(1, 6001))
+    assert [s for t, s, _ in killed if t == "test/accuracy"] == [1, 2]
+
+    res = subprocess.run(
+        _cli(*_run_args(cut_dir), "--resume"), env=data_env, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    result = json.loads((cut_dir / RUN / "result.json").read_text())
+    assert (result["resumed_from_epoch"], result["epochs_trained"]) == (1, 2)
+    raw, ref = _raw_scalars(cut_dir / RUN), _raw_scalars(reference_run / RUN)
+    # the raw sequence on disk: every tag once per step, in order, with the reference's values
+    assert [(t, s) for t, s, _ in raw] == [(t, s) for t, s, _ in ref]
+    assert [x for x in raw if not x[0].startswith("time/")] == [
+        x for x in ref if not x[0].startswith("time/")
+    ]
+
+
+def test_unreadable_checkpoint_is_kept_aside_and_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from torchopt_survey.experiments import cli, karate
+    from torchopt_survey.experiments.runner import RunOptions, execute_run, run_id
+
+    (cfg,) = cli.build_configs(cli.build_parser().parse_args(
+        ["karate", "--optimizers", "adam", "--seeds", "0", "--logdir", str(tmp_path)]
+    ))  # fmt: skip
+    spec = {**karate.expand(cfg)[0], "epochs": 3}
+    opts = RunOptions(logdir=str(tmp_path), resume=True, deterministic=False)
+    first = execute_run(spec, opts)
+    run_dir = tmp_path / run_id(spec)
+    (run_dir / "result.json").unlink()  # as if killed before the end
+    garbage = b"not a checkpoint"
+    (run_dir / "checkpoint.pt").write_bytes(garbage)
+
+    with caplog.at_level("WARNING", logger="torchopt_survey.experiments.runner"):
+        second = execute_run(spec, opts)
+    assert "corrupt checkpoint" in caplog.text and "training from epoch 1" in caplog.text
+    (aside,) = run_dir.glob("checkpoint.pt.corrupt-*")
+    assert aside.read_bytes() == garbage  # kept, not deleted
+    assert (second["resumed_from_epoch"], second["epochs_trained"]) == (None, 3)
+    (entry,) = second["discarded_checkpoints"]
+    assert entry["file"] == aside.name and entry["reason"].startswith("unreadable")
+    assert json.loads((run_dir / "result.json").read_text())["discarded_checkpoints"] == [entry]
+    assert second["history"]["train/loss_epoch"] == first["history"]["train/loss_epoch"]

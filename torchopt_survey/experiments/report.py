@@ -161,36 +161,81 @@ def table_markdown(rows: Sequence[dict[str, Any]]) -> str:
 # ----------------------------------------------------------------------------- claims
 
 
-def _compare(
-    rows: Sequence[dict[str, Any]], winners: Sequence[str], losers: Sequence[str], key: str
+#: significance level of the per-pair test in :func:`claim_verdict`
+ALPHA = 0.05
+TEST_NAME = "Welch's t-test (unequal variances, two-sided) over seeds"
+
+
+def _pair_test(a: dict[str, Any], b: dict[str, Any], key: str) -> tuple[int, float]:
+    """Welch's t-test of row ``a`` against row ``b`` on the seeds behind ``key``'s mean/std.
+
+    Returns ``(sign, p)``: sign +1/-1 when a's mean is higher/lower, 0 when equal. The test
+    needs only each row's mean, std (ddof=1) and seed count, which is what the table keeps
+    (``scipy.stats.ttest_ind_from_stats``: the same test as ``ttest_ind(equal_var=False)``).
+    """
+    from scipy.stats import ttest_ind_from_stats
+
+    ma, mb = a[f"{key}_mean"], b[f"{key}_mean"]
+    sign = (ma > mb) - (ma < mb)
+    if sign == 0:
+        return 0, 1.0
+    _, p = ttest_ind_from_stats(
+        ma, a[f"{key}_std"], a["seeds"], mb, b[f"{key}_std"], b["seeds"], equal_var=False
+    )
+    return sign, float(p) if math.isfinite(p) else 1.0
+
+
+def claim_verdict(
+    rows: Sequence[dict[str, Any]], winners: Sequence[str], losers: Sequence[str], key: str,
+    alpha: float = ALPHA,
 ) -> tuple[str, str] | None:
-    """Pairwise test of "every optimizer of ``winners`` beats every one of ``losers``" on the
-    seed-mean of ``key``. Verdict: *confirmed* if all pairs hold, *mostly* if >= 2/3 do,
-    *mixed* if > 1/3 do, else *not confirmed*."""
-    means = {r["optimizer"]: r[f"{key}_mean"] for r in rows if f"{key}_mean" in r}
-    a = [o for o in winners if o in means]
-    b = [o for o in losers if o in means]
+    """Verdict on "every optimizer of ``winners`` beats every one of ``losers``" on ``key``.
+
+    ``rows`` are :func:`summarize` rows (``seeds``, ``<key>_mean``, ``<key>_std``). A pair
+    *holds* only when the winner's seed mean is higher **and** Welch's t-test over seeds gives
+    p < ``alpha``; it is *reversed* when the loser is significantly higher, else *within noise*.
+    Verdict: *confirmed* if every pair holds, *mostly confirmed* if >= 2/3 do, *mixed* if
+    > 1/3 do; otherwise *not confirmed*, or *within noise* when no pair differs significantly
+    either way. With fewer than 2 seeds per optimizer there is no spread to test against:
+    *cannot decide (one seed)*. Returns ``(verdict, evidence)``, or None without data.
+    """
+    by_name = {r["optimizer"]: r for r in rows if f"{key}_mean" in r}
+    a = [o for o in winners if o in by_name]
+    b = [o for o in losers if o in by_name]
     if not a or not b:
         return None
     pairs = [(w, l) for w in a for l in b]
-    held = [(w, l) for w, l in pairs if means[w] > means[l]]
-    frac = len(held) / len(pairs)
-    if frac == 1.0:
+    fmt = ", ".join(f"{o} {100 * by_name[o][f'{key}_mean']:.1f}" for o in a)
+    fmt_b = ", ".join(f"{o} {100 * by_name[o][f'{key}_mean']:.1f}" for o in b)
+    seeds = min(int(by_name[o]["seeds"]) for o in a + b)
+    if seeds < 2:
+        return "cannot decide (one seed)", f"no spread over seeds to test; {fmt} vs {fmt_b}"
+    tests = [_pair_test(by_name[w], by_name[l], key) for w, l in pairs]
+    held = sum(1 for sign, p in tests if sign > 0 and p < alpha)
+    reversed_ = sum(1 for sign, p in tests if sign < 0 and p < alpha)
+    n = len(pairs)
+    if held == n:
         verdict = "confirmed"
-    elif frac >= 2 / 3:
+    elif held >= 2 / 3 * n:
         verdict = "mostly confirmed"
-    elif frac > 1 / 3:
+    elif held > n / 3:
         verdict = "mixed"
+    elif reversed_ == 0:
+        verdict = "within noise"
     else:
         verdict = "not confirmed"
-    fmt = ", ".join(f"{o} {100 * means[o]:.1f}" for o in a)
-    fmt_b = ", ".join(f"{o} {100 * means[o]:.1f}" for o in b)
-    detail = f"{len(held)}/{len(pairs)} pairs hold; {fmt} vs {fmt_b}"
+    detail = (
+        f"{held}/{n} pairs hold, {reversed_} reversed, {n - held - reversed_} within noise "
+        f"(p < {alpha}, >= {seeds} seeds); {fmt} vs {fmt_b}"
+    )
     return verdict, detail
 
 
+_compare = claim_verdict  # former name
+
+
 def claims_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """One verdict row per survey claim and data set (see :func:`_compare` for the rule)."""
+    """One verdict row per survey claim and data set (see :func:`claim_verdict` for the rule)."""
     out = ["| claim | data | metric (seed mean, %) | verdict | evidence |", "|---|---|---|---|---|"]
     by_variant: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
@@ -208,9 +253,16 @@ def claims_markdown(rows: Sequence[dict[str, Any]]) -> str:
         else:
             continue
         for winners, losers, key, label in tests:
-            res = _compare(vrows, winners, losers, key)
+            res = claim_verdict(vrows, winners, losers, key)
             if res is not None:
                 out.append(f"| {claim} | {exp} {variant} | {label} | **{res[0]}** | {res[1]} |")
+    out.append(
+        f"\nA pair (winner, loser) holds when the winner's seed mean is higher and {TEST_NAME} "
+        f"gives p < {ALPHA}; reversed when the loser's is significantly higher; otherwise "
+        "within noise. confirmed: every pair holds; mostly confirmed: >= 2/3; mixed: > 1/3; "
+        "within noise: no pair differs significantly; cannot decide: one seed. Each pair is "
+        "tested on its own (no correction for the number of pairs)."
+    )
     return "\n".join(out) + "\n"
 
 

@@ -4,6 +4,7 @@ atomic checkpoints, ``--resume``, and parallel worker processes."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -14,7 +15,9 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load_checkpoint, load_json, save_checkpoint, save_json
+from .checkpoint import _atomic_write, load_checkpoint, load_json, save_checkpoint, save_json
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 RESULT = "result.json"
@@ -98,6 +101,46 @@ def _clear_run_dir(run_dir: Path) -> None:
             p.unlink()
 
 
+def _set_aside(path: Path, reason: str) -> str:
+    """Rename an unusable checkpoint to ``checkpoint.pt.<reason>-<UTC time>`` in its folder: kept
+    for inspection, never deleted, and out of the way of the fresh start. Returns the name."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target, n = path.with_name(f"{path.name}.{reason}-{stamp}"), 1
+    while target.exists():
+        target, n = path.with_name(f"{path.name}.{reason}-{stamp}-{n}"), n + 1
+    os.replace(path, target)
+    return target.name
+
+
+def _purge_events_after(run_dir: Path, until: float) -> int:
+    """Drop, from the run's TensorBoard event files, every event written after wall time
+    ``until`` (the last checkpoint's): what a killed attempt logged past its checkpoint, which
+    the resumed attempt logs again. A physical purge, so any reader sees one point per step
+    (TensorBoard's own ``purge_step`` only asks its reader to hide them, and for one step axis).
+    Files are rewritten atomically; a file left with no event is removed. Returns the count.
+    (Events carry wall time: this assumes the clock did not step back during the lost epoch.)"""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    dropped = 0
+    for path in sorted(run_dir.glob("events.out.tfevents.*")):
+        records = list(RawEventFileLoader(str(path)).Load())  # a torn last record is skipped
+        keep = [r for r in records if event_pb2.Event.FromString(r).wall_time <= until]
+        dropped += len(records) - len(keep)
+        if not keep:
+            path.unlink()
+        elif len(keep) < len(records):
+
+            def write(fh: Any, keep: list[bytes] = keep) -> None:
+                writer = RecordWriter(fh)
+                for record in keep:
+                    writer.write(record)
+
+            _atomic_write(path, write)
+    return dropped
+
+
 def _log_hparams(writer: Any, hparams: dict[str, Any], metric_tags: Sequence[str]) -> None:
     """Write the hparams plugin summaries into the run itself (not a timestamped sub-run), so
     the HParams dashboard links each run to its own scalar tags."""
@@ -135,13 +178,16 @@ def execute_run(
         except (OSError, ValueError):
             pass  # unreadable result: train again
     state = None
+    unusable: tuple[str, str] | None = None  # (file suffix, reason) of a checkpoint set aside
     if opts.resume and ckpt_path.is_file():
         try:
             state = load_checkpoint(ckpt_path)
+        except Exception as exc:  # any unreadable file: say so, keep it, start over
+            unusable = ("corrupt", f"unreadable: {type(exc).__name__}: {exc}"[:300])
+        else:
             if state.get("spec") != spec:
-                state = None  # a different experiment lived here: start over
-        except Exception:  # a checkpoint we cannot read is no better than none
-            state = None
+                state = None
+                unusable = ("other-spec", "saved by a run with a different spec")
     device = resolve_device(opts.device)
     if opts.threads:
         torch.set_num_threads(opts.threads)
@@ -152,15 +198,27 @@ def execute_run(
     step_losses = torch.full((epochs * spe,), float("nan"))
     history: dict[str, list[float]] = {}
     start_epoch, elapsed = 0, 0.0
+    # checkpoints found unusable by this or an earlier attempt of the run (kept on disk)
+    discarded: list[dict[str, str]] = []
+    if unusable is not None:
+        kept = _set_aside(ckpt_path, unusable[0])
+        log.warning(
+            "%s: %s checkpoint (%s); kept as %s, training from epoch 1",
+            run_id(spec), unusable[0], unusable[1], kept,
+        )
+        discarded.append({"file": kept, "reason": unusable[1]})
     if state is not None:
         task.load_state_dict(state["task"])
         history = {k: list(v) for k, v in state["history"].items()}
         step_losses = state["step_losses"].clone()
         start_epoch, elapsed = int(state["epoch"]), float(state["elapsed"])
+        discarded = list(state.get("discarded_checkpoints", []))
+        if "events_until" in state:
+            _purge_events_after(run_dir, float(state["events_until"]))
     else:
         _clear_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    # purge_step drops events a killed attempt logged after its last checkpoint.
+    # (purge_step also tells TensorBoard to hide them, for checkpoints without events_until)
     writer = SummaryWriter(
         str(run_dir), purge_step=start_epoch * spe + 1 if state is not None else None
     )
@@ -200,6 +258,7 @@ def execute_run(
             for k, v in metrics.items():
                 writer.add_scalar(k, v, epoch)
             writer.flush()  # events up to this checkpoint must survive a SIGKILL
+            events_until = time.time()  # events after this belong to a later epoch
             save_checkpoint(
                 ckpt_path,
                 {
@@ -210,6 +269,8 @@ def execute_run(
                     "task": task.state_dict(),
                     "history": history,
                     "step_losses": step_losses,
+                    "events_until": events_until,
+                    "discarded_checkpoints": discarded,
                 },
             )
             if on_progress is not None:
@@ -226,6 +287,10 @@ def execute_run(
         "wall_time_s": elapsed,
         "final": {k: v[-1] for k, v in history.items()},
         "best_test_accuracy": max(acc) if acc else None,
+        # where this attempt started: None = from scratch, else the checkpointed epoch
+        "resumed_from_epoch": start_epoch if state is not None else None,
+        "epochs_trained": epochs - start_epoch,  # by this attempt
+        "discarded_checkpoints": discarded,
         "device": str(device),
         "torch": torch.__version__,
     }

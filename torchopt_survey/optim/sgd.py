@@ -131,10 +131,11 @@ class SGD(SurveyOptimizer):
         buf = ops.clone(grad) if buf is None else ops.add_(ops.mul_(buf, momentum), grad, damped)
         state["momentum_buffer"] = buf
         if hp["nesterov"]:
-            # theta -= lr (g + mu b) as two in-place passes: no temporary the size of the
-            # parameters (torch.optim allocates g + mu b)
-            param = ops.add_(param, grad, alpha=-lr)
-            return ops.add_(param, buf, alpha=-lr * momentum)
+            # theta -= lr (g + mu b) with torch.optim's operations, so the result is bitwise
+            # torch's: g + mu b is rounded first. Out of place on every path: torch's foreach
+            # adds into the gradients, but a gradient is read-only to our optimizers.
+            grad = ops.add(grad, buf, alpha=momentum)
+            return ops.add_(param, grad, alpha=-lr)
         return ops.add_(param, buf, alpha=-lr)
 
 

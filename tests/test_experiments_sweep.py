@@ -175,3 +175,12 @@ def test_sweep_tunes_on_validation_and_marks_failures(tmp_path: Path, data_dir: 
     assert [b for b in report["best"] if b["optimizer"] == "adam"][0]["seeds"] == 0
     assert "sgd" in (out / "sweep_best.md").read_text()
     assert report["timing"]["vectorized_programs"] >= 1
+    assert (out / "sensitivity_mnist_mnist-minibatch.png").stat().st_size > 0
+    claims = (out / "sweep_claims.md").read_text()
+    assert "paper (lr 0.01)" not in claims or "tuned on validation" in claims
+    assert "| sgd |" in (out / "sweep_targets.md").read_text()
+    # `report` on the sweep's logdir: the sweep's figures and tables, no per-setting rows
+    assert cli.main(["report", "--logdir", str(tmp_path / "runs"), "--out",
+                     str(tmp_path / "rep"), "--quiet"]) == 0
+    assert (tmp_path / "rep" / "sweep_claims.md").is_file()
+    assert not (tmp_path / "rep" / "results.md").exists()

@@ -409,6 +409,9 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     timing["vectorize"] = args.vectorize
     out = Path(args.logdir) / "sweep"
     paths = write_tables(rows, timing, out)
+    from .sweep import write_sweep_report
+
+    paths += write_sweep_report(out / "sweep.json", out)
     failed = sum(r["status"] != "ok" for r in rows)
     log(f"sweep: {len(rows) - failed} runs ok, {failed} failed, "
         f"{timing['wall_time_s']:.1f} s; tables in {out}")

@@ -429,11 +429,24 @@ def write_figures(groups: Group, out: Path) -> list[Path]:
 
 
 def write_report(logdir: str | os.PathLike[str], out: str | os.PathLike[str]) -> list[Path]:
-    """Write figures, ``results.md``, ``results.csv`` and ``claims.md`` into ``out``."""
-    groups = group_runs(load_results(logdir))
-    rows = summarize(groups)
+    """Write figures, ``results.md``, ``results.csv`` and ``claims.md`` into ``out``; for a
+    sweep under ``logdir`` also its sensitivity figures, two-protocol claims and targets."""
     outp = Path(out)
-    paths = write_figures(groups, outp)
+    sweep_paths: list[Path] = []
+    sweep_json = Path(logdir) / "sweep" / "sweep.json"
+    if sweep_json.is_file():
+        from .sweep import write_sweep_report
+
+        sweep_paths = write_sweep_report(sweep_json, outp)
+    # (a sweep's runs are summarised by the sweep's own tables, not one row per setting)
+    results = [r for r in load_results(logdir) if "sweep" not in r["spec"]]
+    if not results:
+        if sweep_paths:
+            return sweep_paths
+        raise ValueError(f"--logdir: no finished runs (no {RESULT}) under {logdir}")
+    groups = group_runs(results)
+    rows = summarize(groups)
+    paths = sweep_paths + write_figures(groups, outp)
     for name, text in (
         ("results.csv", table_csv(rows)),
         ("results.md", table_markdown(rows)),

@@ -365,3 +365,130 @@ def write_tables(rows: Sequence[dict[str, Any]], timing: dict[str, Any], out: Pa
 
 def default_log(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------ report
+def _claim_rows(best: Sequence[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
+    """Rows in :func:`report.claim_verdict`'s shape for one protocol (``test`` or
+    ``paper_test``)."""
+    rows = []
+    for b in best:
+        if f"{prefix}_mean" not in b:
+            continue
+        tests = b.get("tests" if prefix == "test" else "paper_tests", [])
+        rows.append({"optimizer": b["optimizer"], "seeds": len(tests),
+                     "final_test_mean": b[f"{prefix}_mean"],
+                     "final_test_std": b[f"{prefix}_std"]})
+    return rows
+
+
+def claims_two_protocols(best: Sequence[dict[str, Any]]) -> str:
+    """The first survey's claims at the paper's lr 0.01 and at each optimizer's tuned setting,
+    with the report's Welch-test verdicts."""
+    from .report import ADAPTIVE, ALPHA, MNIST_LOSERS, MNIST_WINNERS, TEST_NAME, claim_verdict
+
+    out = ["| claim | data | protocol | verdict | evidence (test, seed mean %) |",
+           "|---|---|---|---|---|"]
+    by: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for b in best:
+        by[(b["experiment"], b["base"])].append(b)
+    for (exp, base), rows in sorted(by.items()):
+        if exp == "mnist":
+            claim, winners, losers = ("Adagrad/AMSGrad/Adam beat Momentum/NAG/RMSProp",
+                                      MNIST_WINNERS, MNIST_LOSERS)
+        else:
+            claim, winners, losers = ("adaptive methods win (ROC-AUC)", ADAPTIVE,
+                                      ("sgd", "momentum", "nag"))
+        for label, prefix in (("paper (lr 0.01)", "paper_test"),
+                              ("tuned on validation", "test")):
+            res = claim_verdict(_claim_rows(rows, prefix), winners, losers, "final_test")
+            if res is not None:
+                out.append(f"| {claim} | {exp} {base} | {label} | **{res[0]}** | {res[1]} |")
+    out.append(f"\nVerdicts as in claims.md: a pair holds when the winner's mean is higher and "
+               f"{TEST_NAME} gives p < {ALPHA}. Tuned: each optimizer at the setting with the "
+               "best seed-mean validation metric; both protocols report test metrics.")
+    return "\n".join(out) + "\n"
+
+
+def target_table(rows: Sequence[dict[str, Any]], best: Sequence[dict[str, Any]]) -> str:
+    """Time and steps to the validation target per optimizer at its tuned setting."""
+    chosen = {(b["experiment"], b["base"], b["optimizer"]): b.get("best_setting")
+              for b in best}
+    out = ["| experiment | base | optimizer | setting | target (val) | reached | "
+           "steps to target (mean) | seconds to target (mean) |",
+           "|---|---|---|---|---:|---:|---:|---:|"]
+    by: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r["status"] == "ok" and chosen.get((r["experiment"], r["base"], r["optimizer"])) \
+                == r["setting"]:
+            by[(r["experiment"], r["base"], r["optimizer"], r["setting"])].append(r)
+    for (exp, base, opt, setting), runs in sorted(by.items()):
+        hit = [r for r in runs if r["steps_to_target"] is not None]
+        steps = _mean_std([r["steps_to_target"] for r in hit])[0] if hit else math.nan
+        secs = _mean_std([r["seconds_to_target"] for r in hit])[0] if hit else math.nan
+        out.append(f"| {exp} | {base} | {opt} | {setting} | {TARGETS[exp]} | "
+                   f"{len(hit)}/{len(runs)} | {_fmt(steps)} | {_fmt(secs)} |")
+    out.append("\nSteps and seconds until the validation metric first reaches the target "
+               "(checked once per epoch; seconds of a vectorised run are its share, 1/N, of "
+               "the program's time).")
+    return "\n".join(out) + "\n"
+
+
+def sensitivity_figure(rows: Sequence[dict[str, Any]], out: Path) -> list[Path]:
+    """Final validation metric against learning rate, one curve per optimizer, band over
+    seeds (mean ± std), one figure per (experiment, base)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .report import _color
+
+    paths = []
+    by: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r["status"] == "ok" and r["val"] is not None and r["setting"].count("=") == 1:
+            by[(r["experiment"], r["base"])].append(r)  # lr-only settings
+    for (exp, base), runs in sorted(by.items()):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        opts = [o for o in OPTIMIZERS if any(r["optimizer"] == o for r in runs)]
+        for opt in opts:
+            per_lr: dict[float, list[float]] = defaultdict(list)
+            for r in runs:
+                if r["optimizer"] == opt and math.isfinite(r["val"]):
+                    per_lr[r["lr"]].append(r["val"])
+            lrs = sorted(per_lr)
+            stats = [_mean_std(per_lr[lr]) for lr in lrs]
+            mean = [m for m, _ in stats]
+            color = _color(opt)
+            ax.plot(lrs, mean, marker="o", ms=3, label=opt, color=color)
+            ax.fill_between(lrs, [m - s for m, s in stats], [m + s for m, s in stats],
+                            color=color, alpha=0.15)
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel(f"final {METRICS[exp][0]}")
+        ax.set_title(f"{exp} {base}: learning-rate sensitivity (mean ± std over seeds)")
+        ax.axvline(PAPER_LR, color="grey", lw=0.8, ls=":")
+        ax.legend(fontsize=7, ncol=2)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = out / f"sensitivity_{exp}_{base}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def write_sweep_report(sweep_json: Path, out: Path) -> list[Path]:
+    """Figures and tables of a finished sweep (``LOGDIR/sweep/sweep.json``) into ``out``."""
+    from .checkpoint import load_json
+
+    data = load_json(sweep_json)
+    rows, best = data["rows"], data["best"]
+    out.mkdir(parents=True, exist_ok=True)
+    paths = sensitivity_figure(rows, out)
+    for name, text in (("sweep_claims.md", claims_two_protocols(best)),
+                       ("sweep_targets.md", target_table(rows, best))):
+        (out / name).write_text(text)
+        paths.append(out / name)
+    return paths

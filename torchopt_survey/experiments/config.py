@@ -17,6 +17,12 @@ import yaml
 from .data import DATASETS
 from .models import ACTIVATIONS, LINK_MODELS
 from .registry import OPTIMIZER_NAMES, resolve_optimizer_names
+from .techniques import (
+    KARATE_TECHNIQUE_DEFAULTS,
+    MNIST_TECHNIQUE_DEFAULTS,
+    check_hidden,
+    validate_techniques,
+)
 
 EXPERIMENTS = ("mnist", "karate")
 
@@ -44,9 +50,6 @@ MNIST_DEFAULTS: dict[str, Any] = {
     "test_subset": None,
     "eval_batch_size": 10000,
     "compile": False,
-    # hold out the last N training images as a validation split (val/accuracy, val/loss);
-    # 0: none (the paper). The sweep chooses its settings on it.
-    "val_split": 0,
     # Regimes of the first survey, all with the same optimizer options: batch_size "full" is
     # full-batch gradient descent (one step per epoch).
     "regimes": {
@@ -54,6 +57,8 @@ MNIST_DEFAULTS: dict[str, Any] = {
         "sgd": {"batch_size": 1, "optimizers": ["sgd"], "log_every": 100},
         "minibatch": {"batch_size": 64, "optimizers": ["all"]},
     },
+    # §V techniques (init, norm, dropout, l1/l2, clipping, val_split/early_stopping, ...).
+    **MNIST_TECHNIQUE_DEFAULTS,
 }
 
 # Keys a regime may set; missing ones fall back to the top level.
@@ -72,6 +77,7 @@ KARATE_DEFAULTS: dict[str, Any] = {
     "hidden": 32,
     "val_ratio": 0.1,
     "test_ratio": 0.2,
+    **KARATE_TECHNIQUE_DEFAULTS,
 }
 
 DEFAULTS: dict[str, dict[str, Any]] = {"mnist": MNIST_DEFAULTS, "karate": KARATE_DEFAULTS}
@@ -184,12 +190,13 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(cfg["fused"], bool):
         raise ValueError(f"fused: expected true or false, got {cfg['fused']!r}")
     if exp == "mnist":
-        _check_choice("dataset", str(cfg["dataset"]).lower(), tuple(DATASETS))
-        cfg["dataset"] = str(cfg["dataset"]).lower()
+        # torchvision's spelling too: FashionMNIST, Fashion-MNIST, KMNIST ...
+        dataset = str(cfg["dataset"]).lower().replace("-", "").replace("_", "")
+        _check_choice("dataset", dataset, tuple(DATASETS))
+        cfg["dataset"] = dataset
         _check_choice("activation", cfg["activation"], tuple(ACTIVATIONS))
-        _check_int(cfg, "hidden")
+        check_hidden(cfg["hidden"])
         _check_int(cfg, "eval_batch_size")
-        _check_int(cfg, "val_split", minimum=0)
         for key in ("train_subset", "test_subset"):
             if cfg[key] is not None:
                 _check_int(cfg, key)
@@ -236,4 +243,5 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
                 raise ValueError(f"{key}: expected a fraction in (0, 0.5), got {v!r}")
         if cfg["edge_list"] is not None:
             cfg["edge_list"] = str(cfg["edge_list"])
+    validate_techniques(cfg)
     return cfg

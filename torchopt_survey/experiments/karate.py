@@ -15,6 +15,8 @@ from .checkpoint import ModelOptimizerState
 from .data import load_graph
 from .models import GCNLinkModel, PaperLinkModel
 from .registry import build_optimizer, optimizer_hparams
+from .techniques import Techniques, init_weights, option, technique_spec, variant_suffix
+from .techniques import hparams as technique_hparams
 
 
 def expand(cfg: dict[str, Any]) -> list[dict[str, Any]]:
@@ -32,7 +34,7 @@ def expand(cfg: dict[str, Any]) -> list[dict[str, Any]]:
                 specs.append(
                     {
                         "experiment": "karate",
-                        "variant": f"{graph}-{model}",
+                        "variant": f"{graph}-{model}{variant_suffix(cfg)}",
                         "graph": graph,
                         "edge_list": cfg["edge_list"],
                         "model": model,
@@ -46,6 +48,7 @@ def expand(cfg: dict[str, Any]) -> list[dict[str, Any]]:
                         "hidden": cfg["hidden"],
                         "val_ratio": cfg["val_ratio"],
                         "test_ratio": cfg["test_ratio"],
+                        **technique_spec(cfg),
                     }
                 )
     return specs
@@ -101,18 +104,22 @@ class KarateTask(ModelOptimizerState):
         self.num_nodes = int(graph.num_nodes)
         self.steps_per_epoch = 1
         torch.manual_seed(spec["seed"])
+        dropout = float(option(spec, "dropout"))
         if spec["model"] == "paper":
             self.model: torch.nn.Module = PaperLinkModel(
-                self.num_nodes, spec["embedding_dim"], spec["channels"]
+                self.num_nodes, spec["embedding_dim"], spec["channels"], dropout
             )
         else:
             self.model = GCNLinkModel(
-                graph.num_features, spec["hidden"], spec["embedding_dim"], spec["decoder"]
+                graph.num_features, spec["hidden"], spec["embedding_dim"], spec["decoder"], dropout
             )
+        # Both models use ReLU between layers.
+        init_weights(self.model, option(spec, "init"), "relu", float(option(spec, "init_gain")))
         self.model.to(device)
         self.optimizer = build_optimizer(
             spec["optimizer"], self.model.parameters(), spec["optimizer_kwargs"]
         )
+        self.tech = Techniques(spec, self.model, self.optimizer)
         # Fixed negatives for measuring train accuracy/AUC, so the curve is not sampling noise.
         self.train_eval_pairs, self.train_eval_labels = self._with_negatives(seed_offset=-1)
 
@@ -132,7 +139,32 @@ class KarateTask(ModelOptimizerState):
         s = self.spec
         hp = {k: s[k] for k in ("graph", "model", "optimizer", "seed", "epochs", "embedding_dim")}
         hp.update({f"opt/{k}": v for k, v in s["optimizer_kwargs"].items()})
+        hp.update(technique_hparams(s))
         return hp
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "techniques": self.tech.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.tech.load_state_dict(state.get("techniques", {}))
+
+    # -- hooks the runner calls (techniques.py does the work)
+    @property
+    def stop(self) -> bool:
+        return self.tech.stop
+
+    def end_epoch(self, epoch: int, metrics: dict[str, float]) -> dict[str, float]:
+        return self.tech.end_epoch(epoch, metrics)
+
+    def histograms(self) -> dict[str, torch.Tensor]:
+        return self.tech.histograms()
+
+    def finish(self) -> dict[str, Any]:
+        extra = self.tech.finish()
+        if extra:  # early stopping restored the best weights (chosen on validation edges)
+            extra["final"] = self.evaluate()
+        return extra
 
     def _logits(self, data: Any, pairs: torch.Tensor) -> torch.Tensor:
         # Message passing only over training edges: val/test edges stay unseen.
@@ -145,11 +177,13 @@ class KarateTask(ModelOptimizerState):
         pairs, labels = self._with_negatives(seed_offset=epoch)
         self.optimizer.zero_grad(set_to_none=True)
         loss = F.binary_cross_entropy_with_logits(self._logits(self.train, pairs), labels)
+        loss = self.tech.loss(loss)
         loss.backward()
+        self.tech.after_backward()
         self.optimizer.step()
         losses[0] = loss.detach().cpu()
         progress(1, float(losses[0]))
-        return {"train/loss_epoch": float(losses[0])}
+        return {"train/loss_epoch": float(losses[0]), **self.tech.epoch_metrics()}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

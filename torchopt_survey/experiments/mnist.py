@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -12,40 +11,28 @@ from torch.nn import functional as F
 
 from .checkpoint import ModelOptimizerState
 from .data import ImageData, load_image_dataset
-from .models import make_mlp
 from .registry import build_optimizer, optimizer_hparams
+from .techniques import (
+    Techniques,
+    build_mlp,
+    init_weights,
+    option,
+    technique_spec,
+    val_split_indices,
+    variant_suffix,
+)
+from .techniques import hparams as technique_hparams
 
 _DATA_CACHE: dict[tuple[Any, ...], ImageData] = {}
 
 
-@dataclasses.dataclass
-class SplitImageData(ImageData):
-    """An image dataset whose last ``val_split`` training images are held out for validation.
-
-    (Issue #10's own minimal ``val_split``, to be unified with #9's validation split.)
-    """
-
-    x_val: torch.Tensor | None = None
-    y_val: torch.Tensor | None = None
-
-
 def get_data(spec: dict[str, Any], data_dir: str | None, device: torch.device) -> ImageData:
     """Load (once per process) the dataset a run spec asks for."""
-    val = int(spec.get("val_split") or 0)
-    key = (spec["dataset"], data_dir, str(device), spec["train_subset"], spec["test_subset"], val)
+    key = (spec["dataset"], data_dir, str(device), spec["train_subset"], spec["test_subset"])
     if key not in _DATA_CACHE:
-        data = load_image_dataset(
+        _DATA_CACHE[key] = load_image_dataset(
             spec["dataset"], data_dir, device, spec["train_subset"], spec["test_subset"]
         )
-        if val:
-            n = data.x_train.shape[0]
-            if val >= n:
-                raise ValueError(f"val_split: {val} held-out images leave none of the {n} "
-                                 "training images to train on")
-            data = SplitImageData(
-                data.name, data.x_train[: n - val], data.y_train[: n - val], data.x_test,
-                data.y_test, data.x_train[n - val :], data.y_train[n - val :])
-        _DATA_CACHE[key] = data
     return _DATA_CACHE[key]
 
 
@@ -64,7 +51,7 @@ def expand(cfg: dict[str, Any]) -> list[dict[str, Any]]:
                 specs.append(
                     {
                         "experiment": "mnist",
-                        "variant": f"{cfg['dataset']}-{regime}",
+                        "variant": f"{cfg['dataset']}-{regime}{variant_suffix(cfg)}",
                         "dataset": cfg["dataset"],
                         "regime": regime,
                         "batch_size": rspec["batch_size"],
@@ -79,8 +66,8 @@ def expand(cfg: dict[str, Any]) -> list[dict[str, Any]]:
                         "test_subset": cfg["test_subset"],
                         "eval_batch_size": cfg["eval_batch_size"],
                         "compile": cfg["compile"],
-                        # (only when set: older runs' specs stay equal for --resume)
-                        **({"val_split": cfg["val_split"]} if cfg["val_split"] else {}),
+                        # Only the technique options that differ from their defaults.
+                        **technique_spec(cfg),
                     }
                 )
     return specs
@@ -93,17 +80,28 @@ class MnistTask(ModelOptimizerState):
         self.spec = spec
         self.device = device
         self.data = get_data(spec, data_dir, device)
-        n = self.data.x_train.shape[0]
+        self._split_and_scale()
+        n = self.x_train.shape[0]
         bs = spec["batch_size"]
         self.batch_size = n if bs == "full" or bs >= n else int(bs)
         self.steps_per_epoch = math.ceil(n / self.batch_size)
         torch.manual_seed(spec["seed"])
-        self.model = make_mlp(
-            self.data.num_features, spec["hidden"], self.data.num_classes, spec["activation"]
-        ).to(device)
+        self.model = build_mlp(
+            self.data.num_features,
+            spec["hidden"],
+            self.data.num_classes,
+            spec["activation"],
+            option(spec, "norm"),
+            float(option(spec, "dropout")),
+        )
+        init_weights(
+            self.model, option(spec, "init"), spec["activation"], float(option(spec, "init_gain"))
+        )
+        self.model.to(device)
         self.optimizer = build_optimizer(
             spec["optimizer"], self.model.parameters(), spec["optimizer_kwargs"]
         )
+        self.tech = Techniques(spec, self.model, self.optimizer)
         # torch.compile pays off on GPUs (fused kernels); on CPU it was measured slower for this
         # small MLP, so it is opt-in.
         self._forward = torch.compile(self.model) if spec["compile"] else self.model
@@ -115,13 +113,61 @@ class MnistTask(ModelOptimizerState):
         hp.update({k: s[k] for k in ("dataset", "epochs", "activation")})
         hp["batch_size"] = self.batch_size
         hp.update({f"opt/{k}": v for k, v in s["optimizer_kwargs"].items()})
+        hp["hidden"] = str(s["hidden"])
+        hp.update(technique_hparams(s))
         return hp
+
+    def _split_and_scale(self) -> None:
+        """Training/validation tensors (seeded split of the training set) and, with
+        ``normalize_inputs``, standardisation by the training part's pixel mean and std."""
+        d = self.data
+        self.x_train, self.y_train = d.x_train, d.y_train
+        self.x_val: torch.Tensor | None = None
+        self.y_val: torch.Tensor | None = None
+        frac = option(self.spec, "val_split")
+        if frac is not None:
+            tr, va = val_split_indices(d.x_train.shape[0], float(frac), self.spec["seed"])
+            tr, va = tr.to(d.x_train.device), va.to(d.x_train.device)
+            self.x_train, self.y_train = d.x_train[tr], d.y_train[tr]
+            self.x_val, self.y_val = d.x_train[va], d.y_train[va]
+        self.x_test = d.x_test
+        if option(self.spec, "normalize_inputs"):
+            mean, std = self.x_train.mean(), self.x_train.std()
+            self.x_train = (self.x_train - mean) / std
+            self.x_test = (self.x_test - mean) / std
+            if self.x_val is not None:
+                self.x_val = (self.x_val - mean) / std
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "techniques": self.tech.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.tech.load_state_dict(state.get("techniques", {}))
+
+    # -- hooks the runner calls (techniques.py does the work)
+    @property
+    def stop(self) -> bool:
+        return self.tech.stop
+
+    def end_epoch(self, epoch: int, metrics: dict[str, float]) -> dict[str, float]:
+        return self.tech.end_epoch(epoch, metrics)
+
+    def histograms(self) -> dict[str, torch.Tensor]:
+        return self.tech.histograms()
+
+    def finish(self) -> dict[str, Any]:
+        extra = self.tech.finish()
+        if extra:  # best weights restored: their metrics are the run's final ones
+            extra["final"] = self.evaluate()
+        return extra
 
     # -- training
     def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self._forward(xb), yb)
+        loss = self.tech.loss(F.cross_entropy(self._forward(xb), yb))
         loss.backward()
+        self.tech.after_backward()
         self.optimizer.step()
         return loss.detach()
 
@@ -130,7 +176,7 @@ class MnistTask(ModelOptimizerState):
     ) -> dict[str, float]:
         """Run one epoch; writes each step's loss into ``losses`` (a CPU view of length
         ``steps_per_epoch``) and calls ``progress(steps_done, last_loss)`` now and then."""
-        x, y = self.data.x_train, self.data.y_train
+        x, y = self.x_train, self.y_train
         n, bs = x.shape[0], self.batch_size
         self.model.train()
         # A fresh generator per (seed, epoch) makes the shuffle independent of how the run got
@@ -153,24 +199,26 @@ class MnistTask(ModelOptimizerState):
             if (i + 1) % every == 0:
                 progress(i + 1, float(buf[i]))
         losses.copy_(buf.cpu())
-        return {"train/loss_epoch": float(losses.double().mean())}
+        return {"train/loss_epoch": float(losses.double().mean()), **self.tech.epoch_metrics()}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
+        out = self._evaluate_set("test", self.x_test, self.data.y_test)
+        if self.x_val is not None and self.y_val is not None:
+            out.update(self._evaluate_set("val", self.x_val, self.y_val))
+        if option(self.spec, "eval_train"):
+            out.update(self._evaluate_set("train", self.x_train, self.y_train))
+        return out
+
+    @torch.no_grad()
+    def _evaluate_set(self, name: str, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         self.model.eval()
-        splits = [("test", self.data.x_test, self.data.y_test)]
-        if getattr(self.data, "x_val", None) is not None:
-            splits.append(("val", self.data.x_val, self.data.y_val))
-        metrics: dict[str, float] = {}
-        for name, x, y in splits:
-            correct = torch.zeros((), device=self.device, dtype=torch.long)
-            loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-            step = self.spec["eval_batch_size"]
-            for i in range(0, x.shape[0], step):
-                out = self.model(x[i : i + step])
-                loss_sum += F.cross_entropy(out, y[i : i + step], reduction="sum").double()
-                correct += (out.argmax(1) == y[i : i + step]).sum()
-            n = x.shape[0]
-            metrics[f"{name}/accuracy"] = float(correct) / n
-            metrics[f"{name}/loss"] = float(loss_sum) / n
-        return metrics
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        step = self.spec["eval_batch_size"]
+        for i in range(0, x.shape[0], step):
+            out = self.model(x[i : i + step])
+            loss_sum += F.cross_entropy(out, y[i : i + step], reduction="sum").double()
+            correct += (out.argmax(1) == y[i : i + step]).sum()
+        n = x.shape[0]
+        return {f"{name}/accuracy": float(correct) / n, f"{name}/loss": float(loss_sum) / n}

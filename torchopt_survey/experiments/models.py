@@ -31,8 +31,11 @@ class PaperLinkModel(nn.Module):
     """The link-prediction survey's network: embeddings of both end nodes, two 1-D convolutions,
     global max pooling, a fully connected layer and a sigmoid (applied in the loss as logits)."""
 
-    def __init__(self, num_nodes: int, embedding_dim: int = 16, channels: int = 16) -> None:
+    def __init__(
+        self, num_nodes: int, embedding_dim: int = 16, channels: int = 16, dropout: float = 0.0
+    ) -> None:
         super().__init__()
+        self.dropout = nn.Dropout(dropout)  # after each convolution's ReLU (0: identity)
         self.embedding = nn.Embedding(num_nodes, embedding_dim)
         # The two end-node embeddings are the two input channels of a length-``embedding_dim``
         # sequence, so the convolution mixes the pair at each embedding position.
@@ -46,8 +49,8 @@ class PaperLinkModel(nn.Module):
         """Logits for node pairs ``pairs`` (2, B); ``x``/``edge_index`` are unused (no message
         passing in this architecture) but keep one call signature for all link models."""
         h = torch.stack([self.embedding(pairs[0]), self.embedding(pairs[1])], dim=1)
-        h = torch.relu(self.conv1(h))
-        h = torch.relu(self.conv2(h))
+        h = self.dropout(torch.relu(self.conv1(h)))
+        h = self.dropout(torch.relu(self.conv2(h)))
         h = torch.amax(h, dim=2)  # global max pooling over embedding positions
         return self.fc(h).squeeze(-1)
 
@@ -56,9 +59,15 @@ class GCNLinkModel(nn.Module):
     """Two-layer GCN encoder with a dot-product or MLP edge decoder."""
 
     def __init__(
-        self, in_channels: int, hidden: int = 32, out_channels: int = 16, decoder: str = "dot"
+        self,
+        in_channels: int,
+        hidden: int = 32,
+        out_channels: int = 16,
+        decoder: str = "dot",
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        self.dropout = nn.Dropout(dropout)  # after the first convolution's ReLU (0: identity)
         from torch_geometric.nn import GCNConv
 
         if decoder not in ("dot", "mlp"):
@@ -73,7 +82,7 @@ class GCNLinkModel(nn.Module):
         )
 
     def encode(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-        return self.conv2(torch.relu(self.conv1(x, edge_index)), edge_index)
+        return self.conv2(self.dropout(torch.relu(self.conv1(x, edge_index))), edge_index)
 
     def forward(
         self, x: torch.Tensor, edge_index: torch.Tensor, pairs: torch.Tensor

@@ -431,6 +431,8 @@ def write_figures(groups: Group, out: Path) -> list[Path]:
 def write_report(logdir: str | os.PathLike[str], out: str | os.PathLike[str]) -> list[Path]:
     """Write figures, ``results.md``, ``results.csv`` and ``claims.md`` into ``out``; for a
     sweep under ``logdir`` also its sensitivity figures, two-protocol claims and targets."""
+    from . import report_techniques
+
     outp = Path(out)
     sweep_paths: list[Path] = []
     sweep_json = Path(logdir) / "sweep" / "sweep.json"
@@ -444,14 +446,15 @@ def write_report(logdir: str | os.PathLike[str], out: str | os.PathLike[str]) ->
         if sweep_paths:
             return sweep_paths
         raise ValueError(f"--logdir: no finished runs (no {RESULT}) under {logdir}")
-    groups = group_runs(results)
+    # Runs with §V technique options get their own figures and claim tables.
+    tech_paths, tech_claims = report_techniques.write(results, outp)
+    groups = group_runs(r for r in results if not report_techniques.is_technique_run(r))
     rows = summarize(groups)
     paths = sweep_paths + write_figures(groups, outp)
-    for name, text in (
-        ("results.csv", table_csv(rows)),
-        ("results.md", table_markdown(rows)),
-        ("claims.md", claims_markdown(rows)),
-    ):
+    texts = [("claims.md", (claims_markdown(rows) if rows else "") + tech_claims)]
+    if rows:
+        texts = [("results.csv", table_csv(rows)), ("results.md", table_markdown(rows)), *texts]
+    for name, text in texts:
         _atomic_text(outp / name, text)
         paths.append(outp / name)
-    return paths
+    return paths + tech_paths

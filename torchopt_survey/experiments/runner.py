@@ -230,6 +230,8 @@ def execute_run(
             _log_hparams(writer, task.hparams(), metric_tags)
         log_every = int(spec.get("log_every", 1))
         for epoch in range(start_epoch + 1, epochs + 1):
+            if getattr(task, "stop", False):  # early stopping (also after a resume)
+                break
             t0 = time.perf_counter()
             base = (epoch - 1) * spe
 
@@ -248,6 +250,11 @@ def execute_run(
             elapsed += epoch_time
             metrics["time/epoch_seconds"] = epoch_time
             metrics["time/train_seconds"] = train_time
+            # Task hooks of the §V techniques (scheduler, early stopping, gradient histograms).
+            if hasattr(task, "end_epoch"):
+                metrics.update(task.end_epoch(epoch, metrics))
+            for tag, values in getattr(task, "histograms", dict)().items():
+                writer.add_histogram(tag, values, epoch)
             for k, v in metrics.items():
                 history.setdefault(k, []).append(v)
             # Per-step loss (as the mean of each log_every window) on the global-step axis.
@@ -277,6 +284,9 @@ def execute_run(
                 on_progress({"step": base + spe, "epoch": epoch, "total": epochs * spe, **metrics})
     finally:
         writer.close()
+    # An early-stopped run has fewer epochs than planned: drop the steps never taken.
+    step_losses = step_losses[: len(history.get("train/loss_epoch", [])) * spe]
+    extra = task.finish() if hasattr(task, "finish") else {}
     xs, ys = _downsample(step_losses)
     acc = history.get("test/accuracy", [])
     result = {
@@ -294,6 +304,9 @@ def execute_run(
         "device": str(device),
         "torch": torch.__version__,
     }
+    # Early stopping: the restored best weights' metrics are the final ones.
+    result["final"].update(extra.pop("final", {}))
+    result.update(extra)
     save_json(result_path, result)
     return {**result, "skipped": False}
 

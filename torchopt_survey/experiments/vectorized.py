@@ -37,9 +37,18 @@ def _float_hparams(kwargs: dict[str, Any]) -> dict[str, Any]:
             if isinstance(v, float | int) and not isinstance(v, bool)}
 
 
+def _techniques(spec: dict[str, Any]) -> list[str]:
+    """§V technique options of an MNIST run that the vectorised program does not implement
+    (a validation split it does)."""
+    from .techniques import technique_defaults
+
+    return [k for k in technique_defaults("mnist") if k in spec and k not in ("val_split",
+                                                                          "name")]
+
+
 def group_key(spec: dict[str, Any]) -> tuple | None:
     """What runs must share to be one program (None: this run cannot be vectorised)."""
-    if spec["experiment"] != "mnist" or spec.get("compile"):
+    if spec["experiment"] != "mnist" or spec.get("compile") or _techniques(spec):
         return None
     shared = {k: v for k, v in spec.items() if k not in _PER_REPLICA_KEYS}
     kwargs = spec["optimizer_kwargs"]
@@ -51,6 +60,8 @@ def group_key(spec: dict[str, Any]) -> tuple | None:
 def why_not(spec: dict[str, Any]) -> str:
     if spec["experiment"] != "mnist":
         return f"{spec['experiment']} runs are not vectorised (graph models: PyG message passing)"
+    if _techniques(spec):
+        return f"runs with {', '.join(_techniques(spec))} are not vectorised"
     return "compile=True runs are not vectorised"
 
 
@@ -110,15 +121,30 @@ class VectorMnist:
     def __init__(self, specs: Sequence[dict[str, Any]], device: torch.device,
                  data_dir: str | None) -> None:
         from .mnist import MnistTask
+        from .techniques import option, val_split_indices
 
         self.specs = list(specs)
         self.n = len(specs)
-        # each replica's model exactly as its separate run builds it (seeded init)
-        singles = [MnistTask(spec, device, data_dir) for spec in self.specs]
+        # each replica's model exactly as its separate run builds it (seeded init); their
+        # copies of the split data are dropped: the program gathers from the shared set
+        singles = []
+        for spec in self.specs:
+            task = MnistTask(spec, device, data_dir)
+            task.x_train = task.y_train = task.x_val = task.y_val = None  # type: ignore[assignment]
+            singles.append(task)
         self.singles = singles
         self.data = singles[0].data
         self.batch_size = singles[0].batch_size
         self.steps_per_epoch = singles[0].steps_per_epoch
+        n_all = self.data.x_train.shape[0]
+        frac = option(self.specs[0], "val_split")
+        # per replica, indices into the shared training set: its seed's train/val split
+        self.train_idx: torch.Tensor | None = None
+        self.val_idx: torch.Tensor | None = None
+        if frac is not None:
+            splits = [val_split_indices(n_all, float(frac), s["seed"]) for s in self.specs]
+            self.train_idx = torch.stack([tr for tr, _ in splits]).to(device)
+            self.val_idx = torch.stack([va for _, va in splits]).to(device)
         self.skeleton = copy.deepcopy(singles[0].model).to("meta")
         params, buffers = stack_module_state([t.model for t in singles])
         self.params = {k: v.detach().requires_grad_() for k, v in params.items()}
@@ -153,7 +179,8 @@ class VectorMnist:
                     progress: Callable[[int, float], None] | None = None) -> None:
         """One epoch for every replica; ``losses`` is [N, steps_per_epoch] (CPU)."""
         x, y = self.data.x_train, self.data.y_train
-        n, bs, reps = x.shape[0], self.batch_size, self.n
+        n = x.shape[0] if self.train_idx is None else self.train_idx.shape[1]
+        bs, reps = self.batch_size, self.n
         device = x.device
         perms = None
         if bs < n:  # each replica its own seed's order, as its separate run draws it
@@ -164,9 +191,14 @@ class VectorMnist:
         buf = torch.empty(self.steps_per_epoch, reps, device=device)
         for i in range(self.steps_per_epoch):
             if perms is None:
-                xb, yb = x.expand(reps, *x.shape), y.expand(reps, *y.shape)
+                if self.train_idx is None:
+                    xb, yb = x.expand(reps, *x.shape), y.expand(reps, *y.shape)
+                else:
+                    xb, yb = x[self.train_idx], y[self.train_idx]
             else:
                 idx = perms[:, i * bs : (i + 1) * bs]
+                if self.train_idx is not None:  # positions in each replica's training part
+                    idx = torch.gather(self.train_idx, 1, idx)
                 xb, yb = x[idx], y[idx]
             self.optimizer.zero_grad(set_to_none=True)
             out = self._forward(self.params, self.buffers, xb)
@@ -182,22 +214,31 @@ class VectorMnist:
     @torch.no_grad()
     def evaluate(self) -> list[dict[str, float]]:
         out_metrics: list[dict[str, float]] = []
-        splits = [("test", self.data.x_test, self.data.y_test)]
-        x_val = getattr(self.data, "x_val", None)
-        if x_val is not None and x_val.shape[0]:
-            splits.append(("val", x_val, self.data.y_val))
         per_split = {}
         step = self.specs[0]["eval_batch_size"]
-        for name, x, y in splits:
+        x, y = self.data.x_test, self.data.y_test
+        correct = torch.zeros(self.n, dtype=torch.long, device=x.device)
+        loss_sum = torch.zeros(self.n, dtype=torch.float64, device=x.device)
+        for i in range(0, x.shape[0], step):
+            out = self._forward_shared(self.params, self.buffers, x[i : i + step])
+            yb = y[i : i + step]
+            ce = F.cross_entropy(out.flatten(0, 1), yb.repeat(self.n), reduction="none")
+            loss_sum += ce.view(self.n, -1).double().sum(1)
+            correct += (out.argmax(-1) == yb).sum(1)
+        per_split["test"] = (correct.tolist(), loss_sum.tolist(), x.shape[0])
+        if self.val_idx is not None:  # each replica its own validation images
+            x, y = self.data.x_train, self.data.y_train
             correct = torch.zeros(self.n, dtype=torch.long, device=x.device)
             loss_sum = torch.zeros(self.n, dtype=torch.float64, device=x.device)
-            for i in range(0, x.shape[0], step):
-                out = self._forward_shared(self.params, self.buffers, x[i : i + step])
-                yb = y[i : i + step]
-                ce = F.cross_entropy(out.flatten(0, 1), yb.repeat(self.n), reduction="none")
+            chunk = max(1, step // self.n)
+            for i in range(0, self.val_idx.shape[1], chunk):
+                idx = self.val_idx[:, i : i + chunk]
+                out = self._forward(self.params, self.buffers, x[idx])
+                yb = y[idx]
+                ce = F.cross_entropy(out.flatten(0, 1), yb.flatten(), reduction="none")
                 loss_sum += ce.view(self.n, -1).double().sum(1)
                 correct += (out.argmax(-1) == yb).sum(1)
-            per_split[name] = (correct.tolist(), loss_sum.tolist(), x.shape[0])
+            per_split["val"] = (correct.tolist(), loss_sum.tolist(), self.val_idx.shape[1])
         for r in range(self.n):
             metrics = {}
             for name, (correct, loss_sum, count) in per_split.items():
@@ -233,7 +274,8 @@ class VectorMnist:
             return tuple(own[key]) if isinstance(value, tuple) else own[key]
 
         groups = [{k: value_of(k, v) for k, v in g.items()} for g in full["param_groups"]]
-        return {"model": model, "optimizer": {"state": state, "param_groups": groups}}
+        return {"model": model, "optimizer": {"state": state, "param_groups": groups},
+                "techniques": self.singles[r].tech.state_dict()}
 
     def load_replica_states(self, states: Sequence[dict[str, Any]]) -> None:
         with torch.no_grad():
@@ -344,7 +386,7 @@ def execute_vectorized(
             hp = prog.singles[r].hparams()
             hp["vectorized"] = n
             tags = ["test/accuracy", "train/loss_epoch"]
-            if getattr(prog.data, "x_val", None) is not None:
+            if prog.val_idx is not None:
                 tags.append("val/accuracy")
             _log_hparams(writer, hp, tags)
         writers.append(writer)

@@ -401,7 +401,13 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     threads = args.threads if args.threads else (1 if args.workers > 1 else None)
     opts = RunOptions(logdir=args.logdir, device=args.device, data_dir=args.data_dir,
                       resume=args.resume, quiet=args.quiet, threads=threads,
-                      deterministic=cfg["deterministic"])
+                      deterministic=cfg["deterministic"],
+                      hparam_domains={
+                          "optimizer": sorted({s["optimizer"] for s in specs}),
+                          "lr": sorted(set(lrs)), "seed": sorted(cfg["seeds"]),
+                          "regime": sorted({s.get("regime", "") for s in specs}),
+                          "model": sorted({s.get("model", "") for s in specs}),
+                      })
 
     def log(message: str) -> None:
         if not args.quiet:

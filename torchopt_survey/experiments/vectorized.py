@@ -388,7 +388,7 @@ def execute_vectorized(
             tags = ["test/accuracy", "train/loss_epoch"]
             if prog.val_idx is not None:
                 tags.append("val/accuracy")
-            _log_hparams(writer, hp, tags)
+            _log_hparams(writer, hp, tags, opts.hparam_domains)
         writers.append(writer)
     try:
         for epoch in range(start_epoch + 1, epochs + 1):

@@ -71,6 +71,10 @@ class Replicas(Tensor):
     def __le__(self, other: Any) -> Any:
         return self._agree(other, "<=")
 
+    def __bool__(self) -> bool:
+        # ("if momentum:" in a method's checks means "momentum != 0", for every replica)
+        return bool(self._agree(0, "!="))
+
     def __repr__(self) -> str:
         return f"Replicas({self.as_subclass(Tensor).tolist()})"
 

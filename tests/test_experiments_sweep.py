@@ -116,6 +116,10 @@ def test_not_vectorisable_runs_fall_back() -> None:
     karate = {"experiment": "karate", "seed": 0, "optimizer_kwargs": {}}
     groups, alone = plan_groups([karate, dict(karate, seed=1)])
     assert not groups and len(alone) == 2
+    newton = _specs("sgd", "full", [0.01], [0, 1])
+    newton = [dict(s, optimizer="newton") for s in newton]
+    groups, alone = plan_groups(newton)  # closure-based second-order steps
+    assert not groups and len(alone) == 2
 # ------------------------------------------------------------------------------------------
 # the sweep command
 # ------------------------------------------------------------------------------------------

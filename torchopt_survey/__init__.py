@@ -15,8 +15,11 @@ from .optim import (
     Adamax,
     AdamW,
     AMSGrad,
+    ConjugateGradient,
     Momentum,
     NAdam,
+    Newton,
+    NewtonCG,
     RMSprop,
 )
 
@@ -34,4 +37,7 @@ __all__ = [
     "AMSGrad",
     "NAdam",
     "Adamax",
+    "Newton",
+    "NewtonCG",
+    "ConjugateGradient",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from .config import (
 )
 from .data import DATASETS, DataError
 from .models import ACTIVATIONS, LINK_MODELS
-from .registry import OPTIMIZER_NAMES, resolve_optimizer_names
+from .registry import OPTIMIZER_NAMES, SECOND_ORDER_NAMES, resolve_optimizer_names
 
 COMMANDS = ("mnist", "karate", "all", "report", "sweep")
 
@@ -33,6 +34,7 @@ examples:
   python -m torchopt_survey.experiments sweep --experiment mnist --optimizers all \
       --lr-grid 1e-4:1:7 --seeds 0 1 2 --epochs 10
   tensorboard --logdir runs
+  torchrun --nproc-per-node 2 -m torchopt_survey.experiments mnist --optimizers sgd  # DDP
 """
 
 
@@ -60,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--optimizers",
         nargs="+",
         metavar="NAME",
-        help="'all' or names from: " + ", ".join(OPTIMIZER_NAMES) + " (sets every MNIST regime)",
+        help="'all' (the first-order methods) or names from: " + ", ".join(OPTIMIZER_NAMES)
+        + "; second-order (full batch): " + ", ".join(SECOND_ORDER_NAMES)
+        + " (sets every MNIST regime)",
     )
     p.add_argument("--seeds", nargs="+", type=int, metavar="S", help="random seeds (one run each)")
     p.add_argument("--epochs", type=int, metavar="N", help="epochs per run (all regimes)")
@@ -285,14 +289,24 @@ def _summary_line(res: dict[str, Any]) -> str:
 
 
 def run_experiments(args: argparse.Namespace) -> int:
-    from . import karate, mnist
+    from . import distributed, karate, mnist
     from .runner import RunOptions, resolve_device, run_many
 
     cfgs = build_configs(args)
     resolve_device(args.device)  # bad device: ValueError -> exit 2 before any work
     if args.workers < 1:
         raise ValueError(f"--workers: expected >= 1, got {args.workers}")
+    if distributed.launched() and distributed.context() is None:
+        if args.workers > 1:
+            raise ValueError(
+                "--workers: under torchrun each run already uses every process (DDP); "
+                "drop --workers, or run without torchrun to spread runs over worker processes"
+            )
+        return _run_distributed(args)
+    ctx = distributed.context()
     specs: list[dict[str, Any]] = []
+    if ctx is not None and not ctx.is_main:
+        distributed.barrier()  # rank 0 checks the data first: it may download into the cache
     for cfg in cfgs:
         specs += (mnist.expand if cfg["experiment"] == "mnist" else karate.expand)(cfg)
         if cfg["experiment"] == "mnist":
@@ -304,6 +318,8 @@ def run_experiments(args: argparse.Namespace) -> int:
             from .data import load_graph
 
             load_graph(cfg["edge_list"])
+    if ctx is not None and ctx.is_main:
+        distributed.barrier()
     threads = args.threads if args.threads else (1 if args.workers > 1 else None)
     opts = RunOptions(
         logdir=args.logdir,
@@ -338,6 +354,46 @@ def run_experiments(args: argparse.Namespace) -> int:
         if overall is not None:
             overall.close()
     return 0
+
+
+# What gloo/NCCL errors say when a peer is gone or silent (they are plain RuntimeErrors).
+_COMM_FAILURE = re.compile(
+    r"gloo|nccl|connection (closed|reset)|timed out|timeout", flags=re.IGNORECASE
+)
+
+
+def _run_distributed(args: argparse.Namespace) -> int:
+    """This process is one rank of a torchrun job: join the group, train every run with DDP
+    (rank 0 alone reads and writes the run folders and prints), leave the group."""
+    import torch.distributed as dist
+
+    from . import distributed
+
+    ctx, args.device = distributed.setup(args.device)  # cuda:LOCAL_RANK on GPUs
+    try:
+        if not ctx.is_main:
+            args.quiet = True
+        elif not args.quiet:
+            print(
+                f"torchrun: {ctx.world_size} ranks ({ctx.backend}); each run trains with DDP",
+                file=sys.stderr,
+            )
+        return run_experiments(args)
+    except (dist.DistError, RuntimeError) as exc:
+        text = str(exc).strip()
+        if not (isinstance(exc, dist.DistError) or _COMM_FAILURE.search(text)):
+            raise  # a bug, not a lost peer: keep the traceback
+        # A peer died (connection reset) or hung past the process-group timeout: one line, no
+        # traceback; torchrun reports which rank failed first.
+        first = text.splitlines()[0] if text else type(exc).__name__
+        print(
+            f"error: rank {ctx.rank}: lost the other ranks ({first[:300]}); "
+            "rerun with --resume to continue from the last checkpoint",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        distributed.teardown()
 
 
 def run_report(args: argparse.Namespace) -> int:

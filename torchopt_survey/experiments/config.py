@@ -16,7 +16,7 @@ import yaml
 
 from .data import DATASETS
 from .models import ACTIVATIONS, LINK_MODELS
-from .registry import OPTIMIZER_NAMES, resolve_optimizer_names
+from .registry import ALL_OPTIMIZER_NAMES, resolve_optimizer_names
 from .techniques import (
     KARATE_TECHNIQUE_DEFAULTS,
     MNIST_TECHNIQUE_DEFAULTS,
@@ -183,7 +183,7 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(okw, dict):
         raise ValueError("optimizer_kwargs: expected a mapping {optimizer: {kwarg: value}}")
     for name, kw in okw.items():
-        _check_choice("optimizer_kwargs", name, OPTIMIZER_NAMES)
+        _check_choice("optimizer_kwargs", name, ALL_OPTIMIZER_NAMES)
         if not isinstance(kw, dict):
             raise ValueError(f"optimizer_kwargs.{name}: expected a mapping of keyword arguments")
     cfg["optimizer_kwargs"] = okw

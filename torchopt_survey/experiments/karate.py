@@ -12,7 +12,9 @@ import torch
 from torch.nn import functional as F
 
 from .checkpoint import ModelOptimizerState
+from .closure_step import closure_step, needs_closure, refuse_closure_optimizers
 from .data import load_graph
+from .distributed import DistContext, all_reduce_sum, wrap_ddp
 from .models import GCNLinkModel, PaperLinkModel
 from .registry import build_optimizer, optimizer_hparams
 from .techniques import Techniques, init_weights, option, technique_spec, variant_suffix
@@ -122,6 +124,17 @@ class KarateTask(ModelOptimizerState):
         self.tech = Techniques(spec, self.model, self.optimizer)
         # Fixed negatives for measuring train accuracy/AUC, so the curve is not sampling noise.
         self.train_eval_pairs, self.train_eval_labels = self._with_negatives(seed_offset=-1)
+        self.dist: DistContext | None = None  # set by distribute() under torchrun
+        self._ddp: torch.nn.Module | None = None
+
+    def distribute(self, ctx: DistContext) -> None:
+        """Train under DDP as one rank of ``ctx`` (see distributed.py): each full-batch step's
+        training pairs (positives and sampled negatives, drawn identically on every rank) are
+        sharded; the encoder's message passing needs the whole graph, so it runs on every rank.
+        Evaluation and checkpoints keep using the plain ``self.model``."""
+        refuse_closure_optimizers(self.optimizer, self.spec["optimizer"])
+        self.dist = ctx
+        self._ddp = wrap_ddp(self.model, self.device)
 
     def _with_negatives(self, seed_offset: int) -> tuple[torch.Tensor, torch.Tensor]:
         from torch_geometric.utils import negative_sampling
@@ -177,15 +190,47 @@ class KarateTask(ModelOptimizerState):
     ) -> dict[str, float]:
         self.model.train()
         pairs, labels = self._with_negatives(seed_offset=epoch)
+        if needs_closure(self.optimizer):  # second-order methods (issue #8)
+            return self._closure_epoch(pairs, labels, losses, progress)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = F.binary_cross_entropy_with_logits(self._logits(self.train, pairs), labels)
-        loss = self.tech.loss(loss)
+        if self.dist is not None and self._ddp is not None:
+            # This rank's shard; the sum scaled by world / total makes DDP's gradient average
+            # the gradient of the mean over all pairs (as in mnist.py's _dist_step).
+            total, w = labels.numel(), self.dist.world_size
+            a, b = self.dist.shard(total)
+            logits = self._ddp(self.train.x, self.train.edge_index, pairs[:, a:b])
+            loss = F.binary_cross_entropy_with_logits(logits, labels[a:b], reduction="sum")
+            loss = self.tech.loss(loss * (w / total))
+        else:
+            loss = F.binary_cross_entropy_with_logits(self._logits(self.train, pairs), labels)
+            loss = self.tech.loss(loss)
         loss.backward()
         self.tech.after_backward()
         self.optimizer.step()
-        losses[0] = loss.detach().cpu()
+        if self.dist is not None:  # the one-process loss: the ranks' parts summed
+            losses[0] = all_reduce_sum(loss.detach() / self.dist.world_size).cpu()
+        else:
+            losses[0] = loss.detach().cpu()
         progress(1, float(losses[0]))
         return {"train/loss_epoch": float(losses[0]), **self.tech.epoch_metrics()}
+
+    def _closure_epoch(
+        self,
+        pairs: torch.Tensor,
+        labels: torch.Tensor,
+        losses: torch.Tensor,
+        progress: Callable[[int, float], None],
+    ) -> dict[str, float]:
+        """One outer iteration of a closure-based optimizer on this epoch's full batch."""
+
+        def compute() -> tuple[torch.Tensor, torch.Tensor]:
+            logits = self._logits(self.train, pairs)
+            return F.binary_cross_entropy_with_logits(logits, labels), logits
+
+        loss, counters = closure_step(self.optimizer, compute)
+        losses[0] = loss.cpu()
+        progress(1, float(losses[0]))
+        return {"train/loss_epoch": float(losses[0]), **counters}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

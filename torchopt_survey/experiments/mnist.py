@@ -10,7 +10,9 @@ import torch
 from torch.nn import functional as F
 
 from .checkpoint import ModelOptimizerState
+from .closure_step import closure_step, needs_closure, refuse_closure_optimizers
 from .data import ImageData, load_image_dataset
+from .distributed import DistContext, all_reduce_sum, wrap_ddp
 from .registry import build_optimizer, optimizer_hparams
 from .techniques import (
     Techniques,
@@ -105,6 +107,15 @@ class MnistTask(ModelOptimizerState):
         # torch.compile pays off on GPUs (fused kernels); on CPU it was measured slower for this
         # small MLP, so it is opt-in.
         self._forward = torch.compile(self.model) if spec["compile"] else self.model
+        self.dist: DistContext | None = None  # set by distribute() under torchrun
+
+    def distribute(self, ctx: DistContext) -> None:
+        """Train under DDP as one rank of ``ctx`` (see distributed.py): the steps shard each
+        global batch; evaluation and checkpoints keep using the plain ``self.model``."""
+        refuse_closure_optimizers(self.optimizer, self.spec["optimizer"])
+        self.dist = ctx
+        ddp = wrap_ddp(self.model, self.device)
+        self._forward = torch.compile(ddp) if self.spec["compile"] else ddp
 
     def hparams(self) -> dict[str, Any]:
         s = self.spec
@@ -171,6 +182,22 @@ class MnistTask(ModelOptimizerState):
         self.optimizer.step()
         return loss.detach()
 
+    def _dist_step(self, xb: torch.Tensor, yb: torch.Tensor, global_n: int) -> torch.Tensor:
+        """One step on this rank's shard ``xb`` of a global batch of ``global_n`` samples."""
+        assert self.dist is not None
+        w = self.dist.world_size
+        self.optimizer.zero_grad(set_to_none=True)
+        # DDP averages the ranks' gradients over w: a shard's loss *sum* times w / global_n
+        # makes that average the gradient of the global batch's mean loss (uneven or empty
+        # shards included), as in one process.
+        data = F.cross_entropy(self._forward(xb), yb, reduction="sum") * (w / global_n)
+        loss = self.tech.loss(data)
+        loss.backward()
+        self.tech.after_backward()
+        self.optimizer.step()
+        # Summed over the ranks at the end of the epoch: the one-process loss (penalty once).
+        return loss.detach() / w
+
     def train_epoch(
         self, epoch: int, losses: torch.Tensor, progress: Callable[[int, float], None]
     ) -> dict[str, float]:
@@ -179,6 +206,8 @@ class MnistTask(ModelOptimizerState):
         x, y = self.x_train, self.y_train
         n, bs = x.shape[0], self.batch_size
         self.model.train()
+        if needs_closure(self.optimizer):  # second-order methods (issue #8)
+            return self._closure_epoch(losses, progress)
         # A fresh generator per (seed, epoch) makes the shuffle independent of how the run got
         # here, so a resumed run sees exactly the batches of an uninterrupted one.
         gen = torch.Generator().manual_seed(self.spec["seed"] * 1_000_003 + epoch)
@@ -187,6 +216,8 @@ class MnistTask(ModelOptimizerState):
         buf = torch.empty(self.steps_per_epoch, device=self.device)
         every = max(1, self.steps_per_epoch // 50)
         step = self._step
+        if self.dist is not None:
+            return self._train_epoch_sharded(perm, buf, every, losses, progress)
         for i in range(self.steps_per_epoch):
             if perm is None:
                 xb, yb = x, y  # full batch: order does not matter for the mean loss
@@ -199,6 +230,57 @@ class MnistTask(ModelOptimizerState):
             if (i + 1) % every == 0:
                 progress(i + 1, float(buf[i]))
         losses.copy_(buf.cpu())
+        return {"train/loss_epoch": float(losses.double().mean()), **self.tech.epoch_metrics()}
+
+    def _closure_epoch(
+        self, losses: torch.Tensor, progress: Callable[[int, float], None]
+    ) -> dict[str, float]:
+        """Closure-based optimizers: each step is one outer iteration over the batches of the
+        epoch in order (full batch: one step per epoch, the regime they are meant for)."""
+        x, y = self.x_train, self.y_train  # the training part (after val_split, normalised)
+        bs = self.batch_size
+        counters: dict[str, float] = {}
+        for i in range(self.steps_per_epoch):
+            xb, yb = x[i * bs : (i + 1) * bs], y[i * bs : (i + 1) * bs]
+
+            def compute(xb: torch.Tensor = xb, yb: torch.Tensor = yb) -> tuple[torch.Tensor, ...]:
+                out = self._forward(xb)
+                return F.cross_entropy(out, yb), out
+
+            loss, counters = closure_step(self.optimizer, compute)
+            losses[i] = loss.cpu()
+            progress(i + 1, float(losses[i]))
+        return {"train/loss_epoch": float(losses.double().mean()), **counters}
+
+    def _train_epoch_sharded(
+        self,
+        perm: torch.Tensor | None,
+        buf: torch.Tensor,
+        every: int,
+        losses: torch.Tensor,
+        progress: Callable[[int, float], None],
+    ) -> dict[str, float]:
+        """``train_epoch`` under DDP: the global batches of one process, each rank gathering
+        only its contiguous shard of each."""
+        assert self.dist is not None
+        x, y = self.x_train, self.y_train
+        n, bs, w = x.shape[0], self.batch_size, self.dist.world_size
+        if perm is None:  # full batch: a fixed shard, sliced once
+            a, b = self.dist.shard(n)
+            xs, ys = x[a:b], y[a:b]
+        for i in range(self.steps_per_epoch):
+            if perm is None:
+                buf[i] = self._dist_step(xs, ys, n)
+            else:
+                batch = perm[i * bs : (i + 1) * bs]  # the global batch (the last may be short)
+                a, b = self.dist.shard(batch.numel())
+                idx = batch[a:b]
+                xb, yb = x.index_select(0, idx), y.index_select(0, idx)
+                buf[i] = self._dist_step(xb, yb, batch.numel())
+            if (i + 1) % every == 0:
+                progress(i + 1, float(buf[i]) * w)  # rank 0's shard, as an estimate
+        # one collective per epoch, not per step: each step's loss summed over the ranks
+        losses.copy_(all_reduce_sum(buf).cpu())
         return {"train/loss_epoch": float(losses.double().mean()), **self.tech.epoch_metrics()}
 
     @torch.no_grad()

@@ -32,6 +32,24 @@ OPTIMIZERS: Mapping[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
 
 OPTIMIZER_NAMES: tuple[str, ...] = tuple(OPTIMIZERS)
 
+# Second-order methods (issue #8): closure-based, full-batch. Not part of "all" (they need the
+# closure training step and full-batch regimes); lr is their first line-search trial, not 0.01.
+# max_iter=1: one outer iteration per step(), so an epoch is one outer iteration.
+SECOND_ORDER_OPTIMIZERS: Mapping[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
+    "newton": (_tos.Newton, {"lr": 1.0, "max_iter": 1}),
+    "newton_cg": (
+        _tos.NewtonCG,
+        {"lr": 1.0, "max_iter": 1, "curvature": "gauss_newton", "cg_max_iter": 10},
+    ),
+    "cg": (_tos.ConjugateGradient, {"lr": 1.0, "max_iter": 1}),
+}
+SECOND_ORDER_NAMES: tuple[str, ...] = tuple(SECOND_ORDER_OPTIMIZERS)
+ALL_OPTIMIZER_NAMES: tuple[str, ...] = OPTIMIZER_NAMES + SECOND_ORDER_NAMES
+
+
+def _entry(name: str) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    return OPTIMIZERS[name] if name in OPTIMIZERS else SECOND_ORDER_OPTIMIZERS[name]
+
 
 def resolve_optimizer_names(names: str | Iterable[str]) -> list[str]:
     """Expand ``"all"`` and validate names; raises ValueError listing the valid choices."""
@@ -44,13 +62,13 @@ def resolve_optimizer_names(names: str | Iterable[str]) -> list[str]:
         name = raw.lower()
         if name == "all":
             out.extend(n for n in OPTIMIZER_NAMES if n not in out)
-        elif name in OPTIMIZERS:
+        elif name in OPTIMIZERS or name in SECOND_ORDER_OPTIMIZERS:
             if name not in out:
                 out.append(name)
         else:
             raise ValueError(
                 f"optimizers: unknown optimizer {raw!r}; valid choices: all, "
-                + ", ".join(OPTIMIZER_NAMES)
+                + ", ".join(ALL_OPTIMIZER_NAMES)
             )
     if not out:
         raise ValueError(
@@ -66,12 +84,12 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """Instantiate optimizer ``name`` with the paper defaults updated by ``overrides``."""
     (name,) = resolve_optimizer_names([name])
-    cls, defaults = OPTIMIZERS[name]
+    cls, defaults = _entry(name)
     kwargs = {**defaults, **(overrides or {})}
     return cls(params, **kwargs)
 
 
 def optimizer_hparams(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The effective constructor kwargs of ``name`` (for logging)."""
-    _, defaults = OPTIMIZERS[name]
+    _, defaults = _entry(name)
     return {**defaults, **(overrides or {})}

@@ -457,4 +457,8 @@ def write_report(logdir: str | os.PathLike[str], out: str | os.PathLike[str]) ->
     for name, text in texts:
         _atomic_text(outp / name, text)
         paths.append(outp / name)
+    # Issue #8: cost to a target loss and the claims about Newton and CG (own module).
+    from .report_second_order import write_second_order
+
+    paths += write_second_order(groups, outp)
     return paths + tech_paths

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from . import distributed
 from .checkpoint import _atomic_write, load_checkpoint, load_json, save_checkpoint, save_json
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,10 @@ def _purge_events_after(run_dir: Path, until: float) -> int:
     return dropped
 
 
+def _not_main(*args: Any) -> None:
+    """What ranks other than 0 do instead of writing to the run folder."""
+
+
 def _log_hparams(writer: Any, hparams: dict[str, Any], metric_tags: Sequence[str],
                  domains: dict[str, list[Any]] | None = None) -> None:
     """Write the hparams plugin summaries into the run itself (not a timestamped sub-run), so
@@ -177,16 +182,19 @@ def execute_run(
     spec = normalise(spec)
     run_dir = Path(opts.logdir) / run_id(spec)
     result_path, ckpt_path = run_dir / RESULT, run_dir / CHECKPOINT
-    if opts.resume and result_path.is_file():
+    # Under torchrun rank 0 alone reads and writes the run folder; the others follow it.
+    main = distributed.is_main()
+    finished: dict[str, Any] | None = None
+    if main and opts.resume and result_path.is_file():
         try:
             done = load_json(result_path)
             if done.get("spec") == spec:
-                return {**done, "skipped": True}
+                finished = {**done, "skipped": True}
         except (OSError, ValueError):
             pass  # unreadable result: train again
     state = None
     unusable: tuple[str, str] | None = None  # (file suffix, reason) of a checkpoint set aside
-    if opts.resume and ckpt_path.is_file():
+    if main and finished is None and opts.resume and ckpt_path.is_file():
         try:
             state = load_checkpoint(ckpt_path)
         except Exception as exc:  # any unreadable file: say so, keep it, start over
@@ -195,19 +203,26 @@ def execute_run(
             if state.get("spec") != spec:
                 state = None
                 unusable = ("other-spec", "saved by a run with a different spec")
+    # every rank skips, resumes from the same state (epoch) or starts over, as rank 0 decided
+    finished, state, unusable = distributed.broadcast((finished, state, unusable))
+    if finished is not None:
+        return finished
     device = resolve_device(opts.device)
     if opts.threads:
         torch.set_num_threads(opts.threads)
     set_determinism(opts.deterministic, device)
     # Build the task (loads data) before touching the run folder: a data error leaves nothing.
     task = make_task(spec, device, opts.data_dir)
+    ctx = distributed.context()
+    if ctx is not None:
+        task.distribute(ctx)
     epochs, spe = spec["epochs"], task.steps_per_epoch
     step_losses = torch.full((epochs * spe,), float("nan"))
     history: dict[str, list[float]] = {}
     start_epoch, elapsed = 0, 0.0
     # checkpoints found unusable by this or an earlier attempt of the run (kept on disk)
     discarded: list[dict[str, str]] = []
-    if unusable is not None:
+    if unusable is not None and main:
         kept = _set_aside(ckpt_path, unusable[0])
         log.warning(
             "%s: %s checkpoint (%s); kept as %s, training from epoch 1",
@@ -220,17 +235,20 @@ def execute_run(
         step_losses = state["step_losses"].clone()
         start_epoch, elapsed = int(state["epoch"]), float(state["elapsed"])
         discarded = list(state.get("discarded_checkpoints", []))
-        if "events_until" in state:
+        if "events_until" in state and main:
             _purge_events_after(run_dir, float(state["events_until"]))
-    else:
+    elif main:
         _clear_run_dir(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     # (purge_step also tells TensorBoard to hide them, for checkpoints without events_until)
-    writer = SummaryWriter(
-        str(run_dir), purge_step=start_epoch * spe + 1 if state is not None else None
+    writer = (
+        SummaryWriter(str(run_dir), purge_step=start_epoch * spe + 1 if state is not None else None)
+        if main
+        else distributed.NullWriter()
     )
     try:
-        if state is None:
+        if state is None and main:
             metric_tags = ["test/accuracy", "train/loss_epoch"]
             if spec["experiment"] == "karate":
                 metric_tags += ["test/auc", "train/accuracy", "train/auc"]
@@ -252,11 +270,14 @@ def execute_run(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             train_time = time.perf_counter() - t0
-            metrics.update(task.evaluate())
+            metrics.update(task.evaluate() if main else {})
             epoch_time = time.perf_counter() - t0
             elapsed += epoch_time
             metrics["time/epoch_seconds"] = epoch_time
             metrics["time/train_seconds"] = train_time
+            # rank 0's evaluation on every rank: decisions taken from it (early stopping,
+            # ReduceLROnPlateau) must be identical everywhere
+            metrics = distributed.broadcast(metrics)
             # Task hooks of the §V techniques (scheduler, early stopping, gradient histograms).
             if hasattr(task, "end_epoch"):
                 metrics.update(task.end_epoch(epoch, metrics))
@@ -273,7 +294,8 @@ def execute_run(
                 writer.add_scalar(k, v, epoch)
             writer.flush()  # events up to this checkpoint must survive a SIGKILL
             events_until = time.time()  # events after this belong to a later epoch
-            save_checkpoint(
+            # (rank 0 alone writes; its state is every rank's: DDP keeps them identical)
+            (save_checkpoint if main else _not_main)(
                 ckpt_path,
                 {
                     "format": 1,
@@ -314,7 +336,8 @@ def execute_run(
     # Early stopping: the restored best weights' metrics are the final ones.
     result["final"].update(extra.pop("final", {}))
     result.update(extra)
-    save_json(result_path, result)
+    if main:
+        save_json(result_path, result)
     return {**result, "skipped": False}
 
 

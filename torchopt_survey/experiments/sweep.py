@@ -137,8 +137,9 @@ def run_sweep(specs: Sequence[dict[str, Any]], opts: Any, vectorize: bool, worke
     t0 = time.perf_counter()
     if vectorize:
         groups, alone = plan_groups(specs)
-        reasons = sorted({why_not(s) for s in alone if s["experiment"] != "mnist"
-                          or s.get("compile")})
+        from .vectorized import group_key
+
+        reasons = sorted({why_not(s) for s in alone if group_key(s) is None})
         for reason in reasons:
             log(f"sweep: not vectorised, run one by one: {reason}")
     else:

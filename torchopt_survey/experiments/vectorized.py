@@ -48,7 +48,10 @@ def _techniques(spec: dict[str, Any]) -> list[str]:
 
 def group_key(spec: dict[str, Any]) -> tuple | None:
     """What runs must share to be one program (None: this run cannot be vectorised)."""
-    if spec["experiment"] != "mnist" or spec.get("compile") or _techniques(spec):
+    from .registry import SECOND_ORDER_NAMES
+
+    if spec["experiment"] != "mnist" or spec.get("compile") or _techniques(spec) or (
+            spec["optimizer"] in SECOND_ORDER_NAMES):
         return None
     shared = {k: v for k, v in spec.items() if k not in _PER_REPLICA_KEYS}
     kwargs = spec["optimizer_kwargs"]
@@ -60,6 +63,10 @@ def group_key(spec: dict[str, Any]) -> tuple | None:
 def why_not(spec: dict[str, Any]) -> str:
     if spec["experiment"] != "mnist":
         return f"{spec['experiment']} runs are not vectorised (graph models: PyG message passing)"
+    from .registry import SECOND_ORDER_NAMES
+
+    if spec["optimizer"] in SECOND_ORDER_NAMES:
+        return f"{spec['optimizer']} runs are not vectorised (closure-based full-batch steps)"
     if _techniques(spec):
         return f"runs with {', '.join(_techniques(spec))} are not vectorised"
     return "compile=True runs are not vectorised"

@@ -4,8 +4,10 @@ from .adadelta import Adadelta
 from .adagrad import Adagrad
 from .adam import Adam, AdamW, AMSGrad
 from .adamax import Adamax
+from .conjugate_gradient import ConjugateGradient
 from .core.base import StateSpec, SurveyOptimizer
 from .nadam import NAdam
+from .newton import Newton, NewtonCG
 from .rmsprop import RMSprop
 from .sgd import NAG, SGD, Momentum
 
@@ -21,6 +23,9 @@ __all__ = [
     "AMSGrad",
     "NAdam",
     "Adamax",
+    "Newton",
+    "NewtonCG",
+    "ConjugateGradient",
     "StateSpec",
     "SurveyOptimizer",
 ]

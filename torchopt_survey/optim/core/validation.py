@@ -144,3 +144,38 @@ def check_params_dtype(params: list[Tensor]) -> None:
                 f"params[{index}] has dtype {param.dtype}: only floating point and complex "
                 "tensors can be optimized"
             )
+
+
+# --- checks used by the closure-based (second-order) methods
+
+
+def positive_int(name: str, value: Any) -> None:
+    """An int >= 1 (bools are refused: ``max_iter=True`` is a mistake, not 1)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value < 1:
+        raise ValueError(f"Invalid {name}: {value} (must be >= 1)")
+
+
+def optional_positive_int(name: str, value: Any) -> None:
+    if value is not None:
+        positive_int(name, value)
+
+
+def positive(name: str, value: Any) -> None:
+    """A finite number > 0."""
+    number = _number(name, value, allow_tensor=False)
+    if not (0.0 < number < math.inf):
+        raise ValueError(f"Invalid {name}: {value} (must be > 0 and finite)")
+
+
+def open_unit_interval(name: str, value: Any) -> None:
+    """0 < value < 1."""
+    number = _number(name, value, allow_tensor=False)
+    if not 0.0 < number < 1.0:
+        raise ValueError(f"Invalid {name}: {value} (must be in (0, 1))")
+
+
+def optional_open_unit_interval(name: str, value: Any) -> None:
+    if value is not None:
+        open_unit_interval(name, value)

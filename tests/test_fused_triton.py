@@ -158,6 +158,20 @@ def _checks() -> dict[str, Any]:
         assert all(opt.state[p]["step"].item() == 2.0 for p in params)
 
     check("empty tensor and mixed dtypes", empty_and_mixed)
+
+    import test_optim_replicas as R
+
+    def per_replica(case: Any, dtype: Any) -> None:
+        # programs of 32 elements: the [3, 4, 5] weight's replicas (20 elements each) straddle
+        # program boundaries, so one program reads several replicas' values
+        worst = R.stacked_vs_alone(*case, {"fused": True}, dtype, steps=3)
+        limit = 1e-10 if dtype == torch.float64 else sum(R.FLOAT32_TOL.values())
+        assert worst <= limit, worst
+
+    for case in R.CASES:
+        for dtype in (torch.float64, torch.float32):
+            check(f"per-replica {R.case_id(case)} {dtype}",
+                  lambda case=case, dtype=dtype: per_replica(case, dtype))
     return {"checked": checked, "failures": failures, "package": torchopt_survey.__file__}
 
 

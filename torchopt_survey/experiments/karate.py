@@ -157,7 +157,9 @@ class KarateTask(TechniqueHooks, ModelOptimizerState):
 
     def hparams(self) -> dict[str, Any]:
         s = self.spec
-        hp = {k: s[k] for k in ("graph", "model", "optimizer", "seed", "epochs", "embedding_dim")}
+        hp = {"optimizer": s["optimizer"], "lr": s["optimizer_kwargs"].get("lr"),
+              "seed": s["seed"], "model": s["model"]}  # (first in the HParams dashboard)
+        hp.update({k: s[k] for k in ("graph", "epochs", "embedding_dim")})
         hp.update({f"opt/{k}": v for k, v in s["optimizer_kwargs"].items()})
         hp.update(technique_hparams(s))
         return hp

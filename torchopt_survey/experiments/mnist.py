@@ -120,7 +120,9 @@ class MnistTask(TechniqueHooks, ModelOptimizerState):
 
     def hparams(self) -> dict[str, Any]:
         s = self.spec
-        hp = {k: s[k] for k in ("dataset", "regime", "optimizer", "seed", "epochs", "activation")}
+        hp = {"optimizer": s["optimizer"], "lr": s["optimizer_kwargs"].get("lr"),
+              "seed": s["seed"], "regime": s["regime"]}  # (first in the HParams dashboard)
+        hp.update({k: s[k] for k in ("dataset", "epochs", "activation")})
         hp["batch_size"] = self.batch_size
         hp.update({f"opt/{k}": v for k, v in s["optimizer_kwargs"].items()})
         hp["hidden"] = str(s["hidden"])

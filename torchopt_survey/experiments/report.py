@@ -429,16 +429,28 @@ def write_figures(groups: Group, out: Path) -> list[Path]:
 
 
 def write_report(logdir: str | os.PathLike[str], out: str | os.PathLike[str]) -> list[Path]:
-    """Write figures, ``results.md``, ``results.csv`` and ``claims.md`` into ``out``."""
+    """Write figures, ``results.md``, ``results.csv`` and ``claims.md`` into ``out``; for a
+    sweep under ``logdir`` also its sensitivity figures, two-protocol claims and targets."""
     from . import report_techniques
 
-    results = load_results(logdir)
     outp = Path(out)
+    sweep_paths: list[Path] = []
+    sweep_json = Path(logdir) / "sweep" / "sweep.json"
+    if sweep_json.is_file():
+        from .sweep import write_sweep_report
+
+        sweep_paths = write_sweep_report(sweep_json, outp)
+    # (a sweep's runs are summarised by the sweep's own tables, not one row per setting)
+    results = [r for r in load_results(logdir) if "sweep" not in r["spec"]]
+    if not results:
+        if sweep_paths:
+            return sweep_paths
+        raise ValueError(f"--logdir: no finished runs (no {RESULT}) under {logdir}")
     # Runs with §V technique options get their own figures and claim tables.
     tech_paths, tech_claims = report_techniques.write(results, outp)
     groups = group_runs(r for r in results if not report_techniques.is_technique_run(r))
     rows = summarize(groups)
-    paths = write_figures(groups, outp)
+    paths = sweep_paths + write_figures(groups, outp)
     texts = [("claims.md", (claims_markdown(rows) if rows else "") + tech_claims)]
     if rows:
         texts = [("results.csv", table_csv(rows)), ("results.md", table_markdown(rows)), *texts]

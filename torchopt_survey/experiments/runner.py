@@ -37,6 +37,8 @@ class RunOptions:
     quiet: bool = False
     threads: int | None = None
     deterministic: bool = True
+    #: discrete hparam values declared to TensorBoard's HParams dashboard (a sweep's grid)
+    hparam_domains: dict[str, list[Any]] | None = None
 
 
 def run_id(spec: dict[str, Any]) -> str:
@@ -146,15 +148,20 @@ def _not_main(*args: Any) -> None:
     """What ranks other than 0 do instead of writing to the run folder."""
 
 
-def _log_hparams(writer: Any, hparams: dict[str, Any], metric_tags: Sequence[str]) -> None:
+def _log_hparams(writer: Any, hparams: dict[str, Any], metric_tags: Sequence[str],
+                 domains: dict[str, list[Any]] | None = None) -> None:
     """Write the hparams plugin summaries into the run itself (not a timestamped sub-run), so
-    the HParams dashboard links each run to its own scalar tags."""
+    the HParams dashboard links each run to its own scalar tags. ``domains``: the discrete
+    values of some hparams (a sweep's optimizers, lrs, seeds), declared so the dashboard
+    can filter by them."""
     from torch.utils.tensorboard.summary import hparams as hp_summary
 
     clean = {
         k: (v if isinstance(v, int | float | str | bool) else str(v)) for k, v in hparams.items()
     }
-    exp, ssi, sei = hp_summary(clean, {tag: 0.0 for tag in metric_tags})
+    declared = {k: v for k, v in (domains or {}).items() if k in clean and clean[k] in v}
+    exp, ssi, sei = hp_summary(clean, {tag: 0.0 for tag in metric_tags},
+                               hparam_domain_discrete=declared or None)
     fw = writer._get_file_writer()
     for summary in (exp, ssi, sei):
         fw.add_summary(summary)
@@ -245,7 +252,7 @@ def execute_run(
             metric_tags = ["test/accuracy", "train/loss_epoch"]
             if spec["experiment"] == "karate":
                 metric_tags += ["test/auc", "train/accuracy", "train/auc"]
-            _log_hparams(writer, task.hparams(), metric_tags)
+            _log_hparams(writer, task.hparams(), metric_tags, opts.hparam_domains)
         log_every = int(spec.get("log_every", 1))
         for epoch in range(start_epoch + 1, epochs + 1):
             if getattr(task, "stop", False):  # early stopping (also after a resume)

@@ -36,6 +36,7 @@ class Adagrad(SurveyOptimizer):
         **V.COMMON_FLAGS,
         "eps_inside_sqrt": V.boolean,
     }
+    _not_per_replica = ("initial_accumulator_value",)
     _switches = ("eps_inside_sqrt",)
     _supports_sparse = True
 

@@ -35,7 +35,8 @@ from torch.optim.optimizer import (
 )
 
 from . import validation as V
-from .ops import ForeachOps, FunctionalOps, StoredScalar, TensorOps
+from .ops import ForeachOps, FunctionalOps, StoredScalar, TensorOps, broadcast_scalars
+from .replicas import Replicas, per_ndim, replica_count, wrap_group
 
 StateKind = Literal["scalar", "tensor", "lazy"]
 
@@ -67,6 +68,10 @@ class StateSpec(NamedTuple):
 
 def _tensor_hyperparameter(value: Any, device: torch.device | None) -> Any:
     """A tensor hyperparameter on the parameters' device (capturable/compiled steps)."""
+    if isinstance(value, Replicas):  # one value per replica: reshaped per parameter later
+        if device is not None and value.device != device:
+            return Replicas.wrap(value.to(device))
+        return value
     if isinstance(value, Tensor):
         value = value.reshape(())
         return value.to(device) if device is not None and value.device != device else value
@@ -94,7 +99,7 @@ def _store_scalar(stored: Tensor, new: Any, tensor_scalars: bool) -> None:
 
 
 def _float_hyperparameter(value: Any) -> Any:
-    if isinstance(value, Tensor):
+    if isinstance(value, Tensor) and not isinstance(value, Replicas):
         return value.item()
     return value
 
@@ -140,6 +145,7 @@ class SurveyOptimizer(Optimizer):
     _supports_sparse: ClassVar[bool] = False
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+        wrap_group(defaults)
         self._check_group(defaults, where="")
         if isinstance(params, Tensor):
             raise TypeError(
@@ -215,10 +221,19 @@ class SurveyOptimizer(Optimizer):
     # ----------------------------------------------------------------------------------
     # argument checks
     # ----------------------------------------------------------------------------------
+    #: float hyperparameters that cannot have one value per replica (they set initial state)
+    _not_per_replica: ClassVar[tuple[str, ...]] = ()
+
     def _check_group(self, group: dict[str, Any], where: str) -> None:
         for name, check in self._hyperparameters.items():
             if name in group:
                 check(where + name, group[name])
+        for name in self._not_per_replica:
+            if isinstance(group.get(name), Replicas):
+                raise ValueError(
+                    f"{where}{name} cannot have one value per replica (it sets the initial "
+                    f"state), got shape {tuple(group[name].shape)}"
+                )
         self._check_consistency(group, where)
 
     def _check_consistency(self, group: dict[str, Any], where: str) -> None:
@@ -260,7 +275,10 @@ class SurveyOptimizer(Optimizer):
                 )
         V.check_params_dtype(params_list)
         where = f"param_groups[{len(self.param_groups)}]."
-        self._check_group({**self.defaults, **param_group}, where=where)
+        wrap_group(param_group)
+        merged = {**self.defaults, **param_group}
+        self._check_group(merged, where=where)
+        replica_count(merged, params_list, where=where)
         super().add_param_group(param_group)
         if len(param_group["params"]) == 0:
             raise ValueError(f"{where}params: a parameter group must hold at least one tensor")
@@ -376,7 +394,8 @@ class SurveyOptimizer(Optimizer):
             lr = group.get("lr", 1.0)
             # the checkpoint helper sets 0.0, or a CPU tensor 0.0 in place of a tensor lr; a
             # device tensor is never read here (that would synchronise every capturable step)
-            if isinstance(lr, Tensor) and lr.device.type != "cpu" or lr != 0:
+            if isinstance(lr, Tensor) and (lr.device.type != "cpu" or lr.numel() != 1) or (
+                    lr != 0):
                 return False
         saw_grad = False
         for group in self.param_groups:
@@ -436,6 +455,8 @@ class SurveyOptimizer(Optimizer):
         """Run the update of one group on the path its flags select."""
         spec = self._state_spec(group)
         differentiable = group.get("differentiable", False)
+        replicas = self._replicas_of(group) and self._check_replicas(group, spec, params,
+                                                                      has_sparse)
         if group.get("fused"):
             from .fused import fused_step
 
@@ -447,16 +468,96 @@ class SurveyOptimizer(Optimizer):
         tensor_scalars = group.get("capturable", False) or torch.compiler.is_compiling()
         device = params[0].device if tensor_scalars else None
         hp = self._hp(group, tensor_scalars, device)
-        if foreach and not differentiable and not has_sparse:
-            self._foreach(spec, hp, params, grads, states, tensor_scalars, has_complex)
+        # (per-replica values with tensor scalars: the foreach path's 1-d per-parameter step
+        # tensors would not broadcast against [N, 1, ...] values, so those run per tensor)
+        if foreach and not differentiable and not has_sparse and not (replicas and tensor_scalars):
+            if replicas:
+                self._foreach_replicas(spec, hp, params, grads, states, has_complex)
+            else:
+                self._foreach(spec, hp, params, grads, states, tensor_scalars, has_complex)
         else:
-            self._forloop(group, spec, hp, params, grads, states, tensor_scalars)
+            self._forloop(group, spec, hp, params, grads, states, tensor_scalars, replicas)
+
+    @staticmethod
+    def _replicas_of(group: dict[str, Any]) -> bool:
+        """Whether some hyperparameter of the group has one value per replica."""
+        for value in group.values():
+            if isinstance(value, Tensor):
+                if value.dim() == 1 and value.numel() > 1:
+                    return True
+            elif isinstance(value, tuple) and any(
+                isinstance(v, Tensor) and v.dim() == 1 and v.numel() > 1 for v in value
+            ):
+                return True
+        return False
+
+    _replica_state_checked: ClassVar[dict[tuple, str]] = {}
+
+    def _check_replicas(self, group: dict[str, Any], spec: list[StateSpec],
+                        params: list[Tensor], has_sparse: bool) -> bool:
+        """Check a group with per-replica values before its step (True: it has some).
+
+        Besides the shapes (see :func:`.replicas.replica_count`), a per-replica value must not
+        feed scalar state (NAdam's ``mu_product`` depends on beta1): that state is one number
+        per parameter, shared by its replicas. The traced update tells which state depends on
+        which hyperparameter, for every method alike.
+        """
+        wrap_group(group)  # values set after construction (a scheduler) are wrapped here
+        g = next((i for i, other in enumerate(self.param_groups) if other is group), 0)
+        where = f"param_groups[{g}]."
+        replica_count(group, params, where=where)
+        if has_sparse:
+            raise ValueError(f"{where}: per-replica hyperparameters cannot be combined with "
+                             "sparse gradients")
+        from .fused import get_trace
+        from .tracing import structure_key
+
+        lazy = tuple(True for entry in spec if entry.kind == "lazy")
+        key = (type(self), structure_key(group, lazy))
+        problem = self._replica_state_checked.get(key)
+        if problem is None:
+            traced = get_trace(self, spec, group, lazy)
+            problem = ", ".join(traced.scalar_state_depending_on_replicas())
+            self._replica_state_checked[key] = problem
+        if problem:
+            raise ValueError(
+                f"{type(self).__name__}: {where}{problem}; scalar state is one value per "
+                "parameter, shared by all replicas -- give those values one parameter group "
+                "each, or make them equal"
+            )
+        return True
+
+    def _foreach_replicas(
+        self,
+        spec: list[StateSpec],
+        hp: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[Tensor | None],
+        has_complex: bool,
+    ) -> None:
+        """The foreach path with per-replica values: one pass per parameter rank, each with
+        the values shaped ``[N, 1, ..., 1]`` to broadcast against every tensor of the pass."""
+        width = len(spec)
+        ranks: dict[int, list[int]] = {}
+        for index, param in enumerate(params):
+            ranks.setdefault(param.dim() + param.is_complex(), []).append(index)
+        for ndim, members in ranks.items():
+            with broadcast_scalars():
+                self._foreach(
+                    spec, per_ndim(hp, ndim), [params[i] for i in members],
+                    [grads[i] for i in members],
+                    [states[i * width + k] for i in members for k in range(width)],
+                    False, has_complex,
+                )
 
     def _hp(self, group: dict[str, Any], tensor_scalars: bool, device: Any) -> dict[str, Any]:
         """The group's hyperparameters as the math sees them (floats, or device tensors)."""
         if not tensor_scalars and not any(
             isinstance(group.get(key), Tensor) for key in _TENSOR_CAPABLE
-        ) and not any(isinstance(beta, Tensor) for beta in group.get("betas", ())):
+        ) and not any(isinstance(beta, Tensor) for beta in group.get("betas", ())) and not (
+            self._replicas_of(group)
+        ):
             return group  # plain Python numbers already: the math reads the group itself
         convert: Callable[[Any], Any]
         if tensor_scalars:
@@ -479,7 +580,10 @@ class SurveyOptimizer(Optimizer):
         if hp.get("maximize", False):
             grad = ops.neg(grad)
         weight_decay = hp.get("weight_decay", 0)
-        if isinstance(weight_decay, Tensor) or weight_decay != 0:
+        # (a tensor -- per-replica values too, some of them 0 -- always takes the decay branch:
+        # adding 0 * param changes nothing)
+        if isinstance(weight_decay, Tensor) or getattr(weight_decay, "per_replica", False) or (
+                weight_decay != 0):
             if hp.get("decoupled_weight_decay", False):
                 param = ops.mul_(param, 1 - hp["lr"] * weight_decay)
             else:
@@ -495,10 +599,13 @@ class SurveyOptimizer(Optimizer):
         grads: list[Tensor],
         states: list[Tensor | None],
         tensor_scalars: bool,
+        replicas: bool = False,
     ) -> None:
         differentiable = group.get("differentiable", False)
         ops = FunctionalOps if differentiable else TensorOps
         width = len(spec)
+        group_hp = hp
+        shaped: dict[int, dict[str, Any]] = {}  # per-replica values, per parameter rank
         for index, (param, grad) in enumerate(zip(params, grads)):
             stored = states[index * width : (index + 1) * width]
             is_sparse = grad.is_sparse
@@ -519,6 +626,9 @@ class SurveyOptimizer(Optimizer):
             work_param = torch.view_as_real(param) if is_complex else param
             if is_complex:
                 grad = torch.view_as_real(grad)
+            if replicas:
+                ndim = work_param.dim()
+                hp = shaped.get(ndim) or shaped.setdefault(ndim, per_ndim(group_hp, ndim))
             work_param, grad = self._preprocess(ops, work_param, grad, hp)
             new_param = self._update(ops, work_param, grad, state, hp)
             self._write_back_one(spec, param, stored, state, differentiable, tensor_scalars)

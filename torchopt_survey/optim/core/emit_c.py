@@ -124,7 +124,8 @@ class CDialect(Dialect):
         return [f"{self.ct} v{index} = {expr};"]
 
     def load_hp(self, index: int, position: int) -> str:
-        return f"const double s{index} = hp[{position}];"
+        # one value per replica r (every hyperparameter has nrep entries; 1 without replicas)
+        return f"const double s{index} = hp[{position} * nrep + r];"
 
     def load_scalar_state(self, index: int, slot: int) -> str:
         return f"const double s{index} = (double)*(const float*)P[{slot}];"
@@ -196,15 +197,21 @@ def emit_c(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool) -> str
             *("   " + line for line in traced.graph.describe().splitlines()),
             "*/",
             _PRELUDE,
-            "static void run_range(void* const* P, int64_t lo, int64_t hi, const double* hp,",
-            f"                      const {ct} gs) {{",
+            "static void run_range(void* const* P, int64_t n, int64_t lo, int64_t hi,",
+            f"                      const double* hp, const {ct} gs, int64_t nrep) {{",
             "    (void)gs; (void)hp;",
             *("    " + d for d in decls),
-            *("    " + line for line in body.scalar_lines),
-            "    #pragma GCC ivdep",
-            "    for (int64_t i = lo; i < hi; ++i) {",
-            *("        " + line for line in body.tensor_lines),
-            *("        " + line for line in body.stores),
+            "    /* replica r owns elements [r*chunk, (r+1)*chunk): its scalars, then its loop */",
+            "    const int64_t chunk = n / nrep;",
+            "    for (int64_t r = lo / chunk; r < nrep && r * chunk < hi; ++r) {",
+            "        const int64_t a = r * chunk > lo ? r * chunk : lo;",
+            "        const int64_t z = (r + 1) * chunk < hi ? (r + 1) * chunk : hi;",
+            *("        " + line for line in body.scalar_lines),
+            "        #pragma GCC ivdep",
+            "        for (int64_t i = a; i < z; ++i) {",
+            *("            " + line for line in body.tensor_lines),
+            *("            " + line for line in body.stores),
+            "        }",
             "    }",
             "}",
             "",
@@ -212,7 +219,7 @@ def emit_c(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool) -> str
             "",
             "void torchopt_fused(int64_t ntensors, const int64_t* numels, void* const* ptrs,",
             "                    const double* hp, const float* grad_scale, int64_t nthreads,",
-            "                    int64_t grain) {",
+            "                    int64_t grain, int64_t nrep) {",
             f"    const {ct} gs = grad_scale ? ({ct})*grad_scale : ({ct})1;",
             "    int64_t total = 0;",
             "    for (int64_t t = 0; t < ntensors; ++t) total += numels[t];",
@@ -236,13 +243,14 @@ def emit_c(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool) -> str
             "            const int64_t n = numels[t];",
             "            const int64_t b = lo > base ? lo - base : 0;",
             "            const int64_t e = hi < base + n ? hi - base : n;",
-            f"            if (b < e) run_range(ptrs + t * {nslots}, b, e, hp, gs);",
+            f"            if (b < e) run_range(ptrs + t * {nslots}, n, b, e, hp, gs, nrep);",
             "            base += n;",
             "        }",
             "    }",
             *([
                 "    for (int64_t t = 0; t < ntensors; ++t) {",
                 f"        void* const* P = ptrs + t * {nslots};",
+                "        const int64_t r = 0; (void)r;  /* scalar state never depends on r */",
                 *("        " + line for line in body.scalar_lines),  # (unused ones: dead code)
                 *("        " + line for line in body.scalar_stores),
                 "    }",
@@ -291,7 +299,7 @@ def compile_c(source: str, label: str) -> Callable[..., None]:
     fn = lib.torchopt_fused
     fn.restype = None
     fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                   ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+                   ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
     _KERNELS[digest] = fn
     _LIBS[id(fn)] = lib
     COMPILE_LOG.append((label, time.perf_counter() - start, from_disk))

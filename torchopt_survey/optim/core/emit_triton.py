@@ -78,9 +78,15 @@ class TritonDialect(Dialect):
     """Triton spelling: scalars are float64 ``tl`` values, tensors blocks of ``BLOCK``."""
 
     def __init__(self, dtypes: tuple[Any, ...], tensor_hp: tuple[Any, ...],
-                 has_grad_scale: bool) -> None:
+                 has_grad_scale: bool, replica_hp: tuple[bool, ...] = (),
+                 per_element: bool = False) -> None:
         super().__init__(dtypes, has_grad_scale)
         self.tensor_hp = tensor_hp
+        self.replica_hp = replica_hp or (False,) * len(tensor_hp)
+        # per-replica values: inside the element loop each element reads its replica's value
+        # (a block); before it, the program's first replica (for the scalar state only, which
+        # never depends on a per-replica value -- checked before any kernel runs)
+        self.per_element = per_element
         self.ct = "tl.float64" if self.wide else "tl.float32"
         # float64 arithmetic is correctly rounded as written (the _rn forms are float32-only)
         self.ops = {**_TENSOR_OPS, **_WIDE_OPS} if self.wide else _TENSOR_OPS
@@ -130,6 +136,9 @@ class TritonDialect(Dialect):
     def load_hp(self, index: int, position: int) -> str:
         if self.tensor_hp[position] is None:
             return f"s{index} = tl.load(hp_ptr + {position})"
+        if self.replica_hp[position]:
+            at = "offs // rchunk, mask=mask, other=1" if self.per_element else "start // rchunk"
+            return f"s{index} = tl.load(thp{position} + {at}).to(tl.float64)"
         return f"s{index} = tl.load(thp{position}).to(tl.float64)"
 
     def load_scalar_state(self, index: int, slot: int) -> str:
@@ -148,6 +157,7 @@ def emit_triton(
     tensor_hp: tuple[Any, ...],
     has_grad_scale: bool,
     has_found_inf: bool,
+    replica_hp: tuple[bool, ...] = (),
 ) -> str:
     """Python/Triton source of the fused kernel for one layout.
 
@@ -155,8 +165,12 @@ def emit_triton(
     ``tensor_hp``: one per hyperparameter leaf, the dtype of a tensor value or ``None`` (float,
     read from the float64 buffer).
     """
-    dialect = TritonDialect(dtypes, tensor_hp, has_grad_scale)
+    dialect = TritonDialect(dtypes, tensor_hp, has_grad_scale, replica_hp)
     body = walk(traced, dialect)
+    per_element: list[str] = []  # the scalar math again, per element, for per-replica values
+    if any(replica_hp):
+        per_element = walk(traced, TritonDialect(dtypes, tensor_hp, has_grad_scale, replica_hp,
+                                                 per_element=True)).scalar_lines
     ct = dialect.ct
     graph = traced.graph
     scalar_lines, tensor_lines = body.scalar_lines, body.tensor_lines
@@ -194,7 +208,7 @@ import triton.language as tl
 
 @triton.jit
 def fused_kernel(table_ptr, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, counter_ptr,
-                 nchunks_ptr, hp_ptr, {thp_args}gs_ptr, fi_ptr,
+                 nchunks_ptr, hp_ptr, {thp_args}gs_ptr, fi_ptr, nrep,
                  BLOCK: tl.constexpr, ITERS: tl.constexpr):
     pid = tl.program_id(0)
     {ok}
@@ -204,10 +218,12 @@ def fused_kernel(table_ptr, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, counte
     base = table_ptr + t * {nslots}
     {indent4.join(decls)}
     {gs}
+    rchunk = tl.maximum(tl.load(numel_ptr + t) // nrep, 1)  # elements per replica
     {indent4.join(scalar_lines)}
     for it in tl.static_range(ITERS):
         offs = start + it * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
+        {indent8.join(per_element)}
         {indent8.join(tensor_lines)}
         {indent8.join(stores)}{scalar_block}
 '''
@@ -293,11 +309,14 @@ def run_triton(
 
     values = hp_values(traced, group)
     tensor_hp = tuple(v.dtype if isinstance(v, Tensor) else None for v in values)
+    replica_hp = tuple(isinstance(v, Tensor) and v.dim() == 1 and v.numel() > 1
+                       for v in values)
+    nrep = max((v.numel() for v, r in zip(values, replica_hp) if r), default=1)
     has_gs, has_fi = grad_scale is not None, found_inf is not None
-    key = (id(traced), dtypes, tensor_hp, has_gs, has_fi)
+    key = (id(traced), dtypes, tensor_hp, replica_hp, has_gs, has_fi)
     entry = _KERNELS.get(key)
     if entry is None:
-        source = emit_triton(traced, dtypes, tensor_hp, has_gs, has_fi)
+        source = emit_triton(traced, dtypes, tensor_hp, has_gs, has_fi, replica_hp)
         entry = _KERNELS[key] = (load_kernel(source, label), traced)
     kernel = entry[0]
 
@@ -307,10 +326,11 @@ def run_triton(
     chunk = BLOCK * ITERS
     plan_key = (device, chunk, tuple(ptrs), tuple(numels))
     plan = _cached(_PLANS, plan_key, lambda: _Plan(device, ptrs, numels, chunk), size=8)
-    thp = [v.to(device).reshape(()) for v in values if isinstance(v, Tensor)]
+    thp = [v.to(device).reshape(-1 if replica else ()) for v, replica in zip(values, replica_hp)
+           if isinstance(v, Tensor)]
     gs = grad_scale.to(device) if has_gs else hp  # type: ignore[union-attr]
     fi = found_inf.to(device) if has_fi else hp  # type: ignore[union-attr]
     kernel[plan.grid](
         plan.table, plan.numels, plan.chunk_tensor, plan.chunk_start, plan.counter,
-        plan.nchunks, hp, *thp, gs, fi, BLOCK=BLOCK, ITERS=ITERS, num_warps=NUM_WARPS,
+        plan.nchunks, hp, *thp, gs, fi, nrep, BLOCK=BLOCK, ITERS=ITERS, num_warps=NUM_WARPS,
     )

@@ -385,19 +385,36 @@ def _cpu_launcher(
     numels = (ctypes.c_int64 * n)(*[row[0].numel() for row in rows])  # type: ignore[union-attr]
     # (no tensor is kept alive: a launcher is only reused when every address is unchanged)
     leaves = traced.graph.hp_leaves
-    hp_type = ctypes.c_double * max(1, len(leaves))
     tables = (numels, ptrs)  # the launcher must keep the ctypes arrays it passes by address
     numels_at, ptrs_at = ctypes.addressof(numels), ctypes.addressof(ptrs)
 
     def launch(group: dict[str, Any], grad_scale: Any, found_inf: Any) -> None:
         del found_inf  # checked on the host before any launch (a CPU read is free)
         assert tables
-        hp = hp_type(*[float(group[k] if i is None else group[k][i]) for k, i in leaves])
+        hp, nrep = _hp_table(group, leaves)
         scale = None
         if grad_scale is not None:
             scale_t = grad_scale.to(device="cpu", dtype=torch.float32).reshape(-1)
             scale = scale_t.data_ptr()
         # torch's intra-op thread count, read per step (torch.set_num_threads applies at once)
-        fn(n, numels_at, ptrs_at, ctypes.addressof(hp), scale, torch.get_num_threads(), C.GRAIN)
+        fn(n, numels_at, ptrs_at, ctypes.addressof(hp), scale, torch.get_num_threads(), C.GRAIN,
+           nrep)
 
     return launch
+
+
+def _hp_table(group: dict[str, Any], leaves: list[tuple[str, int | None]]) -> tuple[Any, int]:
+    """The C kernel's hyperparameter table: ``nrep`` values per leaf (replica-major rows).
+
+    Without per-replica values ``nrep`` is 1 and the table is one value per leaf; with them
+    every leaf gets one value per replica (a plain value repeated).
+    """
+    values = [group[k] if i is None else group[k][i] for k, i in leaves]
+    nrep = max((v.numel() for v in values if isinstance(v, Tensor) and v.dim() == 1), default=1)
+    flat: list[float] = []
+    for value in values:
+        if isinstance(value, Tensor) and value.dim() == 1 and value.numel() == nrep > 1:
+            flat.extend(value.tolist())
+        else:
+            flat.extend([float(value)] * nrep)
+    return (ctypes.c_double * max(1, len(flat)))(*flat), nrep

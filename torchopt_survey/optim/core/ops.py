@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -208,9 +211,26 @@ def _scaled(y: Scalar, alpha: Scalar) -> Scalar:
     return y * alpha
 
 
+#: set while a foreach pass runs with per-replica values (see :func:`broadcast_scalars`)
+_BROADCAST: ContextVar[bool] = ContextVar("torchopt_survey_broadcast", default=False)
+
+
+@contextmanager
+def broadcast_scalars() -> Iterator[None]:
+    """Within this block a tensor scalar of :class:`ForeachOps` is shared by every list entry
+    and broadcast against it (per-replica values shaped ``[N, 1, ..., 1]``), instead of
+    holding one value per entry (capturable steps)."""
+    token = _BROADCAST.set(True)
+    try:
+        yield
+    finally:
+        _BROADCAST.reset(token)
+
+
 def _per_tensor(s: Tensor, n: int) -> list[Tensor]:
-    """A tensor scalar as one 0-d tensor per list entry (1-d: one value each; 0-d: shared)."""
-    if s.dim() == 0:
+    """A tensor scalar as one tensor per list entry (1-d: one value each; 0-d or per-replica
+    values: shared)."""
+    if s.dim() == 0 or _BROADCAST.get():
         return [s] * n
     return list(s.unbind(0))
 

@@ -28,6 +28,8 @@ from typing import Any
 
 from torch import Tensor
 
+from .replicas import Replicas, is_replicas
+
 Number = int | float
 
 
@@ -52,6 +54,20 @@ class Graph:
     hp_nodes: list[int] = field(default_factory=list)
     #: output name ("param" or a state name) -> node id or Python number
     outputs: dict[str, Any] = field(default_factory=dict)
+    #: node ids of hyperparameter leaves with one value per replica
+    replica_nodes: set[int] = field(default_factory=set)
+
+    def depends_on(self, ref: Any, leaves: set[int]) -> bool:
+        """Whether the value ``ref`` is computed from any of the nodes ``leaves``."""
+        stack, seen = [ref] if _is_ref(ref) else [], set()
+        while stack:
+            index = stack.pop()
+            if index in leaves:
+                return True
+            if index not in seen:
+                seen.add(index)
+                stack.extend(a for a in self.nodes[index].args if _is_ref(a))
+        return False
 
     def add(self, op: str, args: tuple[Any, ...], is_tensor: bool, name: str = "") -> int:
         self.nodes.append(Node(op, args, is_tensor, name))
@@ -146,8 +162,15 @@ class SVal:
     def __pos__(self) -> SVal:
         return self
 
+    @property
+    def per_replica(self) -> bool:
+        """A per-replica hyperparameter leaf (see :mod:`.replicas`)."""
+        return isinstance(self.sign, Replicas)
+
     # comparisons: only against 0, decided by the sign class that is part of the cache key
     def _compare(self, other: Any, op: str) -> bool:
+        if isinstance(self.sign, Replicas):  # per-replica: all replicas must take one branch
+            return self.sign._agree(other, op)
         if self.sign is None or not isinstance(other, (int, float)) or other != 0:
             raise TypeError(
                 "fused tracing: the update math compared a traced value "
@@ -319,6 +342,8 @@ def _describe_value(value: Any) -> Any:
         if math.isnan(value):
             raise ValueError("fused: a hyperparameter is NaN")
         return ("n", _sign(value))
+    if is_replicas(value):  # the signs of its values decide the branches, not its length
+        return ("r", str(value.dtype), tuple(sorted({_sign(v) for v in value.tolist()})))
     if isinstance(value, Tensor):
         return ("t", str(value.dtype))
     if isinstance(value, tuple):
@@ -344,6 +369,20 @@ class Traced:
     slots: list[tuple[str, str, bool]]
     key: tuple
 
+    def scalar_state_depending_on_replicas(self) -> list[str]:
+        """``"state 'x' depends on per-replica hp:y"`` for each such scalar state output."""
+        graph = self.graph
+        found = []
+        for name, kind, _present in self.slots:
+            ref = graph.outputs.get(name)
+            if kind != "scalar" or ref is None:
+                continue
+            keys = [graph.nodes[leaf].name[3:] for leaf in sorted(graph.replica_nodes)
+                    if graph.depends_on(ref, {leaf})]
+            if keys:
+                found.append(f"scalar state {name!r} depends on per-replica {', '.join(keys)}")
+        return found
+
 
 def trace_update(
     opt_cls: type, spec: list[Any], group: dict[str, Any], lazy_present: tuple[bool, ...]
@@ -356,7 +395,10 @@ def trace_update(
         if isinstance(value, bool) or value is None or isinstance(value, str):
             return value
         if isinstance(value, (int, float, Tensor)):
-            sign = 1 if isinstance(value, Tensor) else _sign(value)
+            sign: Any = 1 if isinstance(value, Tensor) else _sign(value)
+            if is_replicas(value):
+                sign = Replicas.wrap(value)
+                graph.replica_nodes.add(len(graph.nodes))
             name = f"hp:{key}" + ("" if index is None else f".{index}")
             ref = _Ref(graph.add("leaf", (), False, name))
             graph.hp_leaves.append((key, index))

@@ -12,6 +12,8 @@ from typing import Any
 
 from torch import Tensor
 
+from .replicas import is_replicas
+
 Check = Callable[[str, Any], None]
 
 
@@ -31,7 +33,10 @@ def _number(name: str, value: Any, *, allow_tensor: bool) -> float:
         if not allow_tensor:
             raise TypeError(f"{name} must be a float, not a Tensor")
         if value.numel() != 1:
-            raise ValueError(f"Tensor {name} must be 1-element, got shape {tuple(value.shape)}")
+            raise ValueError(
+                f"Tensor {name} must be 1-element, or 1-d with one value per replica, got "
+                f"shape {tuple(value.shape)}"
+            )
         if not value.is_floating_point():
             raise TypeError(f"Tensor {name} must have a floating dtype, got {value.dtype}")
         if value.requires_grad:
@@ -45,15 +50,28 @@ def _number(name: str, value: Any, *, allow_tensor: bool) -> float:
     return number
 
 
+def _numbers(name: str, value: Any, *, allow_tensor: bool) -> list[tuple[str, float]]:
+    """``(name, value)`` of each value to check: one, or one per replica (see ``replicas``)."""
+    if is_replicas(value):  # any float hyperparameter may be per-replica
+        if not value.is_floating_point():
+            raise TypeError(f"Tensor {name} must have a floating dtype, got {value.dtype}")
+        values = value.detach().tolist()
+        if any(math.isnan(v) for v in values):
+            raise ValueError(f"Invalid {name}: {values} (NaN)")
+        return [(f"{name}[replica {r}]", v) for r, v in enumerate(values)]
+    return [(name, _number(name, value, allow_tensor=allow_tensor))]
+
+
 def non_negative(*, allow_tensor: bool = False, finite: bool = True) -> Check:
     """value >= 0 (and finite)."""
 
     def check(name: str, value: Any) -> None:
-        number = _number(name, value, allow_tensor=allow_tensor)
-        if not number >= 0.0:
-            raise ValueError(f"Invalid {name}: {value} (must be >= 0)")
-        if finite and math.isinf(number):
-            raise ValueError(f"Invalid {name}: {value} (must be finite)")
+        for label, number in _numbers(name, value, allow_tensor=allow_tensor):
+            shown = number if label != name else value
+            if not number >= 0.0:
+                raise ValueError(f"Invalid {label}: {shown} (must be >= 0)")
+            if finite and math.isinf(number):
+                raise ValueError(f"Invalid {label}: {shown} (must be finite)")
 
     return check
 
@@ -62,11 +80,12 @@ def unit_interval(*, closed_right: bool, allow_tensor: bool = False) -> Check:
     """0 <= value < 1 (or <= 1 when ``closed_right``)."""
 
     def check(name: str, value: Any) -> None:
-        number = _number(name, value, allow_tensor=allow_tensor)
-        ok = 0.0 <= number <= 1.0 if closed_right else 0.0 <= number < 1.0
-        if not ok:
-            bound = "[0, 1]" if closed_right else "[0, 1)"
-            raise ValueError(f"Invalid {name}: {value} (must be in {bound})")
+        for label, number in _numbers(name, value, allow_tensor=allow_tensor):
+            shown = number if label != name else value
+            ok = 0.0 <= number <= 1.0 if closed_right else 0.0 <= number < 1.0
+            if not ok:
+                bound = "[0, 1]" if closed_right else "[0, 1)"
+                raise ValueError(f"Invalid {label}: {shown} (must be in {bound})")
 
     return check
 
@@ -82,7 +101,8 @@ def betas(*, allow_tensor: bool = False) -> Check:
             raise ValueError(f"{name} must have exactly two elements (beta1, beta2), got {value!r}")
         for index, beta in enumerate(value):
             element(f"{name}[{index}]", beta)
-        if isinstance(value[0], Tensor) != isinstance(value[1], Tensor):
+        scalar_tensor = [isinstance(b, Tensor) and not is_replicas(b) for b in value]
+        if any(scalar_tensor) and not all(isinstance(b, Tensor) for b in value):
             raise ValueError(f"{name} must be either both floats or both Tensors")
 
     return check

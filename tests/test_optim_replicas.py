@@ -1,0 +1,218 @@
+"""Per-replica hyperparameters: a stacked run of N replicas equals the N runs done alone.
+
+Every optimizer, on the forloop, foreach and fused (C) paths: parameters stacked along dim 0,
+float hyperparameters given as [N] tensors; each replica must follow exactly the trajectory of
+a run of that replica alone with its own float values (float64: 1e-10; float32: FLOAT32_TOL).
+The Triton kernels get the same check under the interpreter (``test_fused_triton.py`` calls
+:func:`stacked_vs_alone`). Vectorised training itself (vmap over replicas, each seed with its
+own data order, batch 1 included) is checked in ``test_experiments_sweep.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+
+import torchopt_survey.optim as O
+
+N = 3
+STEPS = 4
+#: float32: the stacked step and the one-replica step run the same elementwise ops, but a
+#: per-replica value is a tensor where the alone run has a Python float, so torch picks other
+#: kernels (x.add_(y * a) against x.add_(y, alpha=a)): a few ulps per step
+FLOAT32_TOL = {"atol": 1e-6, "rtol": 1e-5}
+
+#: (class, per-replica values, shared keyword arguments): every float hyperparameter a method
+#: takes varies across replicas, except those its scalar state depends on (tested below)
+CASES: list[tuple[type, dict[str, Any], dict[str, Any]]] = [
+    (O.SGD, {"lr": [0.1, 0.01, 0.05], "weight_decay": [0.0, 0.1, 0.01]}, {}),
+    (O.SGD, {"lr": [0.1, 0.01, 0.05], "momentum": [0.5, 0.9, 0.8],
+             "dampening": [0.0, 0.1, 0.3]}, {}),
+    (O.Momentum, {"lr": [0.1, 0.01, 0.05], "momentum": [0.5, 0.9, 0.99],
+                  "weight_decay": [0.0, 0.1, 0.01]}, {}),
+    (O.NAG, {"lr": [0.1, 0.01, 0.05], "momentum": [0.5, 0.9, 0.99]}, {}),
+    (O.Adagrad, {"lr": [0.1, 0.01, 0.05], "lr_decay": [0.0, 0.1, 0.01],
+                 "eps": [1e-10, 1e-3, 1e-6], "weight_decay": [0.0, 0.1, 0.01]}, {}),
+    (O.Adadelta, {"lr": [1.0, 0.5, 0.1], "rho": [0.9, 0.5, 0.99], "eps": [1e-6, 1e-3, 1e-4],
+                  "weight_decay": [0.0, 0.1, 0.01]}, {}),
+    (O.RMSprop, {"lr": [0.01, 0.001, 0.005], "alpha": [0.99, 0.9, 0.5],
+                 "eps": [1e-8, 1e-3, 1e-5], "momentum": [0.5, 0.9, 0.1]}, {"centered": True}),
+    (O.Adam, {"lr": [0.01, 0.001, 0.1], "betas": ([0.9, 0.5, 0.8], [0.999, 0.9, 0.99]),
+              "eps": [1e-8, 1e-3, 1e-5], "weight_decay": [0.0, 0.1, 0.01]}, {}),
+    (O.AdamW, {"lr": [0.01, 0.001, 0.1], "betas": ([0.9, 0.5, 0.8], [0.999, 0.9, 0.99]),
+               "weight_decay": [0.0, 0.1, 0.01]}, {}),
+    (O.AMSGrad, {"lr": [0.01, 0.001, 0.1], "betas": ([0.9, 0.5, 0.8], [0.999, 0.9, 0.99]),
+                 "eps": [1e-8, 1e-3, 1e-5]}, {}),
+    (O.NAdam, {"lr": [0.01, 0.001, 0.1], "betas": (0.9, [0.999, 0.9, 0.99]),
+               "eps": [1e-8, 1e-3, 1e-5], "weight_decay": [0.0, 0.1, 0.01]}, {}),
+    (O.Adamax, {"lr": [0.01, 0.001, 0.1], "betas": ([0.9, 0.5, 0.8], [0.999, 0.9, 0.99]),
+                "eps": [1e-8, 1e-3, 1e-5], "weight_decay": [0.0, 0.1, 0.01]}, {}),
+]
+PATHS = [{"foreach": False}, {"foreach": True}, {"fused": True}]
+
+
+def case_id(case: tuple[type, dict[str, Any], dict[str, Any]]) -> str:
+    cls, varied, _ = case
+    return f"{cls.__name__}[{','.join(varied)}]"
+
+
+def _hp(values: Any, dtype: torch.dtype, replica: int | None) -> Any:
+    """A per-replica value as the stacked run gets it ([N] tensor) or replica ``replica``'s."""
+    if isinstance(values, tuple):
+        return tuple(_hp(v, dtype, replica) for v in values)
+    if not isinstance(values, list):
+        return values
+    return torch.tensor(values, dtype=dtype) if replica is None else values[replica]
+
+
+def stacked_vs_alone(cls: type, varied: dict[str, Any], shared: dict[str, Any],
+                     path: dict[str, Any], dtype: torch.dtype, steps: int = STEPS) -> float:
+    """Largest difference between each replica of a stacked run and the same run alone.
+
+    Parameters of three ranks (a [N, 4, 5] weight, a [N, 5] bias, a [N, 2, 3, 2] tensor) get
+    gradients that differ per step and replica.
+    """
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(4, 5), (5,), (2, 3, 2)]
+    start = [torch.randn((N, *s), generator=gen, dtype=dtype) for s in shapes]
+    grads = [[torch.randn((N, *s), generator=gen, dtype=dtype) for s in shapes]
+             for _ in range(steps)]
+    stacked = [p.clone().requires_grad_() for p in start]
+    opt = cls(stacked, **{k: _hp(v, dtype, None) for k, v in varied.items()}, **shared, **path)
+    alone = [[p[r].clone().requires_grad_() for p in start] for r in range(N)]
+    opts = [cls(alone[r], **{k: _hp(v, dtype, r) for k, v in varied.items()}, **shared, **path)
+            for r in range(N)]
+    for step in range(steps):
+        for p, g in zip(stacked, grads[step]):
+            p.grad = g.clone()
+        opt.step()
+        for r in range(N):
+            for p, g in zip(alone[r], grads[step]):
+                p.grad = g[r].clone()
+            opts[r].step()
+    worst = 0.0
+    for r in range(N):
+        for p, q in zip(stacked, alone[r]):
+            assert torch.isfinite(q).all()
+            scale = 1.0 if dtype == torch.float64 else 1.0 + q.abs().max().item()
+            worst = max(worst, (p[r] - q).abs().max().item() / scale)
+    return worst
+
+
+@pytest.mark.parametrize("path", PATHS, ids=["forloop", "foreach", "fused"])
+@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
+def test_each_replica_equals_its_run_alone(case: Any, path: dict[str, Any]) -> None:
+    cls, varied, shared = case
+    assert stacked_vs_alone(cls, varied, shared, path, torch.float64) <= 1e-10
+    worst32 = stacked_vs_alone(cls, varied, shared, path, torch.float32)
+    assert worst32 <= FLOAT32_TOL["atol"] + FLOAT32_TOL["rtol"], worst32
+
+
+def test_replicas_really_differ() -> None:
+    """The check above is not vacuous: different values give different replicas."""
+    params = [torch.ones(N, 4, requires_grad=True)]
+    opt = O.Adam(params, lr=torch.tensor([0.1, 0.01, 0.001]), foreach=True)
+    params[0].grad = torch.ones(N, 4)
+    opt.step()
+    assert len({round(v, 6) for v in params[0][:, 0].tolist()}) == N
+
+
+def test_capturable_path() -> None:
+    # capturable: tensor scalars (step) on the device; with per-replica values these run
+    # per tensor, since foreach's per-parameter step tensors do not broadcast against them
+    worst = stacked_vs_alone(O.Adam, CASES[7][1], {}, {"capturable": True, "foreach": False},
+                             torch.float64)
+    # (the step count is a float32 tensor there: alone, 1 - beta**step is float32 arithmetic;
+    # with [N] float64 betas type promotion makes it float64 -- more precise, not equal)
+    assert worst <= 1e-6, worst
+    assert stacked_vs_alone(O.Adadelta, CASES[5][1], {}, {"capturable": True},
+                            torch.float64) <= 1e-10
+
+
+def test_lr_changed_in_place_between_steps() -> None:
+    """A scheduler scaling the [N] lr tensor in place is seen by every path."""
+    for path in PATHS:
+        lr = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
+        p = torch.zeros(N, 2, dtype=torch.float64, requires_grad=True)
+        opt = O.SGD([p], lr=lr, **path)
+        for _ in range(2):
+            p.grad = torch.ones_like(p)
+            opt.step()
+            opt.param_groups[0]["lr"].mul_(0.5)
+        expected = -torch.tensor([0.15, 0.3, 0.45], dtype=torch.float64)
+        torch.testing.assert_close(p[:, 0].detach(), expected, atol=1e-15, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------
+# bad input: a clear ValueError naming the hyperparameter and the shapes
+# ------------------------------------------------------------------------------------------
+def test_shape_must_match_every_parameter() -> None:
+    params = [torch.zeros(3, 2, requires_grad=True), torch.zeros(4, requires_grad=True)]
+    with pytest.raises(ValueError, match=r"lr has shape \[3\].*params\[1\] has shape \(4,\)"):
+        O.Adam(params, lr=torch.tensor([0.1, 0.2, 0.3]))
+    with pytest.raises(ValueError, match=r"eps has shape \[2\] but .*lr has shape \[3\]"):
+        O.Adam(params[:1], lr=torch.tensor([0.1, 0.2, 0.3]), eps=torch.tensor([1e-8, 1e-6]))
+    with pytest.raises(ValueError, match=r"0-d|shape \(\)"):
+        O.SGD([torch.zeros((), requires_grad=True)], lr=torch.tensor([0.1, 0.2]))
+    with pytest.raises(ValueError, match=r"1-element, or 1-d with one value per replica"):
+        O.SGD([torch.zeros(2, 2, requires_grad=True)], lr=torch.ones(2, 2))
+
+
+def test_shape_checked_again_at_step() -> None:
+    p = torch.zeros(3, 2, requires_grad=True)
+    opt = O.SGD([p], lr=0.1)
+    opt.param_groups[0]["lr"] = torch.tensor([0.1, 0.2])  # e.g. a scheduler
+    p.grad = torch.ones_like(p)
+    with pytest.raises(ValueError, match=r"lr has shape \[2\].*params\[0\] has shape \(3, 2\)"):
+        opt.step()
+
+
+def test_each_value_is_checked() -> None:
+    p = torch.zeros(3, requires_grad=True)
+    with pytest.raises(ValueError, match=r"lr\[replica 1\]: -0.1\d* \(must be >= 0\)"):
+        O.SGD([p], lr=torch.tensor([0.1, -0.1, 0.2]))
+    with pytest.raises(ValueError, match=r"betas\[1\]\[replica 2\]"):
+        O.Adam([p], betas=(0.9, torch.tensor([0.9, 0.99, 1.0])))
+    with pytest.raises(ValueError, match=r"initial_accumulator_value cannot have one value"):
+        O.Adagrad([p], initial_accumulator_value=torch.tensor([0.0, 0.1, 0.2]))
+
+
+def test_branches_must_agree() -> None:
+    """SGD without momentum is another update: replicas on both sides of 0 are refused."""
+    for path in PATHS:
+        p = torch.zeros(3, 2, requires_grad=True)
+        with pytest.raises(ValueError, match=r"different branch"):
+            opt = O.SGD([p], lr=0.1, momentum=torch.tensor([0.0, 0.9, 0.9]), **path)
+            p.grad = torch.ones_like(p)
+            opt.step()
+
+
+@pytest.mark.parametrize("path", PATHS, ids=["forloop", "foreach", "fused"])
+def test_scalar_state_cannot_depend_on_replicas(path: dict[str, Any]) -> None:
+    """NAdam's mu_product (one number per parameter) depends on beta1 and momentum_decay."""
+    p = torch.zeros(3, 2, requires_grad=True)
+    for kwargs, name in [({"betas": (torch.tensor([0.9, 0.8, 0.7]), 0.999)}, "betas.0"),
+                         ({"momentum_decay": torch.tensor([4e-3, 1e-3, 1e-2])},
+                          "momentum_decay")]:
+        opt = O.NAdam([p], **kwargs, **path)
+        p.grad = torch.ones_like(p)
+        with pytest.raises(ValueError, match=rf"'mu_product' depends on per-replica {name}"):
+            opt.step()
+
+
+def test_state_dict_round_trip() -> None:
+    p = torch.zeros(3, 2, dtype=torch.float64, requires_grad=True)
+    opt = O.Adam([p], lr=torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64))
+    p.grad = torch.ones_like(p)
+    opt.step()
+    saved = copy.deepcopy(opt.state_dict())  # (loading shares the state tensors otherwise)
+    q = p.detach().clone().requires_grad_()
+    other = O.Adam([q], lr=0.5)
+    other.load_state_dict(saved)
+    for o, t in ((opt, p), (other, q)):
+        t.grad = torch.ones_like(t)
+        o.step()
+    torch.testing.assert_close(p, q, atol=0, rtol=0)

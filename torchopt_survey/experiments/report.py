@@ -195,9 +195,10 @@ def claim_verdict(
     *holds* only when the winner's seed mean is higher **and** Welch's t-test over seeds gives
     p < ``alpha``; it is *reversed* when the loser is significantly higher, else *within noise*.
     Verdict: *confirmed* if every pair holds, *mostly confirmed* if >= 2/3 do, *mixed* if
-    > 1/3 do; otherwise *not confirmed*, or *within noise* when no pair differs significantly
-    either way. With fewer than 2 seeds per optimizer there is no spread to test against:
-    *cannot decide (one seed)*. Returns ``(verdict, evidence)``, or None without data.
+    > 1/3 do; below that, *within noise* when no pair is reversed (the few pairs that hold do
+    not carry the claim, and none contradicts it), else *not confirmed*. With fewer than 2
+    seeds per optimizer there is no spread to test against: *cannot decide (one seed)*.
+    Returns ``(verdict, evidence)``, or None without data.
     """
     by_name = {r["optimizer"]: r for r in rows if f"{key}_mean" in r}
     a = [o for o in winners if o in by_name]

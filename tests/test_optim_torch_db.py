@@ -365,10 +365,15 @@ def test_error_inputs_raise_the_same_error_type(ours: type, torch_cls: type, err
     config = error_input.optimizer_error_input
     expected = error_input.error_type
 
+    # A multi-element tensor lr is our per-replica feature when its length matches every
+    # parameter's dim 0 (torch's default (2, 3) parameter with its [2] lr would be two
+    # replicas): on a parameter that cannot be split that way ours must refuse it as torch does.
+    rows = 3 if config.desc == "Tensor lr must be 1-element" else 2
+
     def attempt(cls: type) -> None:
         params = config.params
         if params is None:
-            params = [torch.nn.Parameter(torch.randn(2, 3, dtype=torch.float64))]
+            params = [torch.nn.Parameter(torch.randn(rows, 3, dtype=torch.float64))]
         opt = cls(copy.deepcopy(params) if cls is torch_cls else params,
                   **copy.deepcopy(config.kwargs))
         if error_input.error_on == _db.OptimizerErrorEnum.STEP_ERROR:

@@ -538,9 +538,17 @@ def test_compiled_step_traces_like_torch(info: OptimInfo) -> None:
     assert explain(info.cls) == explain(info.torch_cls) == [(1, 0), (1, 0)]
 
 
-BITWISE = ["SGD", "Momentum", "NAG", "Adagrad", "RMSprop", "Adamax"]
-BITWISE_CASES = [case for case in CASES if case[0].name in BITWISE]
-BITWISE_IDS = [i for i, case in zip(CASE_IDS, CASES) if case[0].name in BITWISE]
+BITWISE = ["SGD", "Momentum", "Adagrad", "RMSprop", "Adamax"]
+
+
+def _torch_operations(info: OptimInfo, config: dict) -> bool:
+    # Nesterov (NAG, nesterov=True) takes theta -= lr g; theta -= lr mu b in place, where torch
+    # rounds g + mu b first (writing it into the gradients on its foreach path): ~1e-16 apart
+    return info.name in BITWISE and not {**info.base, **config}.get("nesterov", False)
+
+
+BITWISE_CASES = [case for case in CASES if _torch_operations(*case)]
+BITWISE_IDS = [i for i, case in zip(CASE_IDS, CASES) if _torch_operations(*case)]
 
 
 @pytest.mark.parametrize("foreach", [False, True], ids=["forloop", "foreach"])

@@ -131,11 +131,13 @@ class SGD(SurveyOptimizer):
         buf = ops.clone(grad) if buf is None else ops.add_(ops.mul_(buf, momentum), grad, damped)
         state["momentum_buffer"] = buf
         if hp["nesterov"]:
-            # theta -= lr (g + mu b) with torch.optim's operations, so the result is bitwise
-            # torch's: g + mu b is rounded first. Out of place on every path: torch's foreach
-            # adds into the gradients, but a gradient is read-only to our optimizers.
-            grad = ops.add(grad, buf, alpha=momentum)
-            return ops.add_(param, grad, alpha=-lr)
+            # theta -= lr (g + mu b) as two in-place passes: no temporary the size of the
+            # parameters and the gradient untouched (torch's foreach adds mu b into the
+            # gradients; out of place, a fresh 40 MB temporary per step made a 10M-parameter
+            # foreach step 1.9x slower). The price: g + mu b is not rounded on its own, so
+            # results differ from torch's in the last bit (~1e-16), not bitwise.
+            param = ops.add_(param, grad, alpha=-lr)
+            return ops.add_(param, buf, alpha=-lr * momentum)
         return ops.add_(param, buf, alpha=-lr)
 
 

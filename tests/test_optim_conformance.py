@@ -114,7 +114,8 @@ def test_same_trajectory_as_torch(info: OptimInfo, config: dict, foreach: bool) 
 # Adam, AdamW, AMSGrad 1.2e-7 (bias corrections folded into scalars: 1-ulp differences);
 # NAdam 3.9e-5 (mu_product in double, see README). Tolerances: about 4x the measurement.
 FLOAT32_ATOL = {
-    "SGD": 0.0, "Momentum": 0.0, "NAG": 0.0, "Adagrad": 0.0, "RMSprop": 0.0, "Adamax": 0.0,
+    "SGD": 0.0, "Momentum": 0.0, "Adagrad": 0.0, "RMSprop": 0.0, "Adamax": 0.0,
+    "NAG": 2e-6,  # Nesterov in two in-place passes: 7.2e-7 measured after 200 steps
     "Adadelta": 1e-6, "Adam": 5e-7, "AdamW": 5e-7, "AMSGrad": 5e-7, "NAdam": 2e-4,
 }
 

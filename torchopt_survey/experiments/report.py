@@ -23,7 +23,8 @@ ADAPTIVE = ("adagrad", "adadelta", "rmsprop", "adam", "adamw", "amsgrad", "nadam
 NON_ADAPTIVE = ("sgd", "momentum", "nag")
 
 
-def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
+def mean_std(xs: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation over seeds (nan without data, std 0 for one)."""
     vals = [float(x) for x in xs]
     if not vals:
         return math.nan, math.nan
@@ -88,12 +89,12 @@ def summarize(groups: Group) -> list[dict[str, Any]]:
         for label, tag in metrics:
             final = [r["history"][tag][-1] for r in runs]
             best = [max(r["history"][tag]) for r in runs]
-            row[f"final_{label}_mean"], row[f"final_{label}_std"] = _mean_std(final)
-            row[f"best_{label}_mean"], row[f"best_{label}_std"] = _mean_std(best)
-        row["final_train_loss_mean"], row["final_train_loss_std"] = _mean_std(
+            row[f"final_{label}_mean"], row[f"final_{label}_std"] = mean_std(final)
+            row[f"best_{label}_mean"], row[f"best_{label}_std"] = mean_std(best)
+        row["final_train_loss_mean"], row["final_train_loss_std"] = mean_std(
             [r["history"]["train/loss_epoch"][-1] for r in runs]
         )
-        row["wall_time_s_mean"], row["wall_time_s_std"] = _mean_std(
+        row["wall_time_s_mean"], row["wall_time_s_std"] = mean_std(
             [r["wall_time_s"] for r in runs]
         )
         rows.append(row)
@@ -115,6 +116,21 @@ CSV_FIELDS = (
     "final_test_auc_mean", "final_test_auc_std", "best_test_auc_mean", "best_test_auc_std",
     "final_train_loss_mean", "final_train_loss_std", "wall_time_s_mean", "wall_time_s_std",
 )  # fmt: skip
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Write a matplotlib figure atomically (a killed report leaves no half-written PNG)."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp.png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        plt.close(fig)
 
 
 def table_csv(rows: Sequence[dict[str, Any]]) -> str:
@@ -277,7 +293,7 @@ def _mean_band(curves: Sequence[Sequence[float]]) -> tuple[list[float], list[flo
     mean, lo, hi = [], [], []
     for i in range(n):
         vals = [c[i] for c in curves]
-        m, s = _mean_std(vals)
+        m, s = mean_std(vals)
         mean.append(m)
         lo.append(max(m - s, min(vals)))
         hi.append(min(m + s, max(vals)))
@@ -362,15 +378,7 @@ def _figure(
     axes[0][-1].legend(fontsize=8, ncol=2)
     fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp.png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-        plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_figures(groups: Group, out: Path) -> list[Path]:

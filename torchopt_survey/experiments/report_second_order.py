@@ -23,16 +23,10 @@ from typing import Any
 import torch
 
 from .registry import SECOND_ORDER_NAMES
+from .report import mean_std, save_figure
 
 Run = dict[str, Any]
 
-
-def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
-    if not xs:
-        return math.nan, math.nan
-    m = sum(xs) / len(xs)
-    s = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-    return m, s
 
 
 def _curve(run: Run) -> list[tuple[int, float, float, float, float]]:
@@ -93,12 +87,12 @@ def summarize_to_target(by_opt: dict[str, list[Run]]) -> tuple[float, list[dict[
             "seeds": len(runs),
             "epochs": runs[0]["spec"]["epochs"],
             "reached": len(hits),
-            "final_loss": _mean_std([_final_loss(r) for r in runs]),
+            "final_loss": mean_std([_final_loss(r) for r in runs]),
             "k": _curve(runs[0])[k - 1][0],
-            "loss_at_k": _mean_std([_curve(r)[k - 1][1] for r in runs]),
+            "loss_at_k": mean_std([_curve(r)[k - 1][1] for r in runs]),
         }
         for j, key in enumerate(("iterations", "closure_evals", "hvps", "seconds")):
-            row[key] = _mean_std([h[j] for h in hits])
+            row[key] = mean_std([h[j] for h in hits])
             # median over all seeds, a seed that never reached the target counting as infinite
             row[key + "_median"] = _median([h[j] if h else math.inf for h in per_seed])
         rows.append(row)
@@ -161,8 +155,8 @@ def conditioning_sweep(
                 grad = a @ x.detach() - b
                 if name == "cg" and float(grad.abs().max()) > tol:
                     stalled += 1
-        rows.append({"cond": cond, "cg": _mean_std(counts["cg"]),
-                     "newton": _mean_std(counts["newton"]), "cg_stalled": stalled,
+        rows.append({"cond": cond, "cg": mean_std(counts["cg"]),
+                     "newton": mean_std(counts["newton"]), "cg_stalled": stalled,
                      "seeds": len(seeds)})
     return rows
 
@@ -285,9 +279,7 @@ def _figure(path: Path, title: str, by_opt: dict[str, list[Run]], target: float)
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_second_order(groups: dict[tuple[str, str, str], list[Run]], out: Path,

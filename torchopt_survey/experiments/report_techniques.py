@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .report import mean_std, save_figure
 from .techniques import MNIST_TECHNIQUE_DEFAULTS, TREATMENTS, build_mlp, welch_p
 
 ALPHA = 0.05  # significance level of each comparison
@@ -108,20 +107,13 @@ def gap(run: dict[str, Any]) -> float:
 Metric = tuple[str, Callable[[dict[str, Any]], float], bool, float]  # label, fn, higher, scale
 
 
-def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
-    if not xs:
-        return math.nan, math.nan
-    m = sum(xs) / len(xs)
-    s = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-    return m, s
-
 
 def _fmt(xs: Sequence[float], scale: float) -> str:
     bad = sum(1 for x in xs if not _finite(x))
     fin = [x * scale for x in xs if _finite(x)]
     if not fin:
         return f"diverged ({bad}/{len(xs)})"
-    m, s = _mean_std(fin)
+    m, s = mean_std(fin)
     return f"{m:.2f} ± {s:.2f}" + (f" ({bad} diverged)" if bad else "")
 
 
@@ -136,7 +128,7 @@ def improved(base: Sequence[float], treat: Sequence[float], higher: bool) -> tup
     if all(map(math.isfinite, b + t)):
         p = welch_p(list(t), list(b))
         if not math.isnan(p):
-            better = sign * (_mean_std(t)[0] - _mean_std(b)[0]) > 0
+            better = sign * (mean_std(t)[0] - mean_std(b)[0]) > 0
             return better and p < ALPHA, f"p={p:.2g}"
     separated = min(sign * x for x in t) > max(sign * x for x in b)
     return separated, "all seeds separated" if separated else "seeds overlap"
@@ -331,20 +323,6 @@ def claims_markdown(results: Sequence[dict[str, Any]]) -> str:
 # ----------------------------------------------------------------------------- figures
 
 
-def _save(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp.png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-        plt.close(fig)
-
-
 def _diverged(runs: Runs) -> str:
     bad = sum(not _finite(r["history"]["train/loss_epoch"][-1]) for r in runs)
     return f" (diverged: {bad}/{len(runs)} seeds)" if bad else ""
@@ -445,7 +423,7 @@ def write_figures(results: Sequence[dict[str, Any]], out: Path) -> list[Path]:
         _suptitle(fig, text, width)
         fig.tight_layout()
         p = out / "fig_grad_norm_by_depth.png"
-        _save(fig, p)
+        save_figure(fig, p)
         paths.append(p)
         fig, axes = plt.subplots(1, len(grad), figsize=(width, 4.5), squeeze=False)
         for ax, (title, series) in zip(axes[0], grad, strict=True):
@@ -461,7 +439,7 @@ def write_figures(results: Sequence[dict[str, Any]], out: Path) -> list[Path]:
         _suptitle(fig, "Training loss of the same runs (mean over seeds, band = min–max)", width)
         fig.tight_layout()
         p = out / "fig_grad_training_loss.png"
-        _save(fig, p)
+        save_figure(fig, p)
         paths.append(p)
     over = [
         by_t
@@ -511,7 +489,7 @@ def write_figures(results: Sequence[dict[str, Any]], out: Path) -> list[Path]:
         _suptitle(fig, text, 11.5)
         fig.tight_layout()
         p = out / ("fig_overfitting.png" if i == 0 else f"fig_overfitting_{i + 1}.png")
-        _save(fig, p)
+        save_figure(fig, p)
         paths.append(p)
     return paths
 

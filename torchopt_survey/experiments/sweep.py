@@ -24,6 +24,7 @@ from typing import Any
 
 from .checkpoint import save_json
 from .registry import OPTIMIZERS, PAPER_LR
+from .report import mean_std, save_figure
 
 #: selection and report metric per experiment: (validation tag, test tag, label)
 METRICS = {"mnist": ("val/accuracy", "test/accuracy", "accuracy"),
@@ -234,14 +235,6 @@ def _row(spec: dict[str, Any], res: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ tables
-def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
-    vals = [float(x) for x in xs]
-    if not vals:
-        return math.nan, math.nan
-    m = sum(vals) / len(vals)
-    sd = math.sqrt(sum((x - m) ** 2 for x in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
-    return m, sd
-
 
 def settings_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (base, optimizer, setting): seed mean/std of val and test, failures."""
@@ -251,8 +244,8 @@ def settings_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (exp, base, opt, setting), runs in by.items():
         ok = [r for r in runs if r["status"] == "ok"]
-        val_m, val_s = _mean_std([r["val"] for r in ok])
-        test_m, test_s = _mean_std([r["test"] for r in ok])
+        val_m, val_s = mean_std([r["val"] for r in ok])
+        test_m, test_s = mean_std([r["test"] for r in ok])
         out.append({"experiment": exp, "base": base, "optimizer": opt, "setting": setting,
                     "lr": runs[0]["lr"], "seeds": len(ok), "failed": len(runs) - len(ok),
                     "val_mean": val_m, "val_std": val_s, "test_mean": test_m,
@@ -426,8 +419,8 @@ def target_table(rows: Sequence[dict[str, Any]], best: Sequence[dict[str, Any]])
             by[(r["experiment"], r["base"], r["optimizer"], r["setting"])].append(r)
     for (exp, base, opt, setting), runs in sorted(by.items()):
         hit = [r for r in runs if r["steps_to_target"] is not None]
-        steps = _mean_std([r["steps_to_target"] for r in hit])[0] if hit else math.nan
-        secs = _mean_std([r["seconds_to_target"] for r in hit])[0] if hit else math.nan
+        steps = mean_std([r["steps_to_target"] for r in hit])[0] if hit else math.nan
+        secs = mean_std([r["seconds_to_target"] for r in hit])[0] if hit else math.nan
         out.append(f"| {exp} | {base} | {opt} | {setting} | {TARGETS[exp]} | "
                    f"{len(hit)}/{len(runs)} | {_fmt(steps)} | {_fmt(secs)} |")
     out.append("\nSteps and seconds until the validation metric first reaches the target "
@@ -460,7 +453,7 @@ def sensitivity_figure(rows: Sequence[dict[str, Any]], out: Path) -> list[Path]:
                 if r["optimizer"] == opt and math.isfinite(r["val"]):
                     per_lr[r["lr"]].append(r["val"])
             lrs = sorted(per_lr)
-            stats = [_mean_std(per_lr[lr]) for lr in lrs]
+            stats = [mean_std(per_lr[lr]) for lr in lrs]
             mean = [m for m, _ in stats]
             color = _color(opt)
             ax.plot(lrs, mean, marker="o", ms=3, label=opt, color=color)
@@ -475,8 +468,7 @@ def sensitivity_figure(rows: Sequence[dict[str, Any]], out: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         fig.tight_layout()
         path = out / f"sensitivity_{exp}_{base}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save_figure(fig, path)
         paths.append(path)
     return paths
 

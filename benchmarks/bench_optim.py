@@ -67,12 +67,13 @@ PARAM_SETS: dict[str, Callable[[], list[tuple[int, ...]]]] = {
 def make_params(
     shapes: list[tuple[int, ...]], device: str, dtype: torch.dtype, seed: int
 ) -> list[torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
+    # drawn where they live: a CPU draw of a billion parameters would take longer than the run
+    generator = torch.Generator(device=device).manual_seed(seed)
     params = []
     for shape in shapes:
-        param = torch.randn(shape, generator=generator, dtype=torch.float32)
-        param = param.to(device=device, dtype=dtype).requires_grad_(True)
-        param.grad = (torch.randn(shape, generator=generator) * 1e-2).to(device=device, dtype=dtype)
+        param = torch.randn(shape, generator=generator, dtype=torch.float32, device=device)
+        param = param.to(dtype=dtype).requires_grad_(True)
+        param.grad = (torch.randn(shape, generator=generator, device=device) * 1e-2).to(dtype=dtype)
         params.append(param)
     return params
 

@@ -10,7 +10,10 @@ fastest of ``--repeat`` measurements is kept. Threads pinned (default 1).
 Usage::
 
     python benchmarks/bench_vectorized.py [--optimizer adam] [--steps 40] [--threads 1]
-        [--replicas 1 2 4 8 16] [--out benchmarks/results/vectorized-cpu]
+        [--replicas 1 2 4 8 16] [--device cpu|cuda] [--out benchmarks/results/vectorized-cpu]
+
+On CUDA the data are device-resident on both sides and each measurement ends with a
+synchronisation, so the time is the device's, not the launch queue's.
 """
 
 from __future__ import annotations
@@ -41,35 +44,39 @@ def _specs(optimizer: str, n: int, steps: int, fused: bool = False) -> list[dict
              "optimizer_kwargs": {**base["optimizer_kwargs"], "lr": lrs[r]}} for r in range(n)]
 
 
-def _time(fn: Any, repeat: int) -> float:
+def _time(fn: Any, repeat: int, device: torch.device) -> float:
     best = float("inf")
     for _ in range(repeat):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - t0)
     return best
 
 
 def bench(optimizer: str, n: int, steps: int, data_dir: str | None, repeat: int,
-          fused: bool = False) -> dict[str, float]:
+          fused: bool = False, device: torch.device | None = None) -> dict[str, float]:
     specs = _specs(optimizer, n, steps, fused)
-    device = torch.device("cpu")
+    device = device or torch.device("cpu")
     tasks = [mnist.MnistTask(s, device, data_dir) for s in specs]
-    losses = torch.empty(tasks[0].steps_per_epoch)
+    losses = torch.empty(tasks[0].steps_per_epoch, device=device)
 
     def separate() -> None:
         for task in tasks:
             task.train_epoch(1, losses, lambda done, loss: None)
 
     prog = VectorMnist(specs, device, data_dir)
-    vlosses = torch.empty(n, prog.steps_per_epoch)
+    vlosses = torch.empty(n, prog.steps_per_epoch, device=device)
 
     def vectorised() -> None:
         prog.train_epoch(1, vlosses)
 
     vectorised()  # warm-up (first-step allocations)
     separate()
-    t_sep, t_vec = _time(separate, repeat), _time(vectorised, repeat)
+    t_sep, t_vec = _time(separate, repeat, device), _time(vectorised, repeat, device)
     return {"replicas": n, "separate_s": t_sep, "vectorized_s": t_vec,
             "separate_ms_per_step": 1e3 * t_sep / (n * steps),
             "vectorized_ms_per_replica_step": 1e3 * t_vec / (n * steps),
@@ -86,12 +93,19 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--fused", action="store_true",
                     help="fused=True optimizers on both sides (generated C kernel)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--out", default="benchmarks/results/vectorized-cpu")
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device")
     torch.set_num_threads(args.threads)
-    rows = [bench(args.optimizer, n, args.steps, args.data_dir, args.repeat, args.fused)
+    device = torch.device(args.device)
+    rows = [bench(args.optimizer, n, args.steps, args.data_dir, args.repeat, args.fused, device)
             for n in args.replicas]
+    where = (f"{torch.cuda.get_device_name(device)}" if device.type == "cuda"
+             else f"{args.threads} CPU thread(s)")
     meta = {"optimizer": args.optimizer, "fused": args.fused, "batch_size": 64,
+            "device": where,
             "steps_per_run": args.steps,
             "threads": args.threads, "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(), "rows": rows}
@@ -101,7 +115,7 @@ def main() -> None:
     lines = [
         f"MNIST MLP 784-500-10, batch 64, {args.optimizer}{' (fused)' * args.fused}, "
         f"{args.steps} steps per run, "
-        f"{args.threads} CPU thread(s), torch {torch.__version__}",
+        f"{where}, torch {torch.__version__}",
         "",
         "| N | N separate runs (s) | vectorised (s) | ms/step separate | ms/replica-step "
         "vectorised | speed-up |",

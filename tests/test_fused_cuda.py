@@ -1,6 +1,7 @@
 """fused=True on CUDA (generated Triton kernels): skipped without a GPU.
 
-Covers fused vs forloop for every method and dtype, GradScaler with an injected inf, CUDA-graph
+Covers fused vs forloop for every method and dtype, per-replica ([N]) hyperparameters,
+GradScaler with an injected inf, CUDA-graph
 capture and replay with a tensor lr changed between replays, and state_dict moves CPU <-> CUDA.
 """
 
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_fused import (  # sibling test module (pytest puts tests/ on sys.path)
+from test_fused import (  # sibling test modules (pytest puts tests/ on sys.path)
     CASES,
     DTYPES,
     STEPS,
@@ -22,6 +23,9 @@ from test_fused import (  # sibling test module (pytest puts tests/ on sys.path)
     make_params,
     run,
 )
+from test_optim_replicas import CASES as REPLICA_CASES
+from test_optim_replicas import FLOAT32_TOL, stacked_vs_alone
+from test_optim_replicas import case_id as replica_case_id
 
 import torchopt_survey.optim as O
 
@@ -44,6 +48,15 @@ def test_cuda_fused_matches_forloop(case: tuple[type, dict[str, Any]], dtype: to
     step = next(iter(opt.state.values())).get("step")
     if step is not None:
         assert step.device.type == "cuda" and step.dtype == torch.float32
+
+
+@pytest.mark.parametrize("case", REPLICA_CASES, ids=[replica_case_id(c) for c in REPLICA_CASES])
+def test_cuda_fused_per_replica_hyperparameters(case: Any) -> None:
+    cls, varied, shared = case
+    path = {"fused": True}
+    assert stacked_vs_alone(cls, varied, shared, path, torch.float64, device="cuda") <= 1e-10
+    worst32 = stacked_vs_alone(cls, varied, shared, path, torch.float32, device="cuda")
+    assert worst32 <= FLOAT32_TOL["atol"] + FLOAT32_TOL["rtol"], worst32
 
 
 def test_cuda_large_tensor_many_programs() -> None:

@@ -59,17 +59,19 @@ def case_id(case: tuple[type, dict[str, Any], dict[str, Any]]) -> str:
     return f"{cls.__name__}[{','.join(varied)}]"
 
 
-def _hp(values: Any, dtype: torch.dtype, replica: int | None) -> Any:
+def _hp(values: Any, dtype: torch.dtype, replica: int | None, device: str = "cpu") -> Any:
     """A per-replica value as the stacked run gets it ([N] tensor) or replica ``replica``'s."""
     if isinstance(values, tuple):
-        return tuple(_hp(v, dtype, replica) for v in values)
+        return tuple(_hp(v, dtype, replica, device) for v in values)
     if not isinstance(values, list):
         return values
-    return torch.tensor(values, dtype=dtype) if replica is None else values[replica]
+    return (torch.tensor(values, dtype=dtype, device=device) if replica is None
+            else values[replica])
 
 
 def stacked_vs_alone(cls: type, varied: dict[str, Any], shared: dict[str, Any],
-                     path: dict[str, Any], dtype: torch.dtype, steps: int = STEPS) -> float:
+                     path: dict[str, Any], dtype: torch.dtype, steps: int = STEPS,
+                     device: str = "cpu") -> float:
     """Largest difference between each replica of a stacked run and the same run alone.
 
     Parameters of three ranks (a [N, 4, 5] weight, a [N, 5] bias, a [N, 2, 3, 2] tensor) get
@@ -77,11 +79,12 @@ def stacked_vs_alone(cls: type, varied: dict[str, Any], shared: dict[str, Any],
     """
     gen = torch.Generator().manual_seed(0)
     shapes = [(4, 5), (5,), (2, 3, 2)]
-    start = [torch.randn((N, *s), generator=gen, dtype=dtype) for s in shapes]
-    grads = [[torch.randn((N, *s), generator=gen, dtype=dtype) for s in shapes]
+    start = [torch.randn((N, *s), generator=gen, dtype=dtype).to(device) for s in shapes]
+    grads = [[torch.randn((N, *s), generator=gen, dtype=dtype).to(device) for s in shapes]
              for _ in range(steps)]
     stacked = [p.clone().requires_grad_() for p in start]
-    opt = cls(stacked, **{k: _hp(v, dtype, None) for k, v in varied.items()}, **shared, **path)
+    opt = cls(stacked, **{k: _hp(v, dtype, None, device) for k, v in varied.items()}, **shared,
+              **path)
     alone = [[p[r].clone().requires_grad_() for p in start] for r in range(N)]
     opts = [cls(alone[r], **{k: _hp(v, dtype, r) for k, v in varied.items()}, **shared, **path)
             for r in range(N)]

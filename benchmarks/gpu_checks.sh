@@ -44,6 +44,11 @@ for stage in $stages; do
         --replicas 1 2 4 8 16 32 --steps 40 --out "$out/vectorized-cuda" 2>&1 | tail -12
       echo "bench_vectorized rc=${PIPESTATUS[0]}" ;;
     sweep)
+      # a few seconds' smoke run first: a sweep that cannot start must not eat the stage's time
+      if ! timeout 120 $py -m torchopt_survey.experiments sweep --experiment mnist \
+          --optimizers sgd adam --lr-grid 1e-3:1e-1:2 --seeds 0 1 --epochs 1 --train-subset 640 \
+          --device cuda --fused --vectorize --logdir "$(mktemp -d)" --quiet >"$out/sweep.log" 2>&1
+      then echo "sweep smoke run failed"; tail -30 "$out/sweep.log"; continue; fi
       logdir=$(mktemp -d)
       timeout "${T_SWEEP:-400}" $py -m torchopt_survey.experiments sweep --experiment mnist \
         --optimizers all --lr-grid 1e-4:1:7 --seeds 0 1 2 --epochs 10 --device cuda --fused \

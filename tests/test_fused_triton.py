@@ -159,6 +159,28 @@ def _checks() -> dict[str, Any]:
 
     check("empty tensor and mixed dtypes", empty_and_mixed)
 
+    def alignment(offset: int) -> None:
+        # parameters that are views ``offset`` float32 elements into their storage: the kernel
+        # may assume 16-byte aligned addresses (and vectorise) only when every address is one
+        gen = torch.Generator().manual_seed(3)
+        params = [torch.randn(n + offset, generator=gen)[offset:].detach().requires_grad_()
+                  for n in (37, 64, 5)]
+        ref_params = [p.detach().clone().requires_grad_() for p in params]
+        opt, ref = O.Adam(params, fused=True), O.Adam(ref_params, foreach=False)
+        for step in range(3):
+            for p, q, g in zip(params, ref_params, F.make_grads(ref_params, step)):
+                p.grad, q.grad = g.clone(), g
+            opt.step()
+            ref.step()
+        for p, q in zip(params, ref_params):
+            torch.testing.assert_close(p, q, **F.TOL[torch.float32])
+        plan = next(reversed(TF._PLANS.values()))
+        assert plan.aligned == (offset % 4 == 0), (offset, plan.aligned)
+
+    for offset in (0, 1, 2):
+        check(f"parameters {offset} elements into their storage",
+              lambda offset=offset: alignment(offset))
+
     import test_optim_replicas as R
 
     def per_replica(case: Any, dtype: Any) -> None:

@@ -411,6 +411,27 @@ def _check_capturable(info: OptimInfo, foreach: bool) -> None:
     assert step.device == cap_params[0].device and step.item() == 50
 
 
+@pytest.mark.parametrize("flags", [{"foreach": True}, {"capturable": True}, {"fused": True}],
+                         ids=["default", "capturable", "fused"])
+@pytest.mark.parametrize("info", OPTIMS, ids=[i.name for i in OPTIMS])
+def test_step_under_graph_capture(info: OptimInfo, flags: dict, monkeypatch) -> None:
+    # CUDA graph capture simulated on the CPU: what torch.optim refuses (a class with a
+    # ``capturable`` option, neither capturable nor fused) is refused; the rest steps
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    if "capturable" in flags and not info.capturable:
+        pytest.skip(f"{info.name} has no capturable option")
+    params = make_params()
+    opt = build(info, info.configs[0], params, **flags)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    if info.capturable and flags == {"foreach": True}:
+        with pytest.raises(RuntimeError, match="capturable is False"):
+            opt.step()
+    else:
+        opt.step()
+
+
 # ------------------------------------------------------------------------------------------
 # differentiable: gradients flow through step()
 # ------------------------------------------------------------------------------------------

@@ -378,6 +378,28 @@ class SurveyOptimizer(Optimizer):
         self._step_groups()
         return loss
 
+    def _accelerator_graph_capture_health_check(self) -> None:
+        """torch.optim's check before a step under CUDA graph capture, with two differences.
+
+        A group without a ``capturable`` option (SGD's: no step count, as torch.optim.SGD,
+        which skips the check) is not checked, and a ``fused`` group counts as capturable: its
+        kernels read every scalar from the device (torch asks ``capturable=True`` there too).
+        """
+        if torch.compiler.is_compiling():
+            return
+        # cheap per step: CUDA that was never initialised cannot be capturing
+        if torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing():
+            unsafe = [group for group in self.param_groups
+                      if not group.get("capturable", True) and not group.get("fused")]
+            if unsafe:
+                raise RuntimeError(
+                    f"Attempting CUDA graph capture of step() for an instance of "
+                    f"{type(self).__name__} but param_groups' capturable is False "
+                    "(pass capturable=True or fused=True)")
+            return
+        if all("capturable" in group for group in self.param_groups):
+            super()._accelerator_graph_capture_health_check()  # its capturable=True warning
+
     def _is_materialisation_step(self) -> bool:
         """Whether this step is torch.distributed.checkpoint's state-initialisation step.
 

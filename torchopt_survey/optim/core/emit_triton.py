@@ -158,12 +158,14 @@ def emit_triton(
     has_grad_scale: bool,
     has_found_inf: bool,
     replica_hp: tuple[bool, ...] = (),
+    aligned: bool = False,
 ) -> str:
     """Python/Triton source of the fused kernel for one layout.
 
     ``dtypes``: one per slot (param, grad, each state; ``None`` for an absent lazy state).
     ``tensor_hp``: one per hyperparameter leaf, the dtype of a tensor value or ``None`` (float,
-    read from the float64 buffer).
+    read from the float64 buffer). ``aligned``: every address is a multiple of 16 bytes, so the
+    tensor pointers carry that hint and whole chunks load and store 16 bytes per access.
     """
     dialect = TritonDialect(dtypes, tensor_hp, has_grad_scale, replica_hp)
     body = walk(traced, dialect)
@@ -183,13 +185,15 @@ def emit_triton(
             continue
         is_scalar = slot >= 2 and traced.slots[slot - 2][1] == "scalar"
         tl_type = "tl.float32" if is_scalar else _TL_TYPES[dtype]
-        decls.append(f"x{slot} = tl.load(base + {slot}).to(tl.pointer_type({tl_type}))")
+        pointer = f"tl.load(base + {slot}).to(tl.pointer_type({tl_type}))"
+        if aligned and not is_scalar:
+            pointer = f"tl.multiple_of({pointer}, 16)"
+        decls.append(f"x{slot} = {pointer}")
     thp_args = "".join(f"thp{j}, " for j, d in enumerate(tensor_hp) if d is not None)
     ok = "ok = tl.load(fi_ptr) == 0.0" if has_found_inf else "ok = pid >= 0"
     gs = f"gs = tl.load(gs_ptr).to({ct})" if has_grad_scale else ""
     comment = "\n".join("# " + line for line in graph.describe().splitlines())
     indent4 = "\n    "
-    indent8 = "\n        "
     indent12 = "\n            "
     scalar_block = ""
     if scalar_stores:
@@ -213,19 +217,29 @@ def fused_kernel(table_ptr, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, counte
     pid = tl.program_id(0)
     {ok}
     t = tl.load(chunk_tensor_ptr + pid)
-    start = tl.load(chunk_start_ptr + pid)
+    start = tl.multiple_of(tl.load(chunk_start_ptr + pid), 16)  # a multiple of BLOCK * ITERS
     n = tl.where(ok, tl.load(numel_ptr + t), 0)  # found_inf: every access masked off
     base = table_ptr + t * {nslots}
     {indent4.join(decls)}
     {gs}
     rchunk = tl.maximum(tl.load(numel_ptr + t) // nrep, 1)  # elements per replica
     {indent4.join(scalar_lines)}
-    for it in tl.static_range(ITERS):
-        offs = start + it * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < n
-        {indent8.join(per_element)}
-        {indent8.join(tensor_lines)}
-        {indent8.join(stores)}{scalar_block}
+    if start + BLOCK * ITERS <= n:
+        # a whole chunk: a constant mask lets loads and stores go 16 bytes at a time (a bound
+        # read from memory would split every access into single elements)
+        for it in tl.static_range(ITERS):
+            offs = start + it * BLOCK + tl.arange(0, BLOCK)
+            mask = tl.full([BLOCK], 1, tl.int1)
+            {indent12.join(per_element)}
+            {indent12.join(tensor_lines)}
+            {indent12.join(stores)}
+    else:
+        for it in tl.static_range(ITERS):
+            offs = start + it * BLOCK + tl.arange(0, BLOCK)
+            mask = offs < n
+            {indent12.join(per_element)}
+            {indent12.join(tensor_lines)}
+            {indent12.join(stores)}{scalar_block}
 '''
 
 
@@ -270,6 +284,8 @@ class _Plan:
         self.nchunks = put(chunks, torch.int32)
         self.counter = torch.zeros(len(numels), dtype=torch.int32, device=device)
         self.grid = (len(chunk_tensor),)
+        # 16-byte aligned addresses (fresh allocations; not every view): the vectorised kernel
+        self.aligned = all(ptr % 16 == 0 for ptr in ptrs)
 
 
 _PLANS: OrderedDict[tuple, _Plan] = OrderedDict()
@@ -313,19 +329,22 @@ def run_triton(
                        for v in values)
     nrep = max((v.numel() for v, r in zip(values, replica_hp) if r), default=1)
     has_gs, has_fi = grad_scale is not None, found_inf is not None
-    key = (id(traced), dtypes, tensor_hp, replica_hp, has_gs, has_fi)
+    chunk = BLOCK * ITERS
+    if chunk % 16:
+        raise ValueError(f"fused: BLOCK * ITERS must be a multiple of 16, got {chunk}")
+    plan_key = (device, chunk, tuple(ptrs), tuple(numels))
+    plan = _cached(_PLANS, plan_key, lambda: _Plan(device, ptrs, numels, chunk), size=8)
+    key = (id(traced), dtypes, tensor_hp, replica_hp, has_gs, has_fi, plan.aligned)
     entry = _KERNELS.get(key)
     if entry is None:
-        source = emit_triton(traced, dtypes, tensor_hp, has_gs, has_fi, replica_hp)
+        source = emit_triton(traced, dtypes, tensor_hp, has_gs, has_fi, replica_hp,
+                             plan.aligned)
         entry = _KERNELS[key] = (load_kernel(source, label), traced)
     kernel = entry[0]
 
     floats = tuple(0.0 if isinstance(v, Tensor) else float(v) for v in values) or (0.0,)
     hp = _cached(_HP_BUFFERS, (device, floats),
                  lambda: torch.tensor(floats, dtype=torch.float64).to(device))
-    chunk = BLOCK * ITERS
-    plan_key = (device, chunk, tuple(ptrs), tuple(numels))
-    plan = _cached(_PLANS, plan_key, lambda: _Plan(device, ptrs, numels, chunk), size=8)
     thp = [v.to(device).reshape(-1 if replica else ()) for v, replica in zip(values, replica_hp)
            if isinstance(v, Tensor)]
     gs = grad_scale.to(device) if has_gs else hp  # type: ignore[union-attr]

@@ -264,6 +264,32 @@ def test_float_lr_changes_do_not_recompile() -> None:
     assert len(_codegen_c.COMPILE_LOG) == before
 
 
+#: group edits between steps, each after steps that took the reused-launch fast path: a new
+#: float lr, a structural change (weight decay from 0: a term appears), a flag, a new tuple
+EDITS: list[dict[str, Any]] = [{"lr": 0.02}, {"weight_decay": 0.1}, {"maximize": True},
+                               {"betas": (0.5, 0.9)}, {"lr": 0.02}, {"weight_decay": 0.0}]
+
+
+@pytest.mark.parametrize("cls", [O.Adam, O.NAdam, O.Adamax])
+def test_group_edits_between_reused_steps_take_effect(cls: type) -> None:
+    params, ref_params = make_params(torch.float32), make_params(torch.float32)
+    opt = cls(params, lr=0.01, fused=True)
+    ref = cls(ref_params, lr=0.01, foreach=False)
+    for p, q in zip(params, ref_params):
+        p.grad, q.grad = torch.zeros_like(p), torch.zeros_like(q)
+    for step in range(3 * len(EDITS)):
+        if step % 3 == 2:
+            for group in (opt.param_groups[0], ref.param_groups[0]):
+                group.update(EDITS[step // 3])
+        for p, q, g in zip(params, ref_params, make_grads(params, step)):
+            p.grad.copy_(g)  # same addresses: steps reuse the prepared launch
+            q.grad.copy_(g)
+        opt.step()
+        ref.step()
+        for p, q in zip(params, ref_params):
+            torch.testing.assert_close(p, q, msg=lambda m, s=step: f"step {s}: {m}")
+
+
 def _amp_setup(cls: type, kwargs: dict[str, Any]) -> tuple[Any, list[torch.Tensor]]:
     params = make_params(torch.float32)
     return cls(params, **kwargs, fused=True), params

@@ -385,10 +385,11 @@ class SurveyOptimizer(Optimizer):
         which skips the check) is not checked, and a ``fused`` group counts as capturable: its
         kernels read every scalar from the device (torch asks ``capturable=True`` there too).
         """
-        if torch.compiler.is_compiling():
+        # CUDA that was never initialised cannot be capturing, nor hold a capturable group's
+        # tensors (what torch's warning is about): one cheap test per step on CPU
+        if torch.compiler.is_compiling() or not torch.cuda.is_initialized():
             return
-        # cheap per step: CUDA that was never initialised cannot be capturing
-        if torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing():
+        if torch.cuda.is_current_stream_capturing():
             unsafe = [group for group in self.param_groups
                       if not group.get("capturable", True) and not group.get("fused")]
             if unsafe:

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .tracing import Traced, structure_key, trace_update
+from .tracing import StructureMemo, Traced, structure_key, trace_update
 
 _TRACES: dict[tuple, Traced] = {}
 _CPU_KERNELS: dict[tuple, Any] = {}
@@ -201,9 +201,13 @@ def fused_step(
     # Fast path: the same tensors at the same addresses as last step (the usual case) reuse the
     # prepared launches, so per-step host work is one data_ptr per tensor, not the row setup.
     plans = opt.__dict__.setdefault("_fused_plans", {})
+    memos = opt.__dict__.setdefault("_fused_structure", {})
+    memo = memos.get(id(group))
+    if memo is None:
+        memo = memos[id(group)] = StructureMemo()
     try:
         signature: tuple | None = (
-            structure_key(group, ()), grad_scale is None, found_inf is None, on_cpu,
+            memo.key(group), grad_scale is None, found_inf is None, on_cpu,
             tuple([t.data_ptr() for t in params]), tuple([t.data_ptr() for t in grads]),
             tuple([0 if t is None else t.data_ptr() for t in states]),
         )
@@ -387,11 +391,19 @@ def _cpu_launcher(
     leaves = traced.graph.hp_leaves
     tables = (numels, ptrs)  # the launcher must keep the ctypes arrays it passes by address
     numels_at, ptrs_at = ctypes.addressof(numels), ctypes.addressof(ptrs)
+    last: list[Any] = [None, None, 1]  # plain-number values, their table, nrep: reused as is
 
     def launch(group: dict[str, Any], grad_scale: Any, found_inf: Any) -> None:
         del found_inf  # checked on the host before any launch (a CPU read is free)
         assert tables
-        hp, nrep = _hp_table(group, leaves)
+        values = [group[k] if i is None else group[k][i] for k, i in leaves]
+        # a tensor value may have changed in place: only plain numbers can be compared
+        plain = all(type(v) in (float, int, bool) for v in values)
+        if plain and values == last[0]:
+            hp, nrep = last[1], last[2]
+        else:
+            hp, nrep = _hp_table(values)
+            last[:] = [values if plain else None, hp, nrep]
         scale = None
         if grad_scale is not None:
             scale_t = grad_scale.to(device="cpu", dtype=torch.float32).reshape(-1)
@@ -403,13 +415,13 @@ def _cpu_launcher(
     return launch
 
 
-def _hp_table(group: dict[str, Any], leaves: list[tuple[str, int | None]]) -> tuple[Any, int]:
+def _hp_table(values: list[Any]) -> tuple[Any, int]:
     """The C kernel's hyperparameter table: ``nrep`` values per leaf (replica-major rows).
 
-    Without per-replica values ``nrep`` is 1 and the table is one value per leaf; with them
-    every leaf gets one value per replica (a plain value repeated).
+    ``values``: each traced leaf's current value. Without per-replica values ``nrep`` is 1 and
+    the table is one value per leaf; with them every leaf gets one value per replica (a plain
+    value repeated).
     """
-    values = [group[k] if i is None else group[k][i] for k, i in leaves]
     nrep = max((v.numel() for v in values if isinstance(v, Tensor) and v.dim() == 1), default=1)
     flat: list[float] = []
     for value in values:

@@ -360,6 +360,48 @@ def structure_key(group: dict[str, Any], lazy_present: tuple[bool, ...]) -> tupl
     ) + (lazy_present,)
 
 
+_ATOMS = (bool, int, float, str, type(None))
+
+
+class StructureMemo:
+    """:func:`structure_key` of one group, recomputed only when a value of the group changed.
+
+    Describing every value costs more than a small fused step's other host work, and between
+    steps the values rarely change. A value counts as unchanged if it is the same object, or an
+    equal number or string (a scheduler writing a new float). A tensor hyperparameter edited in
+    place keeps its dtype, all the key records of it -- except per-replica values, whose signs
+    the key records: a group holding any is described again every step.
+    """
+
+    __slots__ = ("_values", "_key", "_volatile")
+
+    def __init__(self) -> None:
+        self._values: list[Any] | None = None
+        self._key: tuple = ()
+        self._volatile = True
+
+    def key(self, group: dict[str, Any]) -> tuple:
+        values = [v for k, v in group.items() if k not in ("params", "param_names")]
+        if not self._volatile and self._values is not None and _same(values, self._values):
+            return self._key
+        self._key = structure_key(group, ())
+        self._values = values
+        self._volatile = any(
+            is_replicas(v) or (isinstance(v, tuple) and any(is_replicas(u) for u in v))
+            for v in values)
+        return self._key
+
+
+def _same(values: list[Any], previous: list[Any]) -> bool:
+    if len(values) != len(previous):
+        return False
+    for value, old in zip(values, previous):
+        if value is not old and (type(value) is not type(old) or type(value) not in _ATOMS
+                                 or value != old):
+            return False
+    return True
+
+
 @dataclass
 class Traced:
     """A traced update together with the state layout it was traced for."""

@@ -33,6 +33,8 @@ examples:
   python -m torchopt_survey.experiments report --logdir runs --out experiments
   python -m torchopt_survey.experiments sweep --experiment mnist --optimizers all \
       --lr-grid 1e-4:1:7 --seeds 0 1 2 --epochs 10
+  python -m torchopt_survey.experiments sweep --experiment karate --optimizers sgd adam \
+      --lr-grid 1e-3:1e-1:3 --backend ray --workers 2  # Ray Tune trials (pip install -e ".[ray]")
   tensorboard --logdir runs
   torchrun --nproc-per-node 2 -m torchopt_survey.experiments mnist --optimizers sgd  # DDP
 """
@@ -154,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-split", type=float, metavar="FRACTION", default=None,
                    help="MNIST: fraction of the training set held out for validation, a "
                    "seeded split per run (the val_split option; sweep default 1/6)")
+    g.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local (default): this machine, --workers processes; ray: Ray Tune "
+                   "trials of --threads CPUs each (one per vectorised group or single run) "
+                   "on a local Ray instance of --workers x --threads CPUs, or on a cluster")
+    g.add_argument("--ray-address", metavar="ADDRESS", default=None,
+                   help="--backend ray: an existing Ray cluster (e.g. 10.0.0.5:6379 or auto; "
+                   "default: $RAY_ADDRESS, else a local instance started and stopped here)")
     g = p.add_argument_group("report")
     g.add_argument("--out", default=None, help="report output folder (default: LOGDIR/report)")
     return p
@@ -431,6 +440,14 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     grid = parse_grid(args.grid)
     if args.workers < 1:
         raise ValueError(f"--workers: expected >= 1, got {args.workers}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads: expected >= 1, got {args.threads}")
+    if args.ray_address is not None and args.backend != "ray":
+        raise ValueError("--ray-address: only with --backend ray")
+    if args.backend == "ray":
+        from .ray_sweep import require_ray
+
+        require_ray()
     exp = args.experiment
     if exp == "mnist" and not args.regimes:
         args.regimes = ["minibatch"]  # the issue's protocol: mini-batch 64
@@ -471,8 +488,14 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
     log(f"sweep: {len(specs)} runs ({len(lrs)} learning rates x "
         f"{max(1, len(specs) // max(1, len(base) * len(lrs)))} grid points x {len(base)} "
-        f"optimizer/seed/model runs) -> {args.logdir}")
-    rows, timing = run_sweep(specs, opts, args.vectorize, args.workers, log)
+        f"optimizer/seed/model runs) -> {args.logdir} (backend {args.backend})")
+    if args.backend == "ray":
+        from .ray_sweep import run_sweep_ray
+
+        rows, timing = run_sweep_ray(specs, opts, args.vectorize, args.workers,
+                                     args.ray_address, log)
+    else:
+        rows, timing = run_sweep(specs, opts, args.vectorize, args.workers, log)
     timing["vectorize"] = args.vectorize
     out = Path(args.logdir) / "sweep"
     paths = write_tables(rows, timing, out)

@@ -128,42 +128,65 @@ def expand_sweep(base_specs: Sequence[dict[str, Any]], lrs: Sequence[float],
 
 
 # ------------------------------------------------------------------------------ running
+def plan_units(specs: Sequence[dict[str, Any]], vectorize: bool, log: Callable[[str], None],
+               ) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]]]:
+    """(vectorised groups, runs one by one); says why runs are not vectorised."""
+    from .vectorized import group_key, plan_groups, why_not
+
+    if not vectorize:
+        log("sweep: --no-vectorize: every run separately")
+        return [], list(specs)
+    groups, alone = plan_groups(specs)
+    for reason in sorted({why_not(s) for s in alone if group_key(s) is None}):
+        log(f"sweep: not vectorised, run one by one: {reason}")
+    return groups, alone
+
+
+def _run_group(group: Sequence[dict[str, Any]], opts: Any, log: Callable[[str], None],
+               results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One vectorised program into ``results``; returns the runs left to do one by one."""
+    from .runner import run_id
+    from .vectorized import execute_vectorized
+
+    log(f"sweep: {len(group)} runs of {group[0]['optimizer']} as one vectorised program")
+    try:
+        for res in execute_vectorized(group, opts):
+            results[res["run_id"]] = {"status": "ok", **res}
+    except Exception as exc:  # noqa: BLE001 -- the group's runs are retried one by one
+        log(f"sweep: vectorised program failed ({type(exc).__name__}: {exc}); "
+            "its runs go one by one")
+        return [s for s in group if run_id(s) not in results]
+    return []
+
+
+def run_unit(unit: Sequence[dict[str, Any]], opts: Any, log: Callable[[str], None],
+             ) -> list[dict[str, Any]]:
+    """Rows of one unit of work, as :func:`run_sweep` does it: a vectorised group (falling
+    back to its runs one by one) or a single run. What one Ray trial does."""
+    from .runner import run_id
+
+    results: dict[str, dict[str, Any]] = {}
+    rest = _run_group(unit, opts, log, results) if len(unit) > 1 else list(unit)
+    for spec in rest:
+        results[run_id(spec)] = _guarded(spec, opts)
+    return [_row(spec, results[run_id(spec)]) for spec in unit]
+
+
 def run_sweep(specs: Sequence[dict[str, Any]], opts: Any, vectorize: bool, workers: int,
               log: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run every spec (vectorised groups first); returns (rows, timing)."""
-    from .runner import execute_run, run_id
-    from .vectorized import execute_vectorized, plan_groups, why_not
+    from .runner import run_id
 
     results: dict[str, dict[str, Any]] = {}
     t0 = time.perf_counter()
-    if vectorize:
-        groups, alone = plan_groups(specs)
-        from .vectorized import group_key
-
-        reasons = sorted({why_not(s) for s in alone if group_key(s) is None})
-        for reason in reasons:
-            log(f"sweep: not vectorised, run one by one: {reason}")
-    else:
-        groups, alone = [], list(specs)
-        log("sweep: --no-vectorize: every run separately")
+    groups, alone = plan_units(specs, vectorize, log)
     for group in groups:
-        log(f"sweep: {len(group)} runs of {group[0]['optimizer']} as one vectorised program")
-        try:
-            for res in execute_vectorized(group, opts):
-                results[res["run_id"]] = {"status": "ok", **res}
-        except Exception as exc:  # noqa: BLE001 -- the group's runs are retried one by one
-            log(f"sweep: vectorised program failed ({type(exc).__name__}: {exc}); "
-                "its runs go one by one")
-            alone.extend(s for s in group if run_id(s) not in results)
+        alone.extend(_run_group(group, opts, log, results))
     if workers > 1 and len(alone) > 1:
         _run_pool(alone, opts, workers, results)
     else:
         for spec in alone:
-            try:
-                res = execute_run(spec, opts)
-                results[res["run_id"]] = {"status": "ok", **res}
-            except Exception as exc:  # noqa: BLE001 -- recorded, the others go on
-                results[run_id(spec)] = _failed(spec, exc)
+            results[run_id(spec)] = _guarded(spec, opts)
     wall = time.perf_counter() - t0
     rows = [_row(spec, results[run_id(spec)]) for spec in specs]
     return rows, {"wall_time_s": wall, "vectorized_programs": len(groups),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
+import re
 import sys
 import time
 import traceback
@@ -485,7 +486,10 @@ def sensitivity_figure(rows: Sequence[dict[str, Any]], out: Path) -> list[Path]:
         ax.set_xscale("log")
         ax.set_xlabel("learning rate")
         ax.set_ylabel(f"final {METRICS[exp][0]}")
-        ax.set_title(f"{exp} {base}: learning-rate sensitivity (mean ± std over seeds)")
+        # long floats in a variant's name (val_split0.16666666666666666) cut the title off
+        label = re.sub(r"\d+\.\d{4,}", lambda m: f"{float(m.group()):.3g}", base)
+        ax.set_title(f"{label}: learning-rate sensitivity\n(mean ± std over seeds; dotted: the "
+                     f"paper's lr {PAPER_LR})", fontsize=10)
         ax.axvline(PAPER_LR, color="grey", lw=0.8, ls=":")
         ax.legend(fontsize=7, ncol=2)
         ax.grid(alpha=0.3)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -512,8 +511,9 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # PyG's import emits torch.jit deprecation noise that says nothing about the user's run.
-    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
+    from .runner import quiet_import_noise
+
+    quiet_import_noise()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

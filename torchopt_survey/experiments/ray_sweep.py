@@ -42,14 +42,12 @@ def require_ray() -> None:
 def _trial(config: dict[str, Any], units: Sequence[Sequence[dict[str, Any]]],
            opts: Any) -> None:
     """One Ray trial: one unit of work, its rows reported as JSON (NaN-safe, lists kept)."""
-    import warnings
-
     from ray import tune
 
+    from .runner import quiet_import_noise
     from .sweep import run_unit
 
-    # the CLI's filter, in this worker process too: PyG's import noise
-    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
+    quiet_import_noise()
     rows = run_unit(units[config["unit"]], opts, log=print)
     tune.report({"rows": json.dumps(rows)})
 

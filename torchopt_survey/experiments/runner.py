@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -71,13 +72,18 @@ def make_task(spec: dict[str, Any], device: torch.device, data_dir: str | None) 
     return KarateTask(spec, device, data_dir)
 
 
-def set_determinism(enabled: bool, device: torch.device) -> None:
-    """Deterministic kernels (needed for bit-identical resume on GPU; CPU kernels used here are
+def prepare_process(opts: RunOptions) -> torch.device:
+    """The run's device, with the process set up for it: ``--threads`` and, if asked for,
+    deterministic kernels (needed for bit-identical resume on GPU; CPU kernels used here are
     deterministic at a fixed thread count anyway)."""
-    if enabled:
+    device = resolve_device(opts.device)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    if opts.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+    return device
 
 
 def _downsample(losses: torch.Tensor, points: int = CURVE_POINTS) -> tuple[list[int], list[float]]:
@@ -207,10 +213,7 @@ def execute_run(
     finished, state, unusable = distributed.broadcast((finished, state, unusable))
     if finished is not None:
         return finished
-    device = resolve_device(opts.device)
-    if opts.threads:
-        torch.set_num_threads(opts.threads)
-    set_determinism(opts.deterministic, device)
+    device = prepare_process(opts)
     # Build the task (loads data) before touching the run folder: a data error leaves nothing.
     task = make_task(spec, device, opts.data_dir)
     ctx = distributed.context()
@@ -354,7 +357,14 @@ def _expected_cost(spec: dict[str, Any]) -> float:
     return spec["epochs"] * 1e-3
 
 
+def quiet_import_noise() -> None:
+    """PyG's import emits torch.jit deprecation noise that says nothing about the user's run:
+    filtered in the CLI's process and in every worker process that imports the experiments."""
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
+
+
 def _worker_init(threads: int) -> None:
+    quiet_import_noise()
     torch.set_num_threads(threads)
 
 

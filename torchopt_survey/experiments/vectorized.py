@@ -321,9 +321,8 @@ def execute_vectorized(
         _log_hparams,
         execute_run,
         normalise,
-        resolve_device,
+        prepare_process,
         run_id,
-        set_determinism,
     )
 
     specs = [normalise(s) for s in specs]
@@ -364,10 +363,7 @@ def execute_vectorized(
             if on_done:
                 on_done(res)
         return results
-    device = resolve_device(opts.device)
-    if opts.threads:
-        torch.set_num_threads(opts.threads)
-    set_determinism(opts.deterministic, device)
+    device = prepare_process(opts)
     prog = VectorMnist(todo, device, opts.data_dir)
     n, epochs, spe = len(todo), todo[0]["epochs"], prog.steps_per_epoch
     start_epoch = epochs_done.pop()

@@ -60,11 +60,8 @@ def get_trace(opt: Any, spec: list[Any], group: dict[str, Any],
 
 def hp_values(traced: Traced, group: dict[str, Any]) -> list[Any]:
     """The group's current value of each traced hyperparameter (floats or tensors)."""
-    values = []
-    for key, index in traced.graph.hp_leaves:
-        value = group[key] if index is None else group[key][index]
-        values.append(value)
-    return values
+    return [group[key] if index is None else group[key][index]
+            for key, index in traced.graph.hp_leaves]
 
 
 def _as_real(t: Tensor) -> Tensor:
@@ -388,7 +385,6 @@ def _cpu_launcher(
     )
     numels = (ctypes.c_int64 * n)(*[row[0].numel() for row in rows])  # type: ignore[union-attr]
     # (no tensor is kept alive: a launcher is only reused when every address is unchanged)
-    leaves = traced.graph.hp_leaves
     tables = (numels, ptrs)  # the launcher must keep the ctypes arrays it passes by address
     numels_at, ptrs_at = ctypes.addressof(numels), ctypes.addressof(ptrs)
     last: list[Any] = [None, None, 1]  # plain-number values, their table, nrep: reused as is
@@ -396,7 +392,7 @@ def _cpu_launcher(
     def launch(group: dict[str, Any], grad_scale: Any, found_inf: Any) -> None:
         del found_inf  # checked on the host before any launch (a CPU read is free)
         assert tables
-        values = [group[k] if i is None else group[k][i] for k, i in leaves]
+        values = hp_values(traced, group)
         # a tensor value may have changed in place: only plain numbers can be compared
         plain = all(type(v) in (float, int, bool) for v in values)
         if plain and values == last[0]:

@@ -381,23 +381,24 @@ class StructureMemo:
         self._volatile = True
 
     def key(self, group: dict[str, Any]) -> tuple:
-        values = [v for k, v in group.items() if k not in ("params", "param_names")]
-        if not self._volatile and self._values is not None and _same(values, self._values):
+        items = [(k, v) for k, v in group.items() if k not in ("params", "param_names")]
+        if not self._volatile and self._values is not None and _same(items, self._values):
             return self._key
         self._key = structure_key(group, ())
-        self._values = values
+        self._values = items
         self._volatile = any(
             is_replicas(v) or (isinstance(v, tuple) and any(is_replicas(u) for u in v))
-            for v in values)
+            for _, v in items)
         return self._key
 
 
-def _same(values: list[Any], previous: list[Any]) -> bool:
-    if len(values) != len(previous):
+def _same(items: list[tuple[str, Any]], previous: list[tuple[str, Any]]) -> bool:
+    """The same keys in the same order, each value unchanged (see :class:`StructureMemo`)."""
+    if len(items) != len(previous):
         return False
-    for value, old in zip(values, previous):
-        if value is not old and (type(value) is not type(old) or type(value) not in _ATOMS
-                                 or value != old):
+    for (key, value), (old_key, old) in zip(items, previous):
+        if key != old_key or (value is not old and (
+                type(value) is not type(old) or type(value) not in _ATOMS or value != old)):
             return False
     return True
 

@@ -178,6 +178,20 @@ def test_cuda_graph_capture_and_replay_with_tensor_lr(cls: type) -> None:
     assert_state_close(opt, ref, atol=1e-6, rtol=1e-5)
 
 
+def test_cuda_fused_host_lr_changed_in_place_between_steps() -> None:
+    """A per-replica lr kept on the host (as the vectorised experiments keep it): the kernel's
+    device copy follows a scheduler's in-place change."""
+    lr = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
+    p = torch.zeros(3, 2, dtype=torch.float64, device="cuda", requires_grad=True)
+    opt = O.SGD([p], lr=lr, fused=True)
+    for _ in range(3):
+        p.grad = torch.ones_like(p)
+        opt.step()
+        lr.mul_(0.5)
+    expected = -1.75 * torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64, device="cuda")
+    torch.testing.assert_close(p[:, 0].detach(), expected, atol=1e-15, rtol=0)
+
+
 @pytest.mark.parametrize("case", [CASES[1], CASES[17], CASES[6]], ids=case_id)
 def test_state_dict_moves_cpu_cuda(case: tuple[type, dict[str, Any]]) -> None:
     cls, kwargs = case

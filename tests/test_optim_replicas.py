@@ -149,6 +149,27 @@ def test_lr_changed_in_place_between_steps() -> None:
         torch.testing.assert_close(p[:, 0].detach(), expected, atol=1e-15, rtol=0)
 
 
+def test_kernel_copy_of_a_host_value_is_renewed_only_after_a_change() -> None:
+    """The GPU kernel's copy of a host lr (a per-replica [N] tensor kept on the CPU): made
+    once, not every step (a blocking copy and a stream sync), and again after an in-place
+    change. (The meta device stands in for the GPU; a CUDA test checks the values.)"""
+    from torchopt_survey.optim.core.emit_triton import _kernel_copy
+
+    lr = torch.tensor([0.1, 0.2, 0.3])
+    p = torch.zeros(N, 2, requires_grad=True)
+    group_lr = O.SGD([p], lr=lr).param_groups[0]["lr"]  # (the group's view of the user's lr)
+    device = torch.device("meta")
+    first = _kernel_copy(group_lr, device, True)
+    assert first.device == device and first.shape == (N,)
+    assert _kernel_copy(group_lr, device, True) is first
+    lr.mul_(0.5)  # a scheduler, in place on the user's tensor
+    renewed = _kernel_copy(group_lr, device, True)
+    assert renewed is not first
+    assert _kernel_copy(group_lr, device, True) is renewed
+    assert _kernel_copy(lr, torch.device("cpu"), True) is not lr  # (a reshaped view: same data)
+    assert _kernel_copy(lr, torch.device("cpu"), True).data_ptr() == lr.data_ptr()
+
+
 # ------------------------------------------------------------------------------------------
 # bad input: a clear ValueError naming the hyperparameter and the shapes
 # ------------------------------------------------------------------------------------------

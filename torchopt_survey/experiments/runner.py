@@ -18,6 +18,7 @@ import torch
 
 from . import distributed
 from .checkpoint import _atomic_write, load_checkpoint, load_json, save_checkpoint, save_json
+from .host_memory import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +74,13 @@ def make_task(spec: dict[str, Any], device: torch.device, data_dir: str | None) 
 
 
 def prepare_process(opts: RunOptions) -> torch.device:
-    """The run's device, with the process set up for it: ``--threads`` and, if asked for,
-    deterministic kernels (needed for bit-identical resume on GPU; CPU kernels used here are
-    deterministic at a fixed thread count anyway)."""
+    """The run's device, with the process set up for it: ``--threads``, on CPU an allocator
+    that keeps freed blocks (:mod:`.host_memory`) and, if asked for, deterministic kernels
+    (needed for bit-identical resume on GPU; CPU kernels used here are deterministic at a
+    fixed thread count anyway)."""
     device = resolve_device(opts.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     if opts.threads:
         torch.set_num_threads(opts.threads)
     if opts.deterministic:

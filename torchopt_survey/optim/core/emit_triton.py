@@ -289,6 +289,8 @@ class _Plan:
 
 _PLANS: OrderedDict[tuple, _Plan] = OrderedDict()
 _HP_BUFFERS: OrderedDict[tuple, Tensor] = OrderedDict()
+#: the kernel's copy of each tensor hyperparameter: (source, its version when copied, copy)
+_HP_COPIES: OrderedDict[tuple, tuple[Tensor, int, Tensor]] = OrderedDict()
 _KERNELS: dict[tuple, Any] = {}
 
 
@@ -302,6 +304,32 @@ def _cached(cache: OrderedDict, key: tuple, make: Any, size: int = 16) -> Any:
     else:
         cache.move_to_end(key)
     return value
+
+
+def _kernel_copy(value: Tensor, device: torch.device, replica: bool) -> Tensor:
+    """``value`` as the kernel reads it, on ``device``.
+
+    A value already there is passed as is (the kernel reads its memory: an in-place change, a
+    CUDA graph's replay included, is seen). One elsewhere -- a per-replica lr on the host --
+    is copied once and again only after it changed in place (its version counter moved):
+    copying it every step cost a blocking host-to-device copy and a stream sync per step.
+    """
+    shape = -1 if replica else ()
+    if value.device == device:
+        return value.reshape(shape)
+    try:
+        version = value._version
+    except RuntimeError:  # an inference tensor has no version counter: copy every step
+        return value.to(device).reshape(shape)
+    key = (id(value), device)
+    entry = _HP_COPIES.get(key)
+    # (the entry holds the source, so its id cannot be reused while the entry lives)
+    if entry is None or entry[0] is not value or entry[1] != version:
+        entry = (value, version, value.detach().to(device).reshape(shape))
+        _HP_COPIES[key] = entry
+        if len(_HP_COPIES) > 32:
+            _HP_COPIES.popitem(last=False)
+    return entry[2]
 
 
 def run_triton(
@@ -344,7 +372,7 @@ def run_triton(
     floats = tuple(0.0 if isinstance(v, Tensor) else float(v) for v in values) or (0.0,)
     hp = _cached(_HP_BUFFERS, (device, floats),
                  lambda: torch.tensor(floats, dtype=torch.float64).to(device))
-    thp = [v.to(device).reshape(-1 if replica else ()) for v, replica in zip(values, replica_hp)
+    thp = [_kernel_copy(v, device, replica) for v, replica in zip(values, replica_hp)
            if isinstance(v, Tensor)]
     gs = grad_scale.to(device) if has_gs else hp  # type: ignore[union-attr]
     fi = found_inf.to(device) if has_fi else hp  # type: ignore[union-attr]

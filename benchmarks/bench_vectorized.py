@@ -3,12 +3,13 @@
 The code the CLI runs on both sides: :class:`~torchopt_survey.experiments.vectorized.VectorMnist`
 (stacked replicas, vmap forward/backward, one optimizer step with per-replica learning rates)
 against N :class:`~torchopt_survey.experiments.mnist.MnistTask` epochs. The survey's MLP
-(784-500-10), mini-batch 64, ``--steps`` training steps per run (one epoch of a training
-subset of ``batch * steps`` images), each run its own seed and learning rate; the time of the
-fastest of ``--repeat`` measurements is kept. Threads pinned (default 1); on CPU glibc keeps
-freed blocks as in the experiments' processes (``--system-malloc``: it does not). Next to the two
-times it measures the runs' arithmetic floor (:func:`arithmetic_floor`), the work stacking
-leaves per replica, and prints the bound that puts on any vectorised speed-up.
+(784-500-10), mini-batch ``--batch-size`` (64), ``--steps`` training steps per run (one
+epoch of a training subset of ``batch * steps`` images), each run its own seed and learning
+rate; the time of the fastest of ``--repeat`` measurements is kept. Threads pinned (default
+1); on CPU glibc keeps freed blocks as in the experiments' processes (``--system-malloc``:
+it does not). Next to the two times it measures the runs' arithmetic floor
+(:func:`arithmetic_floor`), the work stacking leaves per replica, and prints the bound that
+puts on any vectorised speed-up.
 
 The learning rates are spread log-evenly over ``--lrs`` (default 1e-4 to 1e-2, where Adam is
 stable on this problem): at unstable rates a saturated softmax fills the gradients with
@@ -47,7 +48,7 @@ def _specs(optimizer: str, n: int, steps: int, fused: bool = False,
            batch_size: int = 64, lrs: tuple[float, float] = (1e-4, 1e-2),
            ) -> list[dict[str, Any]]:
     lo, hi = (math.log10(v) for v in lrs)
-    lrs = torch.logspace(lo, hi, max(n, 2)).tolist()[:n]
+    rates = torch.logspace(lo, hi, max(n, 2)).tolist()[:n]
     cfg = C.merge(C.default_config("mnist"), {
         "seeds": [0], "epochs": 1, "train_subset": batch_size * steps, "test_subset": 100,
         "fused": fused,
@@ -55,7 +56,7 @@ def _specs(optimizer: str, n: int, steps: int, fused: bool = False,
     cfg["regimes"] = {"mb": cfg["regimes"]["mb"]}
     base = mnist.expand(C.validate(cfg))[0]
     return [{**base, "seed": r, "variant": f"bench-{r}",
-             "optimizer_kwargs": {**base["optimizer_kwargs"], "lr": lrs[r]}} for r in range(n)]
+             "optimizer_kwargs": {**base["optimizer_kwargs"], "lr": rates[r]}} for r in range(n)]
 
 
 def _time(fn: Any, repeat: int, device: torch.device) -> float:

@@ -289,8 +289,8 @@ class _Plan:
 
 _PLANS: OrderedDict[tuple, _Plan] = OrderedDict()
 _HP_BUFFERS: OrderedDict[tuple, Tensor] = OrderedDict()
-#: the kernel's copy of each tensor hyperparameter: (source, its version when copied, copy)
-_HP_COPIES: OrderedDict[tuple, tuple[Tensor, int, Tensor]] = OrderedDict()
+#: the kernel's copy of a host tensor hyperparameter per (source, version, device)
+_HP_COPIES: OrderedDict[tuple, tuple[Tensor, Tensor]] = OrderedDict()
 _KERNELS: dict[tuple, Any] = {}
 
 
@@ -321,15 +321,10 @@ def _kernel_copy(value: Tensor, device: torch.device, replica: bool) -> Tensor:
         version = value._version
     except RuntimeError:  # an inference tensor has no version counter: copy every step
         return value.to(device).reshape(shape)
-    key = (id(value), device)
-    entry = _HP_COPIES.get(key)
-    # (the entry holds the source, so its id cannot be reused while the entry lives)
-    if entry is None or entry[0] is not value or entry[1] != version:
-        entry = (value, version, value.detach().to(device).reshape(shape))
-        _HP_COPIES[key] = entry
-        if len(_HP_COPIES) > 32:
-            _HP_COPIES.popitem(last=False)
-    return entry[2]
+    # (an entry holds its source, so the source's id is not reused while the entry lives)
+    entry = _cached(_HP_COPIES, (id(value), version, device),
+                    lambda: (value, value.detach().to(device).reshape(shape)), size=32)
+    return entry[1]
 
 
 def run_triton(

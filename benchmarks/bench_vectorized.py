@@ -72,9 +72,9 @@ def _time(fn: Any, repeat: int, device: torch.device) -> float:
     return best
 
 
-def arithmetic_floor(task: mnist.MnistTask, optimizer: str, n: int, steps: int, repeat: int,
+def arithmetic_floor(task: mnist.MnistTask, optimizer: str, steps: int, repeat: int,
                      device: torch.device) -> float:
-    """A lower bound on the seconds any program needs for ``n`` such runs of ``steps`` steps.
+    """A lower bound on the seconds any program needs per run of ``steps`` such steps.
 
     Per replica and step, only the work that stacking replicas leaves per replica: the five
     matrix products of the MLP's forward and backward (into preallocated outputs) and one
@@ -110,7 +110,7 @@ def arithmetic_floor(task: mnist.MnistTask, optimizer: str, n: int, steps: int, 
             opt.step()
 
     one_run()
-    return n * _time(one_run, repeat, device)
+    return _time(one_run, repeat, device)
 
 
 def bench(optimizer: str, n: int, steps: int, data_dir: str | None, repeat: int,
@@ -135,7 +135,7 @@ def bench(optimizer: str, n: int, steps: int, data_dir: str | None, repeat: int,
     separate()
     t_sep, t_vec = _time(separate, repeat, device), _time(vectorised, repeat, device)
     # (on a GPU one replica's floor is launch latency, which stacking shares: no bound there)
-    t_floor = (arithmetic_floor(tasks[0], optimizer, n, steps, repeat, device)
+    t_floor = (n * arithmetic_floor(tasks[0], optimizer, steps, repeat, device)
                if device.type == "cpu" else None)
     return {"replicas": n, "separate_s": t_sep, "vectorized_s": t_vec,
             "separate_ms_per_step": 1e3 * t_sep / (n * steps),

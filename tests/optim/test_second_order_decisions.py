@@ -182,12 +182,15 @@ def test_newton_cg_forcing_term_sets_the_inner_iterations() -> None:
 
 
 def test_newton_cg_predicted_decrease_uses_the_model_curvature() -> None:
-    # on a quadratic the model is exact: ρ = 1 for any truncated direction and any step, which
-    # holds only if pᵀCp (from the CG residual) is right
-    for cg_max_iter, lr in ((1, 0.3), (3, 1.0), (5, 0.7)):
-        _, st, _ = _run(ts.NewtonCG, quadratic, torch.zeros(20, dtype=DT), max_iter=1,
-                        cg_max_iter=cg_max_iter, cg_tol=1e-10, line_search_fn=None, lr=lr)
-        assert float(st["rho"]) == pytest.approx(1.0, abs=1e-10), cg_max_iter
+    # on a quadratic the model is exact: ρ = 1 for any truncated direction, step and damping
+    # (λ shapes the direction, not the model), and after a warm-started solve, which holds
+    # only if the undamped pᵀCp taken from the CG residual is right
+    for cg_max_iter, lr, damping, steps in ((1, 0.3, 0.0, 1), (3, 1.0, 0.5, 1),
+                                            (5, 0.7, 2.0, 1), (2, 0.5, 0.0, 3)):
+        _, st, _ = _run(ts.NewtonCG, quadratic, torch.zeros(20, dtype=DT), steps=steps,
+                        max_iter=1, cg_max_iter=cg_max_iter, cg_tol=1e-10, line_search_fn=None,
+                        lr=lr, damping=damping, adapt_damping=False)
+        assert float(st["rho"]) == pytest.approx(1.0, abs=1e-10), (cg_max_iter, damping)
 
 
 # --------------------------------------------------------------------------- Newton

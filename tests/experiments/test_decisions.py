@@ -69,9 +69,10 @@ def test_a_setting_with_a_failed_seed_is_not_chosen() -> None:
 
 def test_tuning_selects_on_validation_not_test() -> None:
     rows = [
+        # (the NaN setting first: max() would keep it, as nothing compares greater than NaN)
+        _sweep_row("adam", 0.01, 0, math.nan, 0.99), _sweep_row("adam", 0.01, 1, math.nan, 0.99),
         _sweep_row("adam", 0.1, 0, 0.95, 0.80), _sweep_row("adam", 0.1, 1, 0.97, 0.82),
         _sweep_row("adam", 0.001, 0, 0.90, 0.99), _sweep_row("adam", 0.001, 1, 0.92, 0.97),
-        _sweep_row("adam", 0.01, 0, math.nan, 0.99), _sweep_row("adam", 0.01, 1, math.nan, 0.99),
     ]
     best = _best(rows)["adam"]
     assert best["best_setting"] == "lr=0.1"  # val 0.96, not test 0.98 nor the NaN-val setting
@@ -353,10 +354,14 @@ def test_resume_skips_only_a_result_of_the_same_spec(tmp_path: Path,
     assert redone["skipped"] is False
     assert (redone["resumed_from_epoch"], redone["epochs_trained"]) == (2, 0)
     assert json.loads(result.read_text())["spec"]["epochs"] == 2
-    # without --resume a finished run is trained again from scratch
+    # without --resume a finished run is trained again from scratch, in a cleared folder
+    run_dir = result.parent
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 2  # (one per attempt so far)
     fresh = execute_run(karate_spec, RunOptions(logdir=str(tmp_path), deterministic=False,
                                                 quiet=True))
     assert fresh["skipped"] is False and fresh["resumed_from_epoch"] is None
+    assert fresh["epochs_trained"] == 2
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # the old events are gone
 
 
 def test_checkpoint_of_another_spec_is_set_aside_not_resumed(

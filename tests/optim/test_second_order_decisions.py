@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 import torchopt_survey as ts
 from torchopt_survey.optim.conjugate_gradient import conjugacy_beta
-from torchopt_survey.optim.core.line_search import strong_wolfe
+from torchopt_survey.optim.core.line_search import _cubic_minimizer, strong_wolfe
 
 DT = torch.float64
 
@@ -364,6 +364,64 @@ def test_strong_wolfe_rejects_an_uphill_step_whose_slope_is_flat() -> None:
     assert abs(float(g)) <= 0.9  # strong curvature
     assert 0.0 < res.step < 1.0 and res.loss == f < 0.0
     assert res.evals == 2  # the uphill trial, then the cubic's minimiser of the bracket
+
+
+def test_strong_wolfe_zooms_back_when_a_trial_overshoots_uphill_in_slope() -> None:
+    # φ(t) = (t - 1)² from t = 1.9: Armijo holds (0.81 < 1) but the slope there is +1.8, far
+    # above c2 |φ'(0)| = 0.2: the minimum lies between 0 and 1.9, not further out
+    trials: list[float] = []
+
+    def phi(t: float) -> tuple[float, Tensor, Any]:
+        trials.append(t)
+        return (t - 1.0) ** 2, torch.tensor([2.0 * (t - 1.0)], dtype=DT), t
+
+    res = strong_wolfe(phi, 1.0, torch.tensor([-2.0], dtype=DT), 0.0, ONE, 1.9, c1=1e-4,
+                       c2=0.1, max_evals=25, tolerance_change=1e-12)
+    assert res.success and res.step == pytest.approx(1.0, abs=1e-12)
+    assert trials == [1.9, pytest.approx(1.0, abs=1e-12)]
+
+
+def test_strong_wolfe_brackets_when_an_extrapolated_trial_is_higher_than_the_last() -> None:
+    # φ(t) = -t + k max(0, t - 1.2)^1.5: linear (slope -1) up to 1.2, a minimum near 2.6.
+    # The trial at 1 is still steep, so the search extrapolates (linear data: to the middle of
+    # [1.01, 10], 5.505), where φ = -0.505 is above φ(1) = -1 although Armijo and the curvature
+    # condition (|φ'| = 0.74 <= 0.9) hold there: the minimum lies between, so it must bracket.
+    k = 0.5598
+
+    def phi(t: float) -> tuple[float, Tensor, Any]:
+        s = max(0.0, t - 1.2)
+        return -t + k * s**1.5, torch.tensor([-1.0 + 1.5 * k * s**0.5], dtype=DT), t
+
+    f2, g2, _ = phi(5.505)
+    assert -1.0 < f2 <= -1e-4 * 5.505 and abs(float(g2)) <= 0.9
+    res = strong_wolfe(phi, 0.0, -ONE, 0.0, ONE, 1.0, c1=1e-4, c2=0.9, max_evals=25,
+                       tolerance_change=1e-12)
+    assert res.success and res.loss < -1.0 and 1.0 < res.step < 5.505
+
+
+def test_cubic_interpolation_and_its_fallbacks() -> None:
+    # f = (t - 0.3)² on [0, 1]: the interpolating cubic is the parabola, minimum 0.3
+    f = lambda t: (t - 0.3) ** 2  # noqa: E731
+    g = lambda t: 2.0 * (t - 0.3)  # noqa: E731
+    assert _cubic_minimizer(0.0, f(0.0), g(0.0), 1.0, f(1.0), g(1.0), 0.0, 1.0) == \
+        pytest.approx(0.3, abs=1e-12)
+    # clamped to the interval it is given
+    assert _cubic_minimizer(0.0, f(0.0), g(0.0), 1.0, f(1.0), g(1.0), 0.5, 1.0) == 0.5
+    # no minimiser (both slopes negative, concave data) or non-finite data: the midpoint
+    assert _cubic_minimizer(0.0, 0.0, -1.0, 1.0, -10.0, -30.0, 0.0, 2.0) == 1.0
+    assert _cubic_minimizer(0.0, 0.0, -1.0, 1.0, math.inf, math.nan, 0.0, 0.4) == 0.2
+
+
+def test_cg_stops_when_the_slope_underflows_to_zero() -> None:
+    # g = 1e-170 per entry is not zero (tolerance_grad=0 lets it through), but gᵀd = -3e-340
+    # underflows to 0: no descent can be measured, so the iteration stops before a search
+    def f(x: Tensor) -> Tensor:
+        return 1e-170 * x.sum()
+
+    x0 = torch.ones(3, dtype=DT)
+    assert float(_grad(f, x0) @ -_grad(f, x0)) == 0.0
+    x, st, visited = _run(ts.ConjugateGradient, f, x0, max_iter=5, tolerance_grad=0.0)
+    assert int(st["n_iter"]) == 0 and len(visited) == 1 and torch.equal(x, x0)
 
 
 def test_strong_wolfe_treats_a_non_finite_trial_as_too_far() -> None:

@@ -14,7 +14,20 @@ from typing import Any
 import pytest
 import torch
 
-from torchopt_survey.experiments.report import claims_markdown, group_runs, summarize
+from torchopt_survey.experiments import runner as runner_module
+from torchopt_survey.experiments import vectorized as vectorized_module
+from torchopt_survey.experiments.checkpoint import (
+    load_checkpoint,
+    save_checkpoint,
+    save_json,
+)
+from torchopt_survey.experiments.report import (
+    _pair_test,
+    claims_markdown,
+    group_runs,
+    load_results,
+    summarize,
+)
 from torchopt_survey.experiments.report_second_order import claims as second_order_claims
 from torchopt_survey.experiments.report_second_order import summarize_to_target
 from torchopt_survey.experiments.runner import (
@@ -29,6 +42,7 @@ from torchopt_survey.experiments.sweep import (
     _steps_to_target,
     best_table,
     claims_two_protocols,
+    run_unit,
     settings_table,
     target_table,
 )
@@ -141,6 +155,45 @@ def test_target_table_reports_the_tuned_setting_only() -> None:
     assert cells[4] == "lr=0.1" and cells[6] == "1/2" and cells[7] == "100"
 
 
+def _unit_spec(seed: int) -> dict[str, Any]:
+    return {"experiment": "mnist", "variant": "mnist-minibatch-sweep~lr=0.1",
+            "optimizer": "adam", "seed": seed,
+            "sweep": {"base": "mnist-minibatch", "setting": {"lr": 0.1}}}
+
+
+def _fake_result(spec: dict[str, Any], vectorized: int = 1) -> dict[str, Any]:
+    return {"run_id": runner_module.run_id(spec), "final": {"val/accuracy": 0.5 + spec["seed"],
+                                                             "test/accuracy": 0.4},
+            "history": {}, "loss_curve": {"steps_per_epoch": 1}, "vectorized": vectorized}
+
+
+def test_a_failed_vectorised_program_falls_back_to_separate_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    unit = [_unit_spec(seed) for seed in range(3)]
+    alone: list[int] = []
+
+    def vectorised(group: Sequence[dict[str, Any]], opts: Any) -> Any:
+        yield _fake_result(group[0], vectorized=3)  # the first replica finished, then a crash
+        raise RuntimeError("out of memory for the test")
+
+    def separately(spec: dict[str, Any], opts: Any) -> dict[str, Any]:
+        alone.append(spec["seed"])
+        if spec["seed"] == 2:
+            raise ValueError("diverged for the test")
+        return _fake_result(spec)
+
+    monkeypatch.setattr(vectorized_module, "execute_vectorized", vectorised)
+    monkeypatch.setattr(runner_module, "execute_run", separately)
+    messages: list[str] = []
+    rows = run_unit(unit, None, messages.append)
+    assert alone == [1, 2]  # only the runs the program did not finish
+    assert [(r["seed"], r["status"], r["vectorized"]) for r in rows] == [
+        (0, "ok", 3), (1, "ok", 1), (2, "failed", 1)]
+    assert rows[1]["val"] == 1.5 and "diverged for the test" in rows[2]["error"]
+    assert any("vectorised program failed" in m and "out of memory" in m for m in messages)
+
+
 # --------------------------------------------------------------------------- report claims
 
 
@@ -171,6 +224,24 @@ def test_mnist_claim_is_judged_on_the_minibatch_regime_only() -> None:
             for s, a in enumerate((a, a + 0.002, a - 0.002))]
     text = claims_markdown(summarize(group_runs(runs)))
     assert "mnist mnist-minibatch" in text and "mnist mnist-gd" not in text
+
+
+def test_pair_test_with_equal_means_is_no_difference() -> None:
+    a = {"seeds": 3, "k_mean": 0.9, "k_std": 0.0}
+    assert _pair_test(a, dict(a), "k") == (0, 1.0)
+    assert _pair_test({**a, "k_std": 0.01}, {**a, "k_mean": 0.8, "k_std": 0.01}, "k")[0] == 1
+
+
+def test_load_results_refuses_what_it_cannot_report(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="does not exist"):
+        load_results(tmp_path / "missing")
+    with pytest.raises(ValueError, match="no finished runs"):
+        load_results(tmp_path)
+    bad = tmp_path / "mnist" / "v" / "adam" / "seed0" / "result.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="unreadable result file"):
+        load_results(tmp_path)
 
 
 # --------------------------------------------------------------------------- second-order report
@@ -232,6 +303,14 @@ def test_mnist_cost_counts_the_evaluations_before_the_epoch_that_reached_the_tar
     assert (sgd["iterations"][0], sgd["closure_evals"][0]) == (2.0, 2.0)
 
 
+def test_without_first_order_runs_the_target_is_the_best_worst_seed_of_all() -> None:
+    by_opt = {"newton": [_so_run("newton", [0.5, 0.2], evals=[2, 4]),
+                         _so_run("newton", [0.5, 0.4], evals=[2, 4])],
+              "cg": [_so_run("cg", [0.6, 0.3], evals=[3, 6]) for _ in range(2)]}
+    target, _ = summarize_to_target(by_opt)
+    assert target == pytest.approx(0.3)
+
+
 def _claims(by_opt: dict[str, list[dict[str, Any]]], experiment: str = "karate",
             sweep: list[dict[str, Any]] | None = None) -> dict[str, str]:
     summary = summarize_to_target(by_opt)
@@ -280,6 +359,11 @@ def test_cg_claims() -> None:
     # without Newton runs: MNIST's Newton cannot run at all (confirmed), Karate's is unknown
     assert "**confirmed**" in _claims({"sgd": first, "cg": cg}, "mnist")[CG_VS_NEWTON]
     assert "| inconclusive |" in _claims({"sgd": first, "cg": cg})[CG_VS_NEWTON]
+    # neither CG nor Newton reaches the target: no winner
+    cg_never = [_so_run("cg", [0.8, 0.7], evals=[3, 6]) for _ in range(2)]
+    newton_never = [_so_run("newton", [0.8], evals=[2], hvps=[100]) for _ in range(2)]
+    verdict = _claims({"sgd": first, "cg": cg_never, "newton": newton_never})[CG_VS_NEWTON]
+    assert "| inconclusive |" in verdict
 
 
 def test_ill_conditioning_claim_threshold() -> None:
@@ -327,6 +411,27 @@ def test_a_fresh_start_clears_only_the_runs_own_files(tmp_path: Path) -> None:
         "checkpoint.pt.corrupt-20260101T000000Z", "notes.txt"]
 
 
+def test_an_interrupted_write_leaves_the_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "sweep.json"
+    save_json(path, {"rows": [1]})
+
+    class Unserialisable:
+        pass
+
+    with pytest.raises(TypeError):
+        save_json(path, {"rows": [Unserialisable()]})
+    assert json.loads(path.read_text()) == {"rows": [1]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.json"]  # no temp file left
+
+
+def test_checkpoints_load_tensors_and_plain_containers_only(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "ok.pt", {"epoch": 1, "x": torch.ones(2), "h": {"a": [1.0]}})
+    assert load_checkpoint(tmp_path / "ok.pt")["h"] == {"a": [1.0]}
+    save_checkpoint(tmp_path / "obj.pt", {"epoch": 1, "opts": RunOptions()})
+    with pytest.raises(Exception, match="weights_only|Unsupported global"):
+        load_checkpoint(tmp_path / "obj.pt")
+
+
 @pytest.fixture(scope="module")
 def karate_spec() -> dict[str, Any]:
     from torchopt_survey.experiments import cli, karate
@@ -354,9 +459,13 @@ def test_resume_skips_only_a_result_of_the_same_spec(tmp_path: Path,
     assert redone["skipped"] is False
     assert (redone["resumed_from_epoch"], redone["epochs_trained"]) == (2, 0)
     assert json.loads(result.read_text())["spec"]["epochs"] == 2
+    # an unreadable result file is not a finished run either
+    result.write_text("{torn")
+    torn = execute_run(karate_spec, opts)
+    assert torn["skipped"] is False and json.loads(result.read_text())["spec"]["epochs"] == 2
     # without --resume a finished run is trained again from scratch, in a cleared folder
     run_dir = result.parent
-    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 2  # (one per attempt so far)
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) >= 2  # (from earlier attempts)
     fresh = execute_run(karate_spec, RunOptions(logdir=str(tmp_path), deterministic=False,
                                                 quiet=True))
     assert fresh["skipped"] is False and fresh["resumed_from_epoch"] is None
@@ -367,8 +476,6 @@ def test_resume_skips_only_a_result_of_the_same_spec(tmp_path: Path,
 def test_checkpoint_of_another_spec_is_set_aside_not_resumed(
     tmp_path: Path, karate_spec: dict[str, Any]
 ) -> None:
-    from torchopt_survey.experiments.checkpoint import load_checkpoint, save_checkpoint
-
     opts = RunOptions(logdir=str(tmp_path), resume=True, deterministic=False, quiet=True)
     short = {**karate_spec, "epochs": 1}
     execute_run(short, opts)

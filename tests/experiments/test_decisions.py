@@ -412,16 +412,16 @@ def test_a_fresh_start_clears_only_the_runs_own_files(tmp_path: Path) -> None:
 
 
 def test_an_interrupted_write_leaves_the_old_file(tmp_path: Path) -> None:
-    path = tmp_path / "sweep.json"
-    save_json(path, {"rows": [1]})
-
-    class Unserialisable:
-        pass
-
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"epoch": 1})
+    with pytest.raises(Exception, match="pickle|lambda"):  # fails half-way through writing
+        save_checkpoint(path, {"epoch": 2, "hook": lambda: None})
+    assert load_checkpoint(path) == {"epoch": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no temp file left
+    save_json(tmp_path / "sweep.json", {"rows": [1]})
     with pytest.raises(TypeError):
-        save_json(path, {"rows": [Unserialisable()]})
-    assert json.loads(path.read_text()) == {"rows": [1]}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.json"]  # no temp file left
+        save_json(tmp_path / "sweep.json", {"rows": [RunOptions()]})
+    assert json.loads((tmp_path / "sweep.json").read_text()) == {"rows": [1]}
 
 
 def test_checkpoints_load_tensors_and_plain_containers_only(tmp_path: Path) -> None:

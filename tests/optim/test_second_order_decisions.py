@@ -210,6 +210,34 @@ def test_newton_raises_damping_by_the_documented_rule_on_an_indefinite_hessian()
     assert float(st["damping"]) == pytest.approx(lam, rel=1e-12)  # 1.94
 
 
+def test_zero_curvature_of_a_linear_loss() -> None:
+    # the gradient of cᵀx does not depend on x: every curvature product is 0. Newton's
+    # Cholesky of 0 + λI fails at λ = 0, and with mean |diag H| = 0 the floor is 1e-3;
+    # Newton-CG meets zero curvature on its first inner iteration and uses -g
+    c = torch.tensor([1.0, -2.0, 0.5], dtype=DT)
+
+    def f(x: Tensor) -> Tensor:
+        return c @ x
+
+    x0 = torch.zeros(3, dtype=DT)
+    x, st, _ = _run(ts.Newton, f, x0, max_iter=1, adapt_damping=False, line_search_fn=None)
+    assert float(st["damping"]) == 1e-3 and int(st["hvp_evals"]) == 3
+    torch.testing.assert_close(x, -c / 1e-3)
+    x, st, _ = _run(ts.NewtonCG, f, x0, max_iter=1, line_search_fn=None, warm_start=False)
+    assert bool(st["negative_curvature"]) and int(st["cg_iters"]) == 0
+    torch.testing.assert_close(x, -c)
+
+
+def test_refusals_of_a_loss_without_graph_and_of_an_empty_group() -> None:
+    x = torch.zeros(3, dtype=DT, requires_grad=True)
+    for cls in (ts.Newton, ts.NewtonCG):
+        opt = cls([x])
+        with pytest.raises(ValueError, match="no autograd graph"):
+            opt.step(lambda: (x.detach() ** 2).sum() + 1.0)
+        with pytest.raises(ValueError, match=r"param_groups\[1\]\.params.*at least one"):
+            opt.add_param_group({"params": []})
+
+
 def test_newton_fixed_step_moves_exactly_lr_times_the_newton_step() -> None:
     x, st, visited = _run(ts.Newton, quadratic, torch.zeros(20, dtype=DT), max_iter=1,
                           line_search_fn=None, lr=0.25)

@@ -193,6 +193,40 @@ def test_newton_cg_predicted_decrease_uses_the_model_curvature() -> None:
         assert float(st["rho"]) == pytest.approx(1.0, abs=1e-10), (cg_max_iter, damping)
 
 
+def test_newton_cg_without_warm_start_starts_each_solve_from_zero() -> None:
+    # two outer iterations with one inner step each: without the warm start the second
+    # direction is the first CG step from 0 at the new point, (rᵀr / rᵀAr) r with r = -g
+    for warm_start in (False, True):
+        x, st, _ = _run(ts.NewtonCG, quadratic, torch.zeros(20, dtype=DT), steps=2, max_iter=1,
+                        cg_max_iter=1, cg_tol=1e-10, line_search_fn=None, lr=0.5,
+                        adapt_damping=False, warm_start=warm_start)
+        x1 = 0.5 * (float(B @ B) / float(B @ A @ B)) * B  # after the first step
+        r = -_grad(quadratic, x1)
+        cold = float(r @ r) / float(r @ A @ r) * r
+        same = torch.allclose(st["cg_solution"], cold, rtol=1e-10, atol=1e-12)
+        assert same is (not warm_start), warm_start
+
+
+def test_gauss_newton_of_a_loss_linear_in_the_outputs_is_zero() -> None:
+    # loss = sum of the outputs: H_L = 0, so the Gauss-Newton matrix is 0 and Newton-CG falls
+    # back to -g on its first inner iteration
+    w = torch.ones(3, dtype=DT, requires_grad=True)
+    opt = ts.NewtonCG([w], curvature="gauss_newton", max_iter=1, line_search_fn=None,
+                      warm_start=False)
+
+    def closure() -> tuple[Tensor, Tensor]:
+        opt.zero_grad()
+        out = LX[:, :3] @ w
+        loss = out.sum()
+        loss.backward()
+        return loss, out
+
+    opt.step(closure)
+    st = opt.state[w]
+    assert bool(st["negative_curvature"]) and int(st["cg_iters"]) == 0
+    torch.testing.assert_close(w.detach(), 1.0 - LX[:, :3].sum(0))
+
+
 # --------------------------------------------------------------------------- Newton
 
 
@@ -236,6 +270,26 @@ def test_refusals_of_a_loss_without_graph_and_of_an_empty_group() -> None:
             opt.step(lambda: (x.detach() ** 2).sum() + 1.0)
         with pytest.raises(ValueError, match=r"param_groups\[1\]\.params.*at least one"):
             opt.add_param_group({"params": []})
+
+
+def test_a_step_beyond_the_model_minimum_has_no_reduction_ratio() -> None:
+    # fixed step 3 along the Newton direction of a quadratic: the model predicts an increase
+    # (-(t gᵀp + ½ t² pᵀHp) = -1.5 pᵀHp < 0), so ρ is undefined and λ rises from 0 to 1e-3
+    # (the ratio of two increases would read as 1, a perfect model, and keep λ at 0)
+    _, st, _ = _run(ts.Newton, quadratic, torch.zeros(20, dtype=DT), max_iter=1,
+                    line_search_fn=None, lr=3.0)
+    assert math.isnan(float(st["rho"])) and float(st["damping"]) == 1e-3
+
+
+def test_tolerance_change_stops_on_a_small_step_with_a_large_loss_change() -> None:
+    # f = 1e7 (x - 1e-4)²: the first iteration moves x by ~1e-4 (below tolerance_change 1e-3)
+    # while the loss falls by ~0.1 (above it): the step test alone stops the run
+    def f(x: Tensor) -> Tensor:
+        return 1e7 * ((x - 1e-4) ** 2).sum()
+
+    _, st, _ = _run(ts.ConjugateGradient, f, torch.zeros(1, dtype=DT), max_iter=5,
+                    tolerance_grad=0.0, tolerance_change=1e-3)
+    assert int(st["n_iter"]) == 1
 
 
 def test_newton_fixed_step_moves_exactly_lr_times_the_newton_step() -> None:

@@ -272,6 +272,19 @@ def test_refusals_of_a_loss_without_graph_and_of_an_empty_group() -> None:
             opt.add_param_group({"params": []})
 
 
+def test_newton_falls_back_to_steepest_descent_when_no_damping_helps() -> None:
+    # |x1|^1.5 has an undefined second derivative at x1 = 0 (NaN in the Hessian): no λ makes
+    # the solve finite; after 60 tries (λ = 1e-3 · 10⁵⁹) the step is -g, not a Newton step
+    # (which would move x0 from 1 to 0.75, not 0.5)
+    def f(x: Tensor) -> Tensor:
+        return x[0] ** 2 + x[1].abs() ** 1.5
+
+    x, st, _ = _run(ts.Newton, f, torch.tensor([1.0, 0.0], dtype=DT), max_iter=1,
+                    line_search_fn=None, lr=0.25, adapt_damping=False)
+    torch.testing.assert_close(x, torch.tensor([0.5, 0.0], dtype=DT), rtol=0, atol=0)
+    assert float(st["damping"]) == pytest.approx(1e56, rel=1e-12)
+
+
 def test_a_step_beyond_the_model_minimum_has_no_reduction_ratio() -> None:
     # fixed step 3 along the Newton direction of a quadratic: the model predicts an increase
     # (-(t gᵀp + ½ t² pᵀHp) = -1.5 pᵀHp < 0), so ρ is undefined and λ rises from 0 to 1e-3

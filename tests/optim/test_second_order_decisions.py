@@ -118,6 +118,30 @@ def test_newton_cg_negative_curvature_after_first_inner_step_keeps_the_cg_iterat
     assert cos < 0.99
 
 
+def test_newton_cg_direction_that_is_not_descent_is_replaced_by_steepest_descent() -> None:
+    # a warm start w with positive curvature but far uphill; one inner CG step from it still
+    # points uphill (gᵀx₁ > 0), so -g is used instead
+    w = torch.tensor([1.7, -3.25, -4.2], dtype=DT)
+    h = torch.diag(D_INDEF)
+    r = -C_INDEF - h @ w
+    x1 = w + float(r @ r) / float(r @ h @ r) * r
+    assert float(w @ h @ w) > 0 and float(r @ h @ r) > 0 and float(C_INDEF @ x1) > 0
+    x = torch.zeros(3, dtype=DT, requires_grad=True)
+    opt = ts.NewtonCG([x], max_iter=1, cg_max_iter=1, cg_tol=1e-10, line_search_fn=None,
+                      lr=0.5)
+    opt._state()["cg_solution"].copy_(w)
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = indefinite(x)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    torch.testing.assert_close(x.detach(), -0.5 * C_INDEF, rtol=0, atol=1e-15)
+    torch.testing.assert_close(opt.state[x]["cg_solution"], -C_INDEF, rtol=0, atol=0)
+
+
 def test_newton_cg_warm_start_is_used_only_with_positive_curvature() -> None:
     # With cg_max_iter=1 the direction is (warm start) + one CG step from its residual: a warm
     # start equal to the exact solution is returned as is (residual 0, no step).

@@ -485,6 +485,19 @@ def test_strong_wolfe_rejects_an_uphill_step_whose_slope_is_flat() -> None:
     assert res.evals == 2  # the uphill trial, then the cubic's minimiser of the bracket
 
 
+def test_newton_never_accepts_an_uphill_first_trial() -> None:
+    # the same cubic as the objective of Newton (c2 = 0.9 by default): from 0 the Newton
+    # direction is 1/4.0003; a first trial step of 4.0003 lands on the flat point x = 1
+    def f(x: Tensor) -> Tensor:
+        return (-x + 2.00015 * x**2 - 1.0001 * x**3).sum()
+
+    x0 = torch.zeros(1, dtype=DT)
+    x, st, visited = _run(ts.Newton, f, x0, max_iter=1, lr=4.0003, adapt_damping=False)
+    assert float(visited[1]) == pytest.approx(1.0, abs=1e-12)  # the uphill, flat trial
+    assert float(f(x)) < float(f(x0)) + 1e-4 * float(st["ls_step"]) * -1.0 / 4.0003
+    assert bool(st["ls_success"]) and int(st["ls_evals"]) == 2
+
+
 def test_strong_wolfe_zooms_back_when_a_trial_overshoots_uphill_in_slope() -> None:
     # φ(t) = (t - 1)² from t = 1.9: Armijo holds (0.81 < 1) but the slope there is +1.8, far
     # above c2 |φ'(0)| = 0.2: the minimum lies between 0 and 1.9, not further out

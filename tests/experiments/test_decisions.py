@@ -42,6 +42,7 @@ from torchopt_survey.experiments.sweep import (
     _steps_to_target,
     best_table,
     claims_two_protocols,
+    plan_units,
     run_unit,
     settings_table,
     target_table,
@@ -153,6 +154,27 @@ def test_target_table_reports_the_tuned_setting_only() -> None:
     (line,) = [ln for ln in text.splitlines() if ln.startswith("| mnist |")]
     cells = [c.strip() for c in line.split("|")]
     assert cells[4] == "lr=0.1" and cells[6] == "1/2" and cells[7] == "100"
+
+
+def test_which_runs_are_vectorised_and_why_not() -> None:
+    def spec(optimizer: str, lr: float, seed: int, **extra: Any) -> dict[str, Any]:
+        return {"experiment": "mnist", "variant": f"v-lr{lr}", "optimizer": optimizer,
+                "optimizer_kwargs": {"lr": lr}, "seed": seed, "batch_size": 8,
+                "epochs": 1, **extra}
+
+    adam = [spec("adam", lr, seed) for lr in (0.1, 0.01) for seed in (0, 1)]
+    lone_batch = spec("adam", 0.1, 0, batch_size=16)  # its own group of one: run alone
+    newton = spec("newton", 1.0, 0)
+    karate = {**spec("adam", 0.1, 0), "experiment": "karate"}
+    messages: list[str] = []
+    groups, alone = plan_units([*adam, lone_batch, newton, karate], True, messages.append)
+    assert groups == [adam]
+    assert alone == [newton, karate, lone_batch]
+    assert any("newton runs are not vectorised" in m for m in messages)
+    assert any("karate runs are not vectorised" in m for m in messages)
+    messages.clear()
+    groups, alone = plan_units(adam, False, messages.append)
+    assert groups == [] and alone == adam and "--no-vectorize" in messages[0]
 
 
 def _unit_spec(seed: int) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from torchopt_survey.experiments.sweep import (
     claims_two_protocols,
     plan_units,
     run_unit,
+    sensitivity_figure,
     settings_table,
     target_table,
 )
@@ -154,6 +155,16 @@ def test_target_table_reports_the_tuned_setting_only() -> None:
     (line,) = [ln for ln in text.splitlines() if ln.startswith("| mnist |")]
     cells = [c.strip() for c in line.split("|")]
     assert cells[4] == "lr=0.1" and cells[6] == "1/2" and cells[7] == "100"
+
+
+def test_sensitivity_figure_plots_learning_rate_only_settings(tmp_path: Path) -> None:
+    # a base swept over lr alone gets a figure; one swept over lr x momentum does not (one
+    # curve per optimizer against lr would mix the momentum values)
+    rows = [_sweep_row("sgd", lr, s, 0.9, 0.9, base="a") for lr in (0.1, 0.01) for s in (0, 1)]
+    grid = [{**_sweep_row("nag", lr, 0, 0.9, 0.9, base="b"), "setting": f"lr={lr:g},momentum=0.9"}
+            for lr in (0.1, 0.01)]
+    paths = sensitivity_figure(rows + grid, tmp_path)
+    assert [p.name for p in paths] == ["sensitivity_mnist_a.png"]
 
 
 def test_which_runs_are_vectorised_and_why_not() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 
+from torchopt_survey.experiments import cli, karate
 from torchopt_survey.experiments import runner as runner_module
 from torchopt_survey.experiments import vectorized as vectorized_module
 from torchopt_survey.experiments.checkpoint import (
@@ -467,8 +468,6 @@ def test_checkpoints_load_tensors_and_plain_containers_only(tmp_path: Path) -> N
 
 @pytest.fixture(scope="module")
 def karate_spec() -> dict[str, Any]:
-    from torchopt_survey.experiments import cli, karate
-
     (cfg,) = cli.build_configs(cli.build_parser().parse_args(
         ["karate", "--optimizers", "adam", "--seeds", "0"]))
     return {**karate.expand(cfg)[0], "epochs": 2}

@@ -309,6 +309,23 @@ def test_newton_falls_back_to_steepest_descent_when_no_damping_helps() -> None:
     assert float(st["damping"]) == pytest.approx(1e56, rel=1e-12)
 
 
+def test_newton_raises_damping_when_the_solve_overflows() -> None:
+    # float32, H = 1e-38 > 0: Cholesky succeeds, but -g / H = -1e39 overflows to -inf; λ rises
+    # from the floor 1e-3 · 1e-38 tenfold until the solve is finite (λ = 1e-37)
+    x = torch.zeros(1, requires_grad=True)
+    opt = ts.Newton([x], max_iter=1, line_search_fn=None, lr=1e-36, adapt_damping=False)
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = (0.5e-38 * x**2 + 10.0 * x).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert float(opt.state[x]["damping"]) == pytest.approx(1e-37, rel=1e-5)
+    assert float(x.detach()) == pytest.approx(-10.0 / (1e-38 + 1e-37) * 1e-36, rel=1e-4)
+
+
 def test_a_step_beyond_the_model_minimum_has_no_reduction_ratio() -> None:
     # fixed step 3 along the Newton direction of a quadratic: the model predicts an increase
     # (-(t gᵀp + ½ t² pᵀHp) = -1.5 pᵀHp < 0), so ρ is undefined and λ rises from 0 to 1e-3

@@ -31,6 +31,38 @@ class NAdam(SurveyOptimizer):
     tensor (float32, or the default dtype, as in torch.optim), updated as torch.optim updates it
     -- an in-place multiply in that precision whose result the step then uses -- so float64
     trajectories follow torch.optim.NAdam to rounding (1e-12 over 200 steps).
+
+    Args:
+        params (iterable): tensors, ``(name, tensor)`` pairs or parameter-group dicts, as for
+            every ``torch.optim`` optimizer.
+        lr (float or Tensor, optional): the learning rate :math:`\\gamma` (default ``2e-3``); a
+            tensor of shape ``[N]`` is one value per replica. ``torch.optim.NAdam(lr=...)``.
+        betas (tuple of two floats, optional): :math:`(\\beta_1, \\beta_2)`, the decay rates of
+            the moment averages (default ``(0.9, 0.999)``). ``torch.optim.NAdam(betas=...)``.
+        eps (float, optional): :math:`\\epsilon` added to the denominator (default ``1e-8``).
+            ``torch.optim.NAdam(eps=...)``.
+        weight_decay (float, optional): L2 penalty, or decoupled decay with
+            ``decoupled_weight_decay=True`` (default ``0``).
+            ``torch.optim.NAdam(weight_decay=...)``.
+        momentum_decay (float, optional): :math:`\\psi` of the momentum schedule :math:`\\mu_t`
+            (default ``4e-3``; cannot be per-replica).
+            ``torch.optim.NAdam(momentum_decay=...)``.
+        decoupled_weight_decay (bool, optional): AdamW-style decay (NAdamW; default ``False``).
+            ``torch.optim.NAdam(decoupled_weight_decay=...)``.
+        foreach (bool or None, optional): force or forbid the multi-tensor (foreach) path;
+            ``None`` (default) picks it when every parameter is on a GPU.
+            ``torch.optim.NAdam(foreach=...)``.
+        maximize (bool, optional): maximize the objective instead of minimizing it (default
+            ``False``). ``torch.optim.NAdam(maximize=...)``.
+        capturable (bool, optional): keep the step counter and tensor hyperparameters on the
+            parameters' device so the step can be captured in a CUDA graph (default ``False``;
+            accepted on CPU too, unlike torch.optim). ``torch.optim.NAdam(capturable=...)``.
+        differentiable (bool, optional): run the step out of place so that autograd can
+            differentiate through it (default ``False``).
+            ``torch.optim.NAdam(differentiable=...)``.
+        fused (bool or None, optional): run the generated single-pass kernel (C on CPU, Triton
+            on CUDA; default ``None``: never chosen automatically). ``torch.optim.NAdam`` has no
+            ``fused`` flag.
     """
 
     _hyperparameters = {

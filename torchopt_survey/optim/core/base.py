@@ -59,6 +59,12 @@ class StateSpec(NamedTuple):
     ``tensor``: shaped like the parameter, filled with ``init``;
     ``lazy``: shaped like the parameter but created by the update math on first use
     (torch.optim's SGD momentum buffer starts as a copy of the first gradient).
+
+    Args:
+        name (str): the key in ``optimizer.state[param]`` (torch.optim's name, e.g.
+            ``"exp_avg"``).
+        kind (str): ``"scalar"``, ``"tensor"`` or ``"lazy"``, as above.
+        init (float, optional): the initial fill value (default ``0.0``).
     """
 
     name: str
@@ -135,7 +141,18 @@ def _split_names(param_group: dict[str, Any], params: list[Any]) -> list[Any]:
 
 
 class SurveyOptimizer(Optimizer):
-    """Base class: a torch.optim.Optimizer whose math lives in ``_update``."""
+    """Base class: a torch.optim.Optimizer whose math lives in ``_update``.
+
+    A method subclasses it with a ``_hyperparameters`` table, a ``_state_spec`` and a static
+    ``_update(ops, param, grad, state, hp)``; the base class runs that update on every path
+    (see the module docstring and the architecture page of the documentation).
+
+    Args:
+        params (iterable): tensors, ``(name, tensor)`` pairs or parameter-group dicts (an
+            ordered collection, not a set). As for ``torch.optim.Optimizer``.
+        defaults (dict): the constructor's hyperparameters, checked against
+            ``_hyperparameters`` before anything is built. As for ``torch.optim.Optimizer``.
+    """
 
     #: constructor arguments beyond ``params`` and their checks, in signature order
     _hyperparameters: ClassVar[dict[str, V.Check]] = {}
@@ -358,10 +375,14 @@ class SurveyOptimizer(Optimizer):
     # ----------------------------------------------------------------------------------
     @_use_grad_for_differentiable
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Perform a single optimization step.
+        """Perform a single optimization step (``torch.optim.Optimizer.step``).
 
         Args:
-            closure: a closure that reevaluates the model and returns the loss (optional).
+            closure (callable, optional): re-evaluates the model and returns the loss; it is
+                called once, with gradients enabled, before the update (default ``None``).
+
+        Returns:
+            The closure's loss, or ``None`` without a closure.
         """
         return self._closure_then_update(closure)
 

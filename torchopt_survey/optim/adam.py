@@ -30,7 +30,7 @@ class Adam(SurveyOptimizer):
         lr (float or Tensor, optional): the step size :math:`\\alpha` (default ``1e-3``). A
             0-d tensor works with a scheduler; a tensor of shape ``[N]`` sets one value per
             replica (see *Per-replica hyperparameters*). ``torch.optim.Adam(lr=...)``.
-        betas (tuple of two floats or Tensors, optional): :math:`(\\beta_1, \\beta_2)`, the
+        betas (tuple[float | Tensor, float | Tensor], optional): :math:`(\\beta_1, \\beta_2)`, the
             decay rates of the first and second moment averages (default ``(0.9, 0.999)``).
             ``torch.optim.Adam(betas=...)``.
         eps (float, optional): :math:`\\epsilon` added to the denominator (default ``1e-8``).
@@ -155,7 +155,7 @@ class AdamW(Adam):
         params (iterable): tensors, ``(name, tensor)`` pairs or parameter-group dicts.
         lr (float or Tensor, optional): step size :math:`\\alpha` (default ``1e-3``; a tensor
             of shape ``[N]`` is per replica). ``torch.optim.AdamW(lr=...)``.
-        betas (tuple of two floats or Tensors, optional): :math:`(\\beta_1, \\beta_2)`
+        betas (tuple[float | Tensor, float | Tensor], optional): :math:`(\\beta_1, \\beta_2)`
             (default ``(0.9, 0.999)``). ``torch.optim.AdamW(betas=...)``.
         eps (float, optional): :math:`\\epsilon` in the denominator (default ``1e-8``).
             ``torch.optim.AdamW(eps=...)``.
@@ -226,7 +226,7 @@ class AMSGrad(Adam):
         lr (float or Tensor, optional): step size :math:`\\alpha` / :math:`\\eta` (default
             ``1e-3``; a tensor of shape ``[N]`` is per replica).
             ``torch.optim.Adam(lr=..., amsgrad=True)``.
-        betas (tuple of two floats or Tensors, optional): :math:`(\\beta_1, \\beta_2)`
+        betas (tuple[float | Tensor, float | Tensor], optional): :math:`(\\beta_1, \\beta_2)`
             (default ``(0.9, 0.999)``). ``torch.optim.Adam(betas=...)``.
         eps (float, optional): :math:`\\epsilon` in the denominator (default ``1e-8``).
             ``torch.optim.Adam(eps=...)``.

@@ -26,7 +26,7 @@ class Adamax(SurveyOptimizer):
             every ``torch.optim`` optimizer.
         lr (float or Tensor, optional): the learning rate :math:`\\alpha` (default ``2e-3``); a
             tensor of shape ``[N]`` is one value per replica. ``torch.optim.Adamax(lr=...)``.
-        betas (tuple of two floats, optional): :math:`(\\beta_1, \\beta_2)`, the decay of the
+        betas (tuple[float, float], optional): :math:`(\\beta_1, \\beta_2)`, the decay of the
             first moment and of the infinity norm (default ``(0.9, 0.999)``).
             ``torch.optim.Adamax(betas=...)``.
         eps (float, optional): :math:`\\epsilon` inside the maximum (default ``1e-8``).

@@ -88,7 +88,9 @@ class ConjugateGradient(ClosureOptimizer):
         tolerance_change (float, optional): stop when the loss, or every parameter, changes by
             less than this (default ``1e-9``). ``torch.optim.LBFGS(tolerance_change=...)``.
         beta (str, optional): the conjugacy formula, ``"FR"``, ``"PR"``, ``"PR+"`` (default),
-            ``"HS"`` or ``"DY"`` (see :func:`conjugacy_beta`). No torch.optim counterpart.
+            ``"HS"`` or ``"DY"`` (see
+            :func:`~torchopt_survey.optim.conjugate_gradient.conjugacy_beta`). No torch.optim
+            counterpart.
         restart (int or None, optional): restart period in iterations (default ``None``: the
             number of parameters). No torch.optim counterpart.
         line_search_fn (str or None, optional): ``"strong_wolfe"`` (default) or ``None``.

@@ -37,7 +37,7 @@ class NAdam(SurveyOptimizer):
             every ``torch.optim`` optimizer.
         lr (float or Tensor, optional): the learning rate :math:`\\gamma` (default ``2e-3``); a
             tensor of shape ``[N]`` is one value per replica. ``torch.optim.NAdam(lr=...)``.
-        betas (tuple of two floats, optional): :math:`(\\beta_1, \\beta_2)`, the decay rates of
+        betas (tuple[float, float], optional): :math:`(\\beta_1, \\beta_2)`, the decay rates of
             the moment averages (default ``(0.9, 0.999)``). ``torch.optim.NAdam(betas=...)``.
         eps (float, optional): :math:`\\epsilon` added to the denominator (default ``1e-8``).
             ``torch.optim.NAdam(eps=...)``.

@@ -158,7 +158,7 @@ class Newton(_DampedNewton):
 
     The Hessian is built from n Hessian-vector products (double backward, vmapped over blocks
     of rows where the model's operations allow it) and symmetrised. **When H + λI is not
-    positive definite** (Cholesky fails), λ is raised to max(10 λ, 10⁻³ · mean |diag H|) and the
+    positive definite** (Cholesky fails), λ is raised to max(10 λ, 10⁻³ · mean(abs(diag H))) and the
     factorisation retried, up to 60 times (then the step falls back to -g); the raised λ is kept
     in the state and then adapted by ρ like any other.
     """

@@ -43,6 +43,8 @@ myst_heading_anchors = 3
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
+# one argument per line once a signature is long (the optimizers have a dozen)
+python_maximum_signature_line_length = 88
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
@@ -59,3 +61,7 @@ nitpick_ignore_regex = [
 ]
 
 suppress_warnings = ["myst.header"]
+
+# Keep "--flag" as typed: the pages and the generated CLI reference quote many options, and
+# smart quotes would turn "--" into an en dash.
+smartquotes = False

@@ -93,7 +93,9 @@ class ArgparseCli(SphinxDirective):
         return self._parser_nodes(parser, parser.prog, top=True)
 
     def _section(self, title: str, key: str) -> nodes.section:
-        section = nodes.section(ids=[nodes.make_id("cli-" + key)], names=[nodes.fully_normalize_name("cli " + key)])
+        section = nodes.section(
+            ids=[nodes.make_id("cli-" + key)], names=[nodes.fully_normalize_name("cli " + key)]
+        )
         section += nodes.title(text=title)
         self.state.document.note_implicit_target(section, section)
         return section
@@ -103,7 +105,9 @@ class ArgparseCli(SphinxDirective):
     ) -> list[nodes.Node]:
         out: list[nodes.Node] = []
         usage = parser.format_usage().strip()
-        out.append(nodes.literal_block(usage, usage))
+        usage_block = nodes.literal_block(usage, usage)
+        usage_block["language"] = "text"
+        out.append(usage_block)
         if parser.description:
             for chunk in parser.description.split("\n\n"):
                 out.append(nodes.paragraph(text=" ".join(chunk.split())))
@@ -123,7 +127,9 @@ class ArgparseCli(SphinxDirective):
             out.append(listing)
         if parser.epilog:
             block = parser.epilog.strip("\n")
-            out.append(nodes.literal_block(block, block))
+            epilog_block = nodes.literal_block(block, block)
+            epilog_block["language"] = "text"
+            out.append(epilog_block)
         for name, sub, help_text in subcommands:
             section = self._section(f"{prog} {name}", f"{prog} {name}")
             if help_text:

@@ -6,7 +6,9 @@ Options:
 ``:columns:`` comma-separated row keys, each optionally ``key=Header`` (a plain table);
 ``:pivot:`` ``ROW; COL1+COL2; VALUE`` -- one line per value of ``ROW``, one column per
 combination of the ``COL`` keys, cells from ``VALUE`` (e.g. method x (threads, size) -> ratio);
-``:filter:`` ``key=value`` pairs separated by commas: keep matching rows only;
+``:row-columns:`` with ``:pivot:``, further per-line columns (``key=Header``, comma-separated),
+taken from the line's first row (e.g. which torch path a ratio is against);
+``:digits:`` decimals for every float (default: three significant digits);
 ``:caption:`` a caption.
 
 The provenance line reads the result's own ``environment`` / ``meta`` / top-level fields
@@ -28,7 +30,9 @@ from sphinx.util.docutils import SphinxDirective
 NOT_RECORDED = "not recorded"
 
 
-def format_value(value: Any) -> str:
+def format_value(value: Any, digits: int | None = None) -> str:
+    if isinstance(value, float) and digits is not None and value == value:
+        return f"{value:,.{digits}f}"
     if value is None:
         return "—"
     if isinstance(value, bool):
@@ -61,7 +65,7 @@ def provenance(result: dict[str, Any]) -> list[tuple[str, str]]:
         return None
 
     device = first("device_name", "device")
-    machine = first("machine_description", "machine")
+    machine = first("machine_description", "machine", "cpu")
     cpus = first("cpu_count")
     if machine is not None and cpus is not None:
         machine = f"{machine}, {cpus} CPUs"
@@ -93,12 +97,6 @@ def _parse_columns(spec: str) -> list[tuple[str, str]]:
     return columns
 
 
-def _parse_filter(spec: str | None) -> list[tuple[str, str]]:
-    if not spec:
-        return []
-    return [tuple(p.strip().split("=", 1)) for p in spec.split(",")]  # type: ignore[misc]
-
-
 def _table(headers: list[str], rows: list[list[str]], caption: str | None) -> nodes.table:
     table = nodes.table()
     if caption:
@@ -127,8 +125,9 @@ class BenchmarkTable(SphinxDirective):
     option_spec = {
         "columns": directives.unchanged,
         "pivot": directives.unchanged,
-        "filter": directives.unchanged,
         "caption": directives.unchanged,
+        "row-columns": directives.unchanged,
+        "digits": directives.nonnegative_int,
     }
 
     def run(self) -> list[nodes.Node]:
@@ -137,16 +136,14 @@ class BenchmarkTable(SphinxDirective):
         self.env.note_dependency(str(path))
         result = json.loads(path.read_text())
         rows = result["rows"]
-        for key, value in _parse_filter(self.options.get("filter")):
-            rows = [r for r in rows if format_value(r.get(key)) == value or str(r.get(key)) == value]
         if not rows:
-            raise self.error(f"{self.arguments[0]}: no rows left after :filter:")
+            raise self.error(f"{self.arguments[0]}: no rows")
         if "pivot" in self.options:
             headers, lines = self._pivot(rows, self.options["pivot"])
         else:
             columns = _parse_columns(self.options.get("columns") or ",".join(rows[0]))
             headers = [header for _, header in columns]
-            lines = [[format_value(r.get(key)) for key, _ in columns] for r in rows]
+            lines = [[self._format(r.get(key)) for key, _ in columns] for r in rows]
         out: list[nodes.Node] = [_table(headers, lines, self.options.get("caption"))]
         prov = nodes.paragraph()
         prov += nodes.emphasis(text="Measured: ")
@@ -156,8 +153,13 @@ class BenchmarkTable(SphinxDirective):
         out.append(prov)
         return out
 
+    def _format(self, value: Any) -> str:
+        return format_value(value, self.options.get("digits"))
+
     def _pivot(self, rows: list[dict[str, Any]], spec: str) -> tuple[list[str], list[list[str]]]:
         row_key, col_spec, value_key = (part.strip() for part in spec.split(";"))
+        extra = _parse_columns(self.options["row-columns"]) if "row-columns" in self.options else []
+        first_row: dict[Any, dict[str, Any]] = {}
         col_keys = [k.strip() for k in col_spec.split("+")]
         row_values: list[Any] = []
         col_values: list[tuple[Any, ...]] = []
@@ -166,14 +168,17 @@ class BenchmarkTable(SphinxDirective):
             rv, cv = r.get(row_key), tuple(r.get(k) for k in col_keys)
             if rv not in row_values:
                 row_values.append(rv)
+                first_row[rv] = r
             if cv not in col_values:
                 col_values.append(cv)
             cells[(rv, cv)] = r.get(value_key)
-        headers = [row_key] + [
+        headers = [row_key] + [header for _, header in extra] + [
             ", ".join(f"{k} {format_value(v)}" for k, v in zip(col_keys, cv)) for cv in col_values
         ]
         lines = [
-            [format_value(rv)] + [format_value(cells.get((rv, cv))) for cv in col_values]
+            [format_value(rv)]
+            + [format_value(first_row[rv].get(key)) for key, _ in extra]
+            + [self._format(cells.get((rv, cv))) for cv in col_values]
             for rv in row_values
         ]
         return headers, lines

@@ -14,11 +14,11 @@ class Adadelta(SurveyOptimizer):
     """Adadelta -- a drop-in ``torch.optim.Adadelta``; survey 2 §II-C, Zeiler (2012) Alg. 1.
 
     .. math::
-        E[g^2]_t = \\rho E[g^2]_{t-1} + (1-\\rho) g_t^2 \\\\
-        \\Delta x_t = -\\frac{\\sqrt{E[\\Delta x^2]_{t-1} + \\epsilon}}
+        E[g^2]_t &= \\rho E[g^2]_{t-1} + (1-\\rho) g_t^2 \\\\
+        \\Delta x_t &= -\\frac{\\sqrt{E[\\Delta x^2]_{t-1} + \\epsilon}}
                               {\\sqrt{E[g^2]_t + \\epsilon}}\\, g_t \\\\
-        E[\\Delta x^2]_t = \\rho E[\\Delta x^2]_{t-1} + (1-\\rho) \\Delta x_t^2 \\\\
-        x_{t+1} = x_t + \\eta\\, \\Delta x_t
+        E[\\Delta x^2]_t &= \\rho E[\\Delta x^2]_{t-1} + (1-\\rho) \\Delta x_t^2 \\\\
+        x_{t+1} &= x_t + \\eta\\, \\Delta x_t
 
     with :math:`\\eta` = ``lr`` (1.0 in Zeiler's method and by default here).
 

@@ -14,10 +14,10 @@ class Adam(SurveyOptimizer):
     """Adam -- a drop-in ``torch.optim.Adam``; survey 1 §III-G, survey 2 §IV.
 
     .. math::
-        m_t = \\beta_1 m_{t-1} + (1-\\beta_1) g_t, \\qquad
+        m_t &= \\beta_1 m_{t-1} + (1-\\beta_1) g_t, \\qquad
         v_t = \\beta_2 v_{t-1} + (1-\\beta_2) g_t^2 \\\\
-        \\hat m_t = \\frac{m_t}{1-\\beta_1^t}, \\qquad \\hat v_t = \\frac{v_t}{1-\\beta_2^t}
-        \\\\ \\theta_{t+1} = \\theta_t - \\frac{\\alpha\\, \\hat m_t}{\\sqrt{\\hat v_t}+\\epsilon}
+        \\hat m_t &= \\frac{m_t}{1-\\beta_1^t}, \\qquad \\hat v_t = \\frac{v_t}{1-\\beta_2^t}
+        \\\\ \\theta_{t+1} &= \\theta_t - \\frac{\\alpha\\, \\hat m_t}{\\sqrt{\\hat v_t}+\\epsilon}
 
     ``amsgrad=True`` divides by :math:`\\sqrt{\\hat v^{max}_t}` with
     :math:`v^{max}_t = \\max(v^{max}_{t-1}, v_t)` (see :class:`AMSGrad`).

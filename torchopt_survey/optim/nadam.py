@@ -18,10 +18,10 @@ class NAdam(SurveyOptimizer):
     (:math:`\\psi` = ``momentum_decay``):
 
     .. math::
-        m_t = \\beta_1 m_{t-1} + (1-\\beta_1) g_t, \\qquad
+        m_t &= \\beta_1 m_{t-1} + (1-\\beta_1) g_t, \\qquad
         v_t = \\beta_2 v_{t-1} + (1-\\beta_2) g_t^2, \\qquad
         \\hat v_t = v_t / (1-\\beta_2^t) \\\\
-        \\theta_{t+1} = \\theta_t
+        \\theta_{t+1} &= \\theta_t
           - \\gamma \\frac{1-\\mu_t}{1-\\prod_{i\\le t}\\mu_i}
               \\frac{g_t}{\\sqrt{\\hat v_t}+\\epsilon}
           - \\gamma \\frac{\\mu_{t+1}}{1-\\prod_{i\\le t+1}\\mu_i}

@@ -135,6 +135,8 @@ class BenchmarkTable(SphinxDirective):
         path = root / self.arguments[0]
         self.env.note_dependency(str(path))
         result = json.loads(path.read_text())
+        if isinstance(result, list):  # a bare list of rows, with nothing recorded around it
+            result = {"rows": result}
         rows = result["rows"]
         if not rows:
             raise self.error(f"{self.arguments[0]}: no rows")

@@ -94,8 +94,8 @@ class Adam(SurveyOptimizer):
         decoupled_weight_decay: bool = False,
         bias_correction: bool = True,
     ) -> None:
-        if isinstance(betas, list):
-            betas = tuple(betas)
+        if isinstance(betas, list):  # accepted, as by torch.optim; stored as a tuple
+            betas = tuple(betas)  # pyright: ignore[reportAssignmentType]
         defaults: dict[str, Any] = {
             "lr": lr,
             "betas": betas,

@@ -92,8 +92,8 @@ class NAdam(SurveyOptimizer):
         differentiable: bool = False,
         fused: bool | None = None,
     ) -> None:
-        if isinstance(betas, list):
-            betas = tuple(betas)
+        if isinstance(betas, list):  # accepted, as by torch.optim; stored as a tuple
+            betas = tuple(betas)  # pyright: ignore[reportAssignmentType]
         defaults: dict[str, Any] = {
             "lr": lr,
             "betas": betas,

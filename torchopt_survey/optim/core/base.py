@@ -16,10 +16,15 @@ paths, capturable and compiled steps (scalars kept as device tensors), and stric
 optimizers like its own.
 """
 
+# The state lists below hold None only in the slots of lazily created entries, which the code
+# tests before use; the checker cannot follow that per slot.
+# pyright: reportOptionalMemberAccess=false, reportOptionalSubscript=false
+# pyright: reportOptionalIterable=false
+
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import chain
 from typing import Any, ClassVar, Literal, NamedTuple
 
@@ -84,7 +89,7 @@ def _tensor_hyperparameter(value: Any, device: torch.device | None) -> Any:
     return value
 
 
-def _read_scalar(stored: Tensor, tensor_scalars: bool) -> Any:
+def _read_scalar(stored: Tensor | None, tensor_scalars: bool) -> Any:
     """A scalar state entry as the math sees it: the tensor itself, or a Python float (one
     that remembers a non-float64 tensor's dtype, see :func:`.ops.stored_mul`)."""
     if tensor_scalars:
@@ -96,7 +101,7 @@ def _as_python_scalar(value: float, dtype: torch.dtype) -> Any:
     return value if dtype is torch.float64 else StoredScalar(value, dtype)
 
 
-def _store_scalar(stored: Tensor, new: Any, tensor_scalars: bool) -> None:
+def _store_scalar(stored: Tensor | None, new: Any, tensor_scalars: bool) -> None:
     """Write what the math computed back into the scalar state tensor, in place."""
     if not tensor_scalars:
         stored.fill_(new)
@@ -200,7 +205,8 @@ class SurveyOptimizer(Optimizer):
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if torch.compiler.is_compiling() or torch._C._autograd._profiler_enabled():
+            profiling = torch._C._autograd._profiler_enabled()  # pyright: ignore[reportAttributeAccessIssue]
+            if torch.compiler.is_compiling() or profiling:
                 return labelled(*args, **kwargs)
             self = args[0]
             for pre_hook in chain(
@@ -603,7 +609,7 @@ class SurveyOptimizer(Optimizer):
             self._replicas_of(group)
         ):
             return group  # plain Python numbers already: the math reads the group itself
-        convert: Callable[[Any], Any]
+        convert: Callable[[Any], Any]  # pyright: ignore[reportRedeclaration]
         if tensor_scalars:
             def convert(value: Any) -> Any:
                 return _tensor_hyperparameter(value, device)
@@ -760,7 +766,8 @@ class SurveyOptimizer(Optimizer):
             for slot in scalar_slots:
                 column = states[slot::width]
                 if len(column) > _FEW:
-                    scalar_values.append(torch.stack(column).tolist())  # one read, not n
+                    # one read, not n
+                    scalar_values.append(torch.stack(column).tolist())  # pyright: ignore[reportArgumentType]
                 else:
                     scalar_values.append([value.item() for value in column])
                 dtype = column[0].dtype
@@ -817,7 +824,7 @@ class SurveyOptimizer(Optimizer):
         params: list[Tensor],
         grads: list[Tensor],
         states: list[Tensor | None],
-        members: list[int] | None,
+        members: Sequence[int] | None,
         scalars: tuple[float, ...],
         tensor_scalars: bool,
         group_has_complex: bool,
@@ -825,7 +832,7 @@ class SurveyOptimizer(Optimizer):
         """One foreach pass over ``members`` (None: all parameters) sharing scalars."""
         width = len(spec)
         if members is None:
-            members = range(len(params))  # type: ignore[assignment]
+            members = range(len(params))
             member_params, member_grads = params, grads
         else:
             member_params = [params[i] for i in members]

@@ -14,11 +14,15 @@ PYTHON="${PYTHON:-python3}"
 start=$SECONDS
 phase() { echo "wheel test: $1 ($((SECONDS - start)) s so far)"; }
 
-# 1. sdist + wheel, built in their own isolated environment (as pip would build them)
+# 1. sdist + wheel, built in their own isolated environment (as pip would build them), from a
+# copy of the working tree's files (setuptools writes egg-info and build/ beside the sources)
+mkdir "$WORK/src"
+git -C "$REPO" ls-files -z --cached --others --exclude-standard \
+  | tar -C "$REPO" --null --ignore-failed-read -T - -cf - | tar -C "$WORK/src" -xf -
 "$PYTHON" -m venv "$WORK/build-env"
 "$WORK/build-env/bin/python" -m pip install -q build
-"$WORK/build-env/bin/python" -m build --sdist --wheel --outdir "$WORK/dist" "$REPO" >"$WORK/build.log" 2>&1 \
-  || { cat "$WORK/build.log"; exit 1; }
+"$WORK/build-env/bin/python" -m build --sdist --wheel --outdir "$WORK/dist" "$WORK/src" \
+  >"$WORK/build.log" 2>&1 || { cat "$WORK/build.log"; exit 1; }
 ls -l "$WORK/dist"
 wheel=$(ls "$WORK"/dist/torchopt_survey-*.whl)
 sdist=$(ls "$WORK"/dist/torchopt_survey-*.tar.gz)

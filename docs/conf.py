@@ -27,6 +27,7 @@ extensions = [
     "sphinx-mathjax-offline",
     "argparse_cli",
     "bench_tables",
+    "args_check",
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}

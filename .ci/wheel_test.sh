@@ -54,6 +54,7 @@ phase "installed"
 # 3. used from another directory: nothing of the checkout may be importable
 mkdir "$WORK/elsewhere"
 cd "$WORK/elsewhere"
+unset PYTHONPATH
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 expected=$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO/pyproject.toml" | head -1)
 "$WORK/venv/bin/python" - "$REPO" "$expected" <<'PY'

@@ -21,7 +21,6 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
-    "sphinx.ext.doctest",
     "myst_parser",
     # MathJax served from the built site itself: the pages render equations offline
     "sphinx-mathjax-offline",

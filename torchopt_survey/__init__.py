@@ -6,6 +6,8 @@ fast ``torch.optim.Optimizer`` drop-ins, and the surveys' experiments.
 >>> opt = torchopt_survey.Adam(model.parameters(), lr=1e-3)   # same as torch.optim.Adam
 """
 
+from importlib import metadata as _metadata
+
 from .optim import (
     NAG,
     SGD,
@@ -23,7 +25,16 @@ from .optim import (
     RMSprop,
 )
 
-__version__ = "0.1.0"
+
+def _installed_version() -> str:
+    """The version of the installed distribution; a source tree that is not installed has none."""
+    try:
+        return _metadata.version("torchopt-survey")
+    except _metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _installed_version()
 
 __all__ = [
     "SGD",

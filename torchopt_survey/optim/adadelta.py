@@ -14,11 +14,11 @@ class Adadelta(SurveyOptimizer):
     """Adadelta -- a drop-in ``torch.optim.Adadelta``; survey 2 §II-C, Zeiler (2012) Alg. 1.
 
     .. math::
-        E[g^2]_t = \\rho E[g^2]_{t-1} + (1-\\rho) g_t^2 \\\\
-        \\Delta x_t = -\\frac{\\sqrt{E[\\Delta x^2]_{t-1} + \\epsilon}}
+        E[g^2]_t &= \\rho E[g^2]_{t-1} + (1-\\rho) g_t^2 \\\\
+        \\Delta x_t &= -\\frac{\\sqrt{E[\\Delta x^2]_{t-1} + \\epsilon}}
                               {\\sqrt{E[g^2]_t + \\epsilon}}\\, g_t \\\\
-        E[\\Delta x^2]_t = \\rho E[\\Delta x^2]_{t-1} + (1-\\rho) \\Delta x_t^2 \\\\
-        x_{t+1} = x_t + \\eta\\, \\Delta x_t
+        E[\\Delta x^2]_t &= \\rho E[\\Delta x^2]_{t-1} + (1-\\rho) \\Delta x_t^2 \\\\
+        x_{t+1} &= x_t + \\eta\\, \\Delta x_t
 
     with :math:`\\eta` = ``lr`` (1.0 in Zeiler's method and by default here).
 
@@ -27,6 +27,33 @@ class Adadelta(SurveyOptimizer):
     :math:`\\sqrt{E[\\Delta x^2]_{t-1} + \\epsilon}` (the RMS of past updates). torch.optim's
     implementation *is* Zeiler's formula, so there is no switch.
     ``state['square_avg']`` is :math:`E[g^2]`, ``state['acc_delta']`` is :math:`E[\\Delta x^2]`.
+
+    Args:
+        params (iterable): tensors, ``(name, tensor)`` pairs or parameter-group dicts, as for
+            every ``torch.optim`` optimizer.
+        lr (float or Tensor, optional): the learning rate :math:`\\eta` multiplying
+            :math:`\\Delta x_t` (default ``1.0``); a tensor of shape ``[N]`` is one value per
+            replica. ``torch.optim.Adadelta(lr=...)``.
+        rho (float, optional): :math:`\\rho`, the decay rate of both running averages, in [0, 1]
+            (default ``0.9``). ``torch.optim.Adadelta(rho=...)``.
+        eps (float, optional): :math:`\\epsilon` inside both square roots (default ``1e-6``).
+            ``torch.optim.Adadelta(eps=...)``.
+        weight_decay (float, optional): L2 penalty added to the gradient (default ``0``).
+            ``torch.optim.Adadelta(weight_decay=...)``.
+        foreach (bool or None, optional): force or forbid the multi-tensor (foreach) path;
+            ``None`` (default) picks it when every parameter is on a GPU.
+            ``torch.optim.Adadelta(foreach=...)``.
+        capturable (bool, optional): keep the step counter and tensor hyperparameters on the
+            parameters' device so the step can be captured in a CUDA graph (default ``False``;
+            accepted on CPU too, unlike torch.optim). ``torch.optim.Adadelta(capturable=...)``.
+        maximize (bool, optional): maximize the objective instead of minimizing it (default
+            ``False``). ``torch.optim.Adadelta(maximize=...)``.
+        differentiable (bool, optional): run the step out of place so that autograd can
+            differentiate through it (default ``False``).
+            ``torch.optim.Adadelta(differentiable=...)``.
+        fused (bool or None, optional): run the generated single-pass kernel (C on CPU, Triton
+            on CUDA; default ``None``: never chosen automatically). ``torch.optim.Adadelta`` has
+            no ``fused`` flag.
     """
 
     _hyperparameters = {

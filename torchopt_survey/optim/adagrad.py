@@ -25,6 +25,34 @@ class Adagrad(SurveyOptimizer):
     Sparse gradients (``nn.Embedding(sparse=True)``) are supported: only the rows present in
     the gradient are updated, exactly as torch.optim.Adagrad does. As in torch.optim, the state
     is created in the constructor.
+
+    Args:
+        params (iterable): tensors, ``(name, tensor)`` pairs or parameter-group dicts, as for
+            every ``torch.optim`` optimizer.
+        lr (float or Tensor, optional): the learning rate :math:`\\eta` (default ``1e-2``); a
+            tensor of shape ``[N]`` is one value per replica. ``torch.optim.Adagrad(lr=...)``.
+        lr_decay (float, optional): learning-rate decay, :math:`\\eta_t = \\eta / (1 +
+            (t-1)\\,\\text{lr\\_decay})` (default ``0``). ``torch.optim.Adagrad(lr_decay=...)``.
+        weight_decay (float, optional): L2 penalty added to the gradient (default ``0``).
+            ``torch.optim.Adagrad(weight_decay=...)``.
+        initial_accumulator_value (float, optional): :math:`G_0`, the starting value of the sum
+            of squared gradients (default ``0``; cannot be per-replica).
+            ``torch.optim.Adagrad(initial_accumulator_value=...)``.
+        eps (float, optional): :math:`\\epsilon` added to the denominator (default ``1e-10``).
+            ``torch.optim.Adagrad(eps=...)``.
+        foreach (bool or None, optional): force or forbid the multi-tensor (foreach) path;
+            ``None`` (default) picks it when every parameter is on a GPU.
+            ``torch.optim.Adagrad(foreach=...)``.
+        maximize (bool, optional): maximize the objective instead of minimizing it (default
+            ``False``). ``torch.optim.Adagrad(maximize=...)``.
+        differentiable (bool, optional): run the step out of place so that autograd can
+            differentiate through it (default ``False``).
+            ``torch.optim.Adagrad(differentiable=...)``.
+        fused (bool or None, optional): run the generated single-pass kernel (C on CPU, Triton
+            on CUDA; default ``None``: never chosen automatically).
+            ``torch.optim.Adagrad(fused=...)``.
+        eps_inside_sqrt (bool, optional): survey switch; ``True`` divides by :math:`\\sqrt{G_t +
+            \\epsilon}` (survey 2's form; default ``False``). No torch.optim counterpart.
     """
 
     _hyperparameters = {

@@ -14,15 +14,54 @@ class Adam(SurveyOptimizer):
     """Adam -- a drop-in ``torch.optim.Adam``; survey 1 §III-G, survey 2 §IV.
 
     .. math::
-        m_t = \\beta_1 m_{t-1} + (1-\\beta_1) g_t, \\qquad
+        m_t &= \\beta_1 m_{t-1} + (1-\\beta_1) g_t, \\qquad
         v_t = \\beta_2 v_{t-1} + (1-\\beta_2) g_t^2 \\\\
-        \\hat m_t = \\frac{m_t}{1-\\beta_1^t}, \\qquad \\hat v_t = \\frac{v_t}{1-\\beta_2^t}
-        \\\\ \\theta_{t+1} = \\theta_t - \\frac{\\alpha\\, \\hat m_t}{\\sqrt{\\hat v_t}+\\epsilon}
+        \\hat m_t &= \\frac{m_t}{1-\\beta_1^t}, \\qquad \\hat v_t = \\frac{v_t}{1-\\beta_2^t}
+        \\\\ \\theta_{t+1} &= \\theta_t - \\frac{\\alpha\\, \\hat m_t}{\\sqrt{\\hat v_t}+\\epsilon}
 
     ``amsgrad=True`` divides by :math:`\\sqrt{\\hat v^{max}_t}` with
     :math:`v^{max}_t = \\max(v^{max}_{t-1}, v_t)` (see :class:`AMSGrad`).
     ``decoupled_weight_decay=True`` is :class:`AdamW`.
     ``bias_correction=False`` drops both bias corrections (survey 1's AMSGrad form).
+
+    Args:
+        params (iterable): tensors, ``(name, tensor)`` pairs or parameter-group dicts, as for
+            every ``torch.optim`` optimizer.
+        lr (float or Tensor, optional): the step size :math:`\\alpha` (default ``1e-3``). A
+            0-d tensor works with a scheduler; a tensor of shape ``[N]`` sets one value per
+            replica (see *Per-replica hyperparameters*). ``torch.optim.Adam(lr=...)``.
+        betas (tuple[float | Tensor, float | Tensor], optional): :math:`(\\beta_1, \\beta_2)`, the
+            decay rates of the first and second moment averages (default ``(0.9, 0.999)``).
+            ``torch.optim.Adam(betas=...)``.
+        eps (float, optional): :math:`\\epsilon` added to the denominator (default ``1e-8``).
+            ``torch.optim.Adam(eps=...)``.
+        weight_decay (float, optional): L2 penalty :math:`\\lambda`, added to the gradient as
+            :math:`\\lambda\\theta`, or decoupled with ``decoupled_weight_decay=True``
+            (default ``0``). ``torch.optim.Adam(weight_decay=...)``.
+        amsgrad (bool, optional): keep the running maximum of :math:`v_t` and divide by it
+            (default ``False``). ``torch.optim.Adam(amsgrad=...)``.
+        foreach (bool or None, optional): use the multi-tensor (foreach) path; ``None``
+            (default) picks it when every parameter is on a GPU, the per-tensor loop
+            otherwise. ``torch.optim.Adam(foreach=...)``.
+        maximize (bool, optional): maximize the objective instead of minimizing it (default
+            ``False``). ``torch.optim.Adam(maximize=...)``.
+        capturable (bool, optional): keep the step counter and tensor hyperparameters on the
+            parameters' device so the step can be captured in a CUDA graph (default
+            ``False``); unlike torch.optim it is accepted on CPU too.
+            ``torch.optim.Adam(capturable=...)``.
+        differentiable (bool, optional): run the step out of place so that autograd can
+            differentiate through it (default ``False``).
+            ``torch.optim.Adam(differentiable=...)``.
+        fused (bool or None, optional): run the generated single-pass kernel (C on CPU,
+            Triton on CUDA; default ``None``: never chosen automatically).
+            ``torch.optim.Adam(fused=...)``.
+        decoupled_weight_decay (bool, optional): shrink the parameters by
+            :math:`\\alpha\\lambda\\theta` instead of adding :math:`\\lambda\\theta` to the
+            gradient, which is AdamW (default ``False``).
+            ``torch.optim.Adam(decoupled_weight_decay=...)``.
+        bias_correction (bool, optional): survey switch; ``False`` drops the bias corrections
+            :math:`1-\\beta_1^t` and :math:`1-\\beta_2^t` (default ``True``, torch.optim's
+            form; torch.optim has no counterpart).
     """
 
     _hyperparameters = {
@@ -55,8 +94,8 @@ class Adam(SurveyOptimizer):
         decoupled_weight_decay: bool = False,
         bias_correction: bool = True,
     ) -> None:
-        if isinstance(betas, list):
-            betas = tuple(betas)
+        if isinstance(betas, list):  # accepted, as by torch.optim; stored as a tuple
+            betas = tuple(betas)  # pyright: ignore[reportAssignmentType]
         defaults: dict[str, Any] = {
             "lr": lr,
             "betas": betas,
@@ -111,6 +150,29 @@ class AdamW(Adam):
     .. math:: \\theta_t \\leftarrow \\theta_{t-1}(1 - \\alpha\\lambda), \\text{ then the Adam step}
 
     (``weight_decay`` :math:`\\lambda` defaults to 1e-2).
+
+    Args:
+        params (iterable): tensors, ``(name, tensor)`` pairs or parameter-group dicts.
+        lr (float or Tensor, optional): step size :math:`\\alpha` (default ``1e-3``; a tensor
+            of shape ``[N]`` is per replica). ``torch.optim.AdamW(lr=...)``.
+        betas (tuple[float | Tensor, float | Tensor], optional): :math:`(\\beta_1, \\beta_2)`
+            (default ``(0.9, 0.999)``). ``torch.optim.AdamW(betas=...)``.
+        eps (float, optional): :math:`\\epsilon` in the denominator (default ``1e-8``).
+            ``torch.optim.AdamW(eps=...)``.
+        weight_decay (float, optional): decoupled decay :math:`\\lambda` (default ``1e-2``).
+            ``torch.optim.AdamW(weight_decay=...)``.
+        amsgrad (bool, optional): use the running maximum of :math:`v_t` (default ``False``).
+            ``torch.optim.AdamW(amsgrad=...)``.
+        maximize (bool, optional): maximize instead of minimize (default ``False``).
+            ``torch.optim.AdamW(maximize=...)``.
+        foreach (bool or None, optional): force or forbid the foreach path; ``None`` (default)
+            picks it when every parameter is on a GPU. ``torch.optim.AdamW(foreach=...)``.
+        capturable (bool, optional): device-side step counters, CUDA-graph safe (default
+            ``False``; accepted on CPU too). ``torch.optim.AdamW(capturable=...)``.
+        differentiable (bool, optional): out-of-place step that autograd can differentiate
+            (default ``False``). ``torch.optim.AdamW(differentiable=...)``.
+        fused (bool or None, optional): run the generated single-pass kernel (default
+            ``None``). ``torch.optim.AdamW(fused=...)``.
     """
 
     def __init__(
@@ -158,6 +220,35 @@ class AMSGrad(Adam):
 
     (the survey prints :math:`\\max(v_{t-1}, v_t)`; the maximum is over all past
     :math:`v`, as its own text and Reddi et al. say.)
+
+    Args:
+        params (iterable): tensors, ``(name, tensor)`` pairs or parameter-group dicts.
+        lr (float or Tensor, optional): step size :math:`\\alpha` / :math:`\\eta` (default
+            ``1e-3``; a tensor of shape ``[N]`` is per replica).
+            ``torch.optim.Adam(lr=..., amsgrad=True)``.
+        betas (tuple[float | Tensor, float | Tensor], optional): :math:`(\\beta_1, \\beta_2)`
+            (default ``(0.9, 0.999)``). ``torch.optim.Adam(betas=...)``.
+        eps (float, optional): :math:`\\epsilon` in the denominator (default ``1e-8``).
+            ``torch.optim.Adam(eps=...)``.
+        weight_decay (float, optional): L2 penalty (or decoupled decay with
+            ``decoupled_weight_decay=True``; default ``0``).
+            ``torch.optim.Adam(weight_decay=...)``.
+        amsgrad (bool, optional): must stay ``True`` (the default); ``False`` raises
+            ``ValueError`` -- use :class:`Adam` for plain Adam.
+        foreach (bool or None, optional): force or forbid the foreach path; ``None`` (default)
+            picks it when every parameter is on a GPU. ``torch.optim.Adam(foreach=...)``.
+        maximize (bool, optional): maximize instead of minimize (default ``False``).
+            ``torch.optim.Adam(maximize=...)``.
+        capturable (bool, optional): device-side step counters, CUDA-graph safe (default
+            ``False``; accepted on CPU too). ``torch.optim.Adam(capturable=...)``.
+        differentiable (bool, optional): out-of-place step that autograd can differentiate
+            (default ``False``). ``torch.optim.Adam(differentiable=...)``.
+        fused (bool or None, optional): run the generated single-pass kernel (default
+            ``None``). ``torch.optim.Adam(fused=...)``.
+        decoupled_weight_decay (bool, optional): AdamW-style decay (default ``False``).
+            ``torch.optim.Adam(decoupled_weight_decay=...)``.
+        bias_correction (bool, optional): survey switch; ``False`` is survey 1's AMSGrad
+            without bias corrections (default ``True``; no torch.optim counterpart).
     """
 
     def __init__(

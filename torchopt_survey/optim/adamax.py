@@ -20,6 +20,33 @@ class Adamax(SurveyOptimizer):
 
     (Kingma & Ba write :math:`|g_t|`; torch.optim adds :math:`\\epsilon` inside the maximum so
     the division is safe, and so does this class.) ``state['exp_inf']`` is :math:`u_t`.
+
+    Args:
+        params (iterable): tensors, ``(name, tensor)`` pairs or parameter-group dicts, as for
+            every ``torch.optim`` optimizer.
+        lr (float or Tensor, optional): the learning rate :math:`\\alpha` (default ``2e-3``); a
+            tensor of shape ``[N]`` is one value per replica. ``torch.optim.Adamax(lr=...)``.
+        betas (tuple[float, float], optional): :math:`(\\beta_1, \\beta_2)`, the decay of the
+            first moment and of the infinity norm (default ``(0.9, 0.999)``).
+            ``torch.optim.Adamax(betas=...)``.
+        eps (float, optional): :math:`\\epsilon` inside the maximum (default ``1e-8``).
+            ``torch.optim.Adamax(eps=...)``.
+        weight_decay (float, optional): L2 penalty added to the gradient (default ``0``).
+            ``torch.optim.Adamax(weight_decay=...)``.
+        foreach (bool or None, optional): force or forbid the multi-tensor (foreach) path;
+            ``None`` (default) picks it when every parameter is on a GPU.
+            ``torch.optim.Adamax(foreach=...)``.
+        maximize (bool, optional): maximize the objective instead of minimizing it (default
+            ``False``). ``torch.optim.Adamax(maximize=...)``.
+        differentiable (bool, optional): run the step out of place so that autograd can
+            differentiate through it (default ``False``).
+            ``torch.optim.Adamax(differentiable=...)``.
+        capturable (bool, optional): keep the step counter and tensor hyperparameters on the
+            parameters' device so the step can be captured in a CUDA graph (default ``False``;
+            accepted on CPU too, unlike torch.optim). ``torch.optim.Adamax(capturable=...)``.
+        fused (bool or None, optional): run the generated single-pass kernel (C on CPU, Triton
+            on CUDA; default ``None``: never chosen automatically). ``torch.optim.Adamax`` has
+            no ``fused`` flag.
     """
 
     _hyperparameters = {
@@ -45,8 +72,8 @@ class Adamax(SurveyOptimizer):
         capturable: bool = False,
         fused: bool | None = None,
     ) -> None:
-        if isinstance(betas, list):
-            betas = tuple(betas)
+        if isinstance(betas, list):  # accepted, as by torch.optim; stored as a tuple
+            betas = tuple(betas)  # pyright: ignore[reportAssignmentType]
         defaults: dict[str, Any] = {
             "lr": lr,
             "betas": betas,

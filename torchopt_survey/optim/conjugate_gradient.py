@@ -22,7 +22,17 @@ BETAS = ("FR", "PR", "PR+", "HS", "DY")
 def conjugacy_beta(kind: str, g: Tensor, g_prev: Tensor, d_prev: Tensor) -> float:
     """β of the nonlinear CG variants, y = g - g_prev:
     FR gᵀg / g₋ᵀg₋ (Fletcher-Reeves), PR gᵀy / g₋ᵀg₋ (Polak-Ribière), PR+ max(PR, 0),
-    HS gᵀy / dᵀy (Hestenes-Stiefel), DY gᵀg / dᵀy (Dai-Yuan). A zero denominator gives 0."""
+    HS gᵀy / dᵀy (Hestenes-Stiefel), DY gᵀg / dᵀy (Dai-Yuan). A zero denominator gives 0.
+
+    Args:
+        kind (str): ``"FR"``, ``"PR"``, ``"PR+"``, ``"HS"`` or ``"DY"``.
+        g (Tensor): the current flat gradient.
+        g_prev (Tensor): the previous flat gradient.
+        d_prev (Tensor): the previous search direction.
+
+    Returns:
+        float: β for the new direction ``-g + β d_prev``.
+    """
     y = g - g_prev
     if kind in ("FR", "PR", "PR+"):
         num = g.dot(g) if kind == "FR" else g.dot(y)
@@ -41,6 +51,10 @@ class ConjugateGradient(ClosureOptimizer):
     r"""Nonlinear conjugate gradient with a strong-Wolfe line search.
 
     Each outer iteration: d = -g + β d₋₁ with β from ``beta``; then a line search along d.
+    Survey 2 §III-B:
+
+    .. math::
+        d_k = -\nabla f(w_k) + \beta_k d_{k-1}, \qquad w_{k+1} = w_k + \alpha_k d_k
 
     **Restarts** to steepest descent (d = -g): every ``restart`` iterations (default: n, the
     number of parameters), after a line search that made no progress, and whenever d is not a
@@ -63,13 +77,27 @@ class ConjugateGradient(ClosureOptimizer):
     parameters at the best point it evaluated, warns (RuntimeWarning) and restarts.
 
     Args:
-        params: tensors or parameter groups (all groups share the hyperparameters).
-        lr: see above (default 1).
-        max_iter: outer iterations per ``step()`` (default 20, as LBFGS).
-        tolerance_grad, tolerance_change: stop tests (defaults 1e-7, 1e-9, as LBFGS).
-        beta: ``"FR"``, ``"PR"``, ``"PR+"`` (default), ``"HS"`` or ``"DY"``.
-        restart: restart period in iterations (default None: the number of parameters).
-        line_search_fn, c1, c2, max_ls: see above.
+        params (iterable): tensors or parameter-group dicts; all groups form one problem and
+            must share the hyperparameters. ``torch.optim.LBFGS(params)``.
+        lr (float, optional): scale of the first trial step, or the fixed step with
+            ``line_search_fn=None`` (default ``1``). ``torch.optim.LBFGS(lr=...)``.
+        max_iter (int, optional): outer iterations per ``step()`` (default ``20``).
+            ``torch.optim.LBFGS(max_iter=...)``.
+        tolerance_grad (float, optional): stop when :math:`\max_i |g_i|` is at most this
+            (default ``1e-7``). ``torch.optim.LBFGS(tolerance_grad=...)``.
+        tolerance_change (float, optional): stop when the loss, or every parameter, changes by
+            less than this (default ``1e-9``). ``torch.optim.LBFGS(tolerance_change=...)``.
+        beta (str, optional): the conjugacy formula, ``"FR"``, ``"PR"``, ``"PR+"`` (default),
+            ``"HS"`` or ``"DY"`` (see
+            :func:`~torchopt_survey.optim.conjugate_gradient.conjugacy_beta`). No torch.optim
+            counterpart.
+        restart (int or None, optional): restart period in iterations (default ``None``: the
+            number of parameters). No torch.optim counterpart.
+        line_search_fn (str or None, optional): ``"strong_wolfe"`` (default) or ``None``.
+            ``torch.optim.LBFGS(line_search_fn=...)``.
+        c1 (float, optional): Armijo constant, ``0 < c1 < c2`` (default ``1e-4``).
+        c2 (float, optional): curvature constant (default ``0.1``, see above).
+        max_ls (int, optional): closure evaluations per line search (default ``25``).
 
     **State** (tensors under the first parameter; ``state_dict`` round-trips exactly):
     ``func_evals``, ``hvp_evals`` (always 0), ``n_iter``, ``restarts``, ``d_prev``, ``g_prev``,

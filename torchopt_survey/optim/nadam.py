@@ -18,10 +18,10 @@ class NAdam(SurveyOptimizer):
     (:math:`\\psi` = ``momentum_decay``):
 
     .. math::
-        m_t = \\beta_1 m_{t-1} + (1-\\beta_1) g_t, \\qquad
+        m_t &= \\beta_1 m_{t-1} + (1-\\beta_1) g_t, \\qquad
         v_t = \\beta_2 v_{t-1} + (1-\\beta_2) g_t^2, \\qquad
         \\hat v_t = v_t / (1-\\beta_2^t) \\\\
-        \\theta_{t+1} = \\theta_t
+        \\theta_{t+1} &= \\theta_t
           - \\gamma \\frac{1-\\mu_t}{1-\\prod_{i\\le t}\\mu_i}
               \\frac{g_t}{\\sqrt{\\hat v_t}+\\epsilon}
           - \\gamma \\frac{\\mu_{t+1}}{1-\\prod_{i\\le t+1}\\mu_i}
@@ -31,6 +31,38 @@ class NAdam(SurveyOptimizer):
     tensor (float32, or the default dtype, as in torch.optim), updated as torch.optim updates it
     -- an in-place multiply in that precision whose result the step then uses -- so float64
     trajectories follow torch.optim.NAdam to rounding (1e-12 over 200 steps).
+
+    Args:
+        params (iterable): tensors, ``(name, tensor)`` pairs or parameter-group dicts, as for
+            every ``torch.optim`` optimizer.
+        lr (float or Tensor, optional): the learning rate :math:`\\gamma` (default ``2e-3``); a
+            tensor of shape ``[N]`` is one value per replica. ``torch.optim.NAdam(lr=...)``.
+        betas (tuple[float, float], optional): :math:`(\\beta_1, \\beta_2)`, the decay rates of
+            the moment averages (default ``(0.9, 0.999)``). ``torch.optim.NAdam(betas=...)``.
+        eps (float, optional): :math:`\\epsilon` added to the denominator (default ``1e-8``).
+            ``torch.optim.NAdam(eps=...)``.
+        weight_decay (float, optional): L2 penalty, or decoupled decay with
+            ``decoupled_weight_decay=True`` (default ``0``).
+            ``torch.optim.NAdam(weight_decay=...)``.
+        momentum_decay (float, optional): :math:`\\psi` of the momentum schedule :math:`\\mu_t`
+            (default ``4e-3``; cannot be per-replica).
+            ``torch.optim.NAdam(momentum_decay=...)``.
+        decoupled_weight_decay (bool, optional): AdamW-style decay (NAdamW; default ``False``).
+            ``torch.optim.NAdam(decoupled_weight_decay=...)``.
+        foreach (bool or None, optional): force or forbid the multi-tensor (foreach) path;
+            ``None`` (default) picks it when every parameter is on a GPU.
+            ``torch.optim.NAdam(foreach=...)``.
+        maximize (bool, optional): maximize the objective instead of minimizing it (default
+            ``False``). ``torch.optim.NAdam(maximize=...)``.
+        capturable (bool, optional): keep the step counter and tensor hyperparameters on the
+            parameters' device so the step can be captured in a CUDA graph (default ``False``;
+            accepted on CPU too, unlike torch.optim). ``torch.optim.NAdam(capturable=...)``.
+        differentiable (bool, optional): run the step out of place so that autograd can
+            differentiate through it (default ``False``).
+            ``torch.optim.NAdam(differentiable=...)``.
+        fused (bool or None, optional): run the generated single-pass kernel (C on CPU, Triton
+            on CUDA; default ``None``: never chosen automatically). ``torch.optim.NAdam`` has no
+            ``fused`` flag.
     """
 
     _hyperparameters = {
@@ -60,8 +92,8 @@ class NAdam(SurveyOptimizer):
         differentiable: bool = False,
         fused: bool | None = None,
     ) -> None:
-        if isinstance(betas, list):
-            betas = tuple(betas)
+        if isinstance(betas, list):  # accepted, as by torch.optim; stored as a tuple
+            betas = tuple(betas)  # pyright: ignore[reportAssignmentType]
         defaults: dict[str, Any] = {
             "lr": lr,
             "betas": betas,

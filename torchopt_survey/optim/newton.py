@@ -121,23 +121,44 @@ class Newton(_DampedNewton):
     r"""Newton's method with the exact Hessian over all parameters (flattened):
     solve (H + λI) p = -g by Cholesky, then line search along p.
 
+    Survey 2 §III-A, with damping :math:`\lambda` and a line-search step :math:`t`:
+
+    .. math::
+        w \leftarrow w - H^{-1} \nabla f(w)
+        \quad\longrightarrow\quad
+        (H + \lambda I)\, p = -\nabla f(w), \qquad w \leftarrow w + t\, p
+
     Args:
-        params: tensors or parameter groups (all groups share the hyperparameters).
-        lr: first trial step of the line search, or the fixed step (default 1: the Newton step).
-        max_iter: outer iterations per ``step()`` call (default 20, as LBFGS).
-        tolerance_grad: stop when max |g_i| <= this (default 1e-7).
-        tolerance_change: stop when the loss, or every parameter, changes by less (default 1e-9).
-        line_search_fn: ``"strong_wolfe"`` (default) or ``None`` (fixed step ``lr``).
-        c1, c2: Armijo and curvature constants of the strong Wolfe conditions (1e-4, 0.9).
-        max_ls: closure evaluations allowed per line search (default 25).
-        damping: initial λ (default 0: undamped Newton).
-        adapt_damping: adapt λ by ρ (default True).
-        max_params: refuse more parameters than this (default 10,000): the Hessian has
-            n² entries (397,510 parameters would need 632 GB in float32).
+        params (iterable): tensors or parameter-group dicts; all groups form one problem and
+            must share the hyperparameters. ``torch.optim.LBFGS(params)``.
+        lr (float, optional): first trial step of the line search, or the fixed step with
+            ``line_search_fn=None`` (default ``1``: the Newton step). ``torch.optim.LBFGS(lr=...)``.
+        max_iter (int, optional): outer iterations per ``step()`` call (default ``20``).
+            ``torch.optim.LBFGS(max_iter=...)``.
+        tolerance_grad (float, optional): stop when :math:`\max_i |g_i|` is at most this
+            (default ``1e-7``). ``torch.optim.LBFGS(tolerance_grad=...)``.
+        tolerance_change (float, optional): stop when the loss, or every parameter, changes by
+            less than this in an iteration (default ``1e-9``).
+            ``torch.optim.LBFGS(tolerance_change=...)``.
+        line_search_fn (str or None, optional): ``"strong_wolfe"`` (default) or ``None`` (fixed
+            step ``lr``). ``torch.optim.LBFGS(line_search_fn=...)``, whose default is ``None``.
+        c1 (float, optional): Armijo (sufficient decrease) constant of the strong Wolfe
+            conditions, ``0 < c1 < c2`` (default ``1e-4``; fixed inside torch.optim.LBFGS).
+        c2 (float, optional): curvature constant of the strong Wolfe conditions, ``c2 < 1``
+            (default ``0.9``; fixed inside torch.optim.LBFGS).
+        max_ls (int, optional): closure evaluations allowed per line search (default ``25``;
+            fixed inside torch.optim.LBFGS).
+        damping (float, optional): initial Levenberg-Marquardt damping :math:`\lambda` (default
+            ``0``: undamped Newton). No torch.optim counterpart.
+        adapt_damping (bool, optional): adapt :math:`\lambda` by the reduction ratio
+            :math:`\rho` after each iteration (default ``True``). No torch.optim counterpart.
+        max_params (int, optional): refuse more parameters than this (default ``10_000``): the
+            Hessian has :math:`n^2` entries (397,510 parameters would need 632 GB in float32).
+            Use :class:`NewtonCG` above it.
 
     The Hessian is built from n Hessian-vector products (double backward, vmapped over blocks
     of rows where the model's operations allow it) and symmetrised. **When H + λI is not
-    positive definite** (Cholesky fails), λ is raised to max(10 λ, 10⁻³ · mean |diag H|) and the
+    positive definite** (Cholesky fails), λ is raised to max(10 λ, 10⁻³ · mean(abs(diag H))) and the
     factorisation retried, up to 60 times (then the step falls back to -g); the raised λ is kept
     in the state and then adapted by ρ like any other.
     """
@@ -206,6 +227,10 @@ class NewtonCG(_DampedNewton):
     r"""Hessian-free (truncated) Newton: solve (C + λI) p = -g approximately by conjugate
     gradients that only need products C v, then line search along p.
 
+    .. math::
+        (C + \lambda I)\, p \approx -g, \qquad
+        C \in \{\, H,\; J^\top H_L J \,\}, \qquad w \leftarrow w + t\, p
+
     C is the Hessian (``curvature="hessian"``, products by double backward) or the generalised
     Gauss-Newton matrix Jᵀ H_L J (``curvature="gauss_newton"``), which is positive
     semi-definite whenever the loss is convex in the network outputs (cross-entropy, MSE), so CG
@@ -226,12 +251,36 @@ class NewtonCG(_DampedNewton):
     before it. A solution that is not a descent direction is replaced by -g.
 
     Args:
-        params, lr, max_iter, tolerance_grad, tolerance_change, line_search_fn, c1, c2, max_ls,
-        damping, adapt_damping: as for :class:`Newton`.
-        curvature: ``"hessian"`` (default) or ``"gauss_newton"``.
-        cg_max_iter: inner CG iterations per outer iteration (default 50).
-        cg_tol: relative residual tolerance in (0, 1), or None (default, adaptive).
-        warm_start: start CG from the previous solution (default True).
+        params (iterable): tensors or parameter-group dicts; all groups form one problem and
+            must share the hyperparameters. ``torch.optim.LBFGS(params)``.
+        lr (float, optional): first trial step of the line search, or the fixed step with
+            ``line_search_fn=None`` (default ``1``: the Newton step). ``torch.optim.LBFGS(lr=...)``.
+        max_iter (int, optional): outer iterations per ``step()`` call (default ``20``).
+            ``torch.optim.LBFGS(max_iter=...)``.
+        tolerance_grad (float, optional): stop when :math:`\max_i |g_i|` is at most this
+            (default ``1e-7``). ``torch.optim.LBFGS(tolerance_grad=...)``.
+        tolerance_change (float, optional): stop when the loss, or every parameter, changes by
+            less than this in an iteration (default ``1e-9``).
+            ``torch.optim.LBFGS(tolerance_change=...)``.
+        line_search_fn (str or None, optional): ``"strong_wolfe"`` (default) or ``None`` (fixed
+            step ``lr``). ``torch.optim.LBFGS(line_search_fn=...)``, whose default is ``None``.
+        c1 (float, optional): Armijo (sufficient decrease) constant of the strong Wolfe
+            conditions, ``0 < c1 < c2`` (default ``1e-4``; fixed inside torch.optim.LBFGS).
+        c2 (float, optional): curvature constant of the strong Wolfe conditions, ``c2 < 1``
+            (default ``0.9``; fixed inside torch.optim.LBFGS).
+        max_ls (int, optional): closure evaluations allowed per line search (default ``25``;
+            fixed inside torch.optim.LBFGS).
+        damping (float, optional): initial Levenberg-Marquardt damping :math:`\lambda` (default
+            ``0``: undamped Newton). No torch.optim counterpart.
+        adapt_damping (bool, optional): adapt :math:`\lambda` by the reduction ratio
+            :math:`\rho` after each iteration (default ``True``). No torch.optim counterpart.
+        curvature (str, optional): ``"hessian"`` (default; products by double backward) or
+            ``"gauss_newton"`` (generalised Gauss-Newton products; the closure returns
+            ``(loss, outputs)``).
+        cg_max_iter (int, optional): inner CG iterations per outer iteration (default ``50``).
+        cg_tol (float or None, optional): relative residual tolerance in (0, 1), or ``None``
+            (default) for the adaptive :math:`\min(1/2, \sqrt{\|g\|})`.
+        warm_start (bool, optional): start CG from the previous solution (default ``True``).
 
     Extra state: ``cg_solution`` (flat), ``cg_iters`` and ``negative_curvature`` (last solve).
     """

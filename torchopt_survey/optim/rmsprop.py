@@ -24,6 +24,39 @@ class RMSprop(SurveyOptimizer):
     (``alpha`` is the surveys' :math:`\\beta` / :math:`\\gamma`.) ``centered=True`` divides by
     the estimated variance :math:`v_t - \\bar g_t^2` instead, and ``momentum > 0`` keeps a
     buffer :math:`b_t = \\mu b_{t-1} + g_t / (\\sqrt{\\cdot} + \\epsilon)`, both as torch.optim.
+
+    Args:
+        params (iterable): tensors, ``(name, tensor)`` pairs or parameter-group dicts, as for
+            every ``torch.optim`` optimizer.
+        lr (float or Tensor, optional): the learning rate :math:`\\eta` (default ``1e-2``); a
+            tensor of shape ``[N]`` is one value per replica. ``torch.optim.RMSprop(lr=...)``.
+        alpha (float, optional): smoothing constant :math:`\\alpha` of the squared-gradient
+            average, in [0, 1] (default ``0.99``). ``torch.optim.RMSprop(alpha=...)``.
+        eps (float, optional): :math:`\\epsilon` added to the denominator (default ``1e-8``).
+            ``torch.optim.RMSprop(eps=...)``.
+        weight_decay (float, optional): L2 penalty added to the gradient (default ``0``).
+            ``torch.optim.RMSprop(weight_decay=...)``.
+        momentum (float, optional): momentum factor :math:`\\mu` of the buffer :math:`b_t`
+            (default ``0``: no buffer). ``torch.optim.RMSprop(momentum=...)``.
+        centered (bool, optional): normalise by the estimated variance instead of the uncentered
+            second moment (default ``False``). ``torch.optim.RMSprop(centered=...)``.
+        capturable (bool, optional): keep the step counter and tensor hyperparameters on the
+            parameters' device so the step can be captured in a CUDA graph (default ``False``;
+            accepted on CPU too, unlike torch.optim). ``torch.optim.RMSprop(capturable=...)``.
+        foreach (bool or None, optional): force or forbid the multi-tensor (foreach) path;
+            ``None`` (default) picks it when every parameter is on a GPU.
+            ``torch.optim.RMSprop(foreach=...)``.
+        maximize (bool, optional): maximize the objective instead of minimizing it (default
+            ``False``). ``torch.optim.RMSprop(maximize=...)``.
+        differentiable (bool, optional): run the step out of place so that autograd can
+            differentiate through it (default ``False``).
+            ``torch.optim.RMSprop(differentiable=...)``.
+        fused (bool or None, optional): run the generated single-pass kernel (C on CPU, Triton
+            on CUDA; default ``None``: never chosen automatically). ``torch.optim.RMSprop`` has
+            no ``fused`` flag.
+        eps_inside_sqrt (bool, optional): survey switch; ``True`` divides by :math:`\\sqrt{v_t +
+            \\epsilon}`, the surveys' printed form (default ``False``). No torch.optim
+            counterpart.
     """
 
     _hyperparameters = {

@@ -50,6 +50,34 @@ class SGD(SurveyOptimizer):
     Sparse gradients (``nn.Embedding(sparse=True)``) are accepted with and without momentum
     and handled as torch.optim.SGD handles them: the update runs on the sparse tensors, so the
     momentum buffer is sparse as well (``weight_decay`` cannot be combined with them).
+
+    Args:
+        params (iterable): tensors, ``(name, tensor)`` pairs or parameter-group dicts, as for
+            every ``torch.optim`` optimizer.
+        lr (float or Tensor, optional): the learning rate :math:`\\eta` (default ``1e-3``); a
+            tensor of shape ``[N]`` is one value per replica. ``torch.optim.SGD(lr=...)``.
+        momentum (float, optional): momentum factor :math:`\\mu` (default ``0``: plain SGD).
+            ``torch.optim.SGD(momentum=...)``.
+        dampening (float, optional): dampening :math:`\\tau` of the gradient in the momentum
+            buffer (default ``0``). ``torch.optim.SGD(dampening=...)``.
+        weight_decay (float or Tensor, optional): L2 penalty, added to the gradient as
+            :math:`\\lambda\\theta` (default ``0``). ``torch.optim.SGD(weight_decay=...)``.
+        nesterov (bool, optional): Nesterov momentum, step direction :math:`g_t + \\mu b_t`
+            (default ``False``; needs ``momentum > 0`` and zero dampening).
+            ``torch.optim.SGD(nesterov=...)``.
+        maximize (bool, optional): maximize the objective instead of minimizing it (default
+            ``False``). ``torch.optim.SGD(maximize=...)``.
+        foreach (bool or None, optional): force or forbid the multi-tensor (foreach) path;
+            ``None`` (default) picks it when every parameter is on a GPU.
+            ``torch.optim.SGD(foreach=...)``.
+        differentiable (bool, optional): run the step out of place so that autograd can
+            differentiate through it (default ``False``). ``torch.optim.SGD(differentiable=...)``.
+        fused (bool or None, optional): run the generated single-pass kernel (C on CPU,
+            Triton on CUDA; default ``None``: never chosen automatically).
+            ``torch.optim.SGD(fused=...)``.
+        momentum_form (str, optional): survey switch; ``"torch"`` (default) or ``"survey"``
+            (velocity with the learning rate inside, see :class:`Momentum`). No torch.optim
+            counterpart.
     """
 
     _hyperparameters = {**_SGD_ARGS, "momentum_form": V.one_of("torch", "survey")}
@@ -156,6 +184,32 @@ class Momentum(SGD):
     The two agree exactly (up to rounding) while the learning rate is constant; they differ
     once a scheduler changes it (the survey form keeps old steps at their old size).
     Defaults: ``momentum=0.9`` (the survey's usual :math:`\\gamma`).
+
+    Args:
+        params (iterable): tensors, ``(name, tensor)`` pairs or parameter-group dicts.
+        lr (float or Tensor, optional): the learning rate :math:`\\eta` (default ``1e-3``; a
+            tensor of shape ``[N]`` is per replica). ``torch.optim.SGD(lr=...)``.
+        momentum (float, optional): :math:`\\gamma`, must be ``> 0`` (default ``0.9``).
+            ``torch.optim.SGD(momentum=...)``.
+        dampening (float, optional): dampening of the gradient in the buffer (default ``0``).
+            ``torch.optim.SGD(dampening=...)``.
+        weight_decay (float or Tensor, optional): L2 penalty (default ``0``).
+            ``torch.optim.SGD(weight_decay=...)``.
+        nesterov (bool, optional): Nesterov's form (default ``False``; see :class:`NAG`).
+            ``torch.optim.SGD(nesterov=...)``.
+        maximize (bool, optional): maximize the objective instead of minimizing it (default
+            ``False``). ``torch.optim.SGD(maximize=...)``.
+        foreach (bool or None, optional): force or forbid the multi-tensor (foreach) path;
+            ``None`` (default) picks it when every parameter is on a GPU.
+            ``torch.optim.SGD(foreach=...)``.
+        differentiable (bool, optional): run the step out of place so that autograd can
+            differentiate through it (default ``False``). ``torch.optim.SGD(differentiable=...)``.
+        fused (bool or None, optional): run the generated single-pass kernel (C on CPU,
+            Triton on CUDA; default ``None``: never chosen automatically).
+            ``torch.optim.SGD(fused=...)``.
+        momentum_form (str, optional): survey switch; ``"torch"`` (default, torch.optim's
+            buffer) or ``"survey"`` (the equations above, learning rate inside the velocity).
+            No torch.optim counterpart.
     """
 
     def __init__(
@@ -203,6 +257,34 @@ class NAG(SGD):
     restores :math:`x_t` bit for bit and applies the update. The returned loss is the loss at
     the lookahead point. ``state['momentum_buffer']`` then holds :math:`v` (which includes
     :math:`-\\eta`). Defaults: ``momentum=0.9``.
+
+    Args:
+        params (iterable): tensors, ``(name, tensor)`` pairs or parameter-group dicts.
+        lr (float or Tensor, optional): the learning rate :math:`\\eta` (default ``1e-3``; a
+            tensor of shape ``[N]`` is per replica). ``torch.optim.SGD(lr=...)``.
+        momentum (float, optional): :math:`\\mu`, must be ``> 0`` (default ``0.9``).
+            ``torch.optim.SGD(momentum=...)``.
+        dampening (float, optional): must be ``0`` for Nesterov momentum (default ``0``).
+            ``torch.optim.SGD(dampening=...)``.
+        weight_decay (float or Tensor, optional): L2 penalty (default ``0``; with
+            ``lookahead=True`` it is taken at the lookahead point).
+            ``torch.optim.SGD(weight_decay=...)``.
+        nesterov (bool, optional): must be ``True`` (the default); anything else raises
+            ``ValueError`` -- use :class:`Momentum` for classical momentum.
+            ``torch.optim.SGD(nesterov=True)``.
+        maximize (bool, optional): maximize the objective instead of minimizing it (default
+            ``False``). ``torch.optim.SGD(maximize=...)``.
+        foreach (bool or None, optional): force or forbid the multi-tensor (foreach) path;
+            ``None`` (default) picks it when every parameter is on a GPU.
+            ``torch.optim.SGD(foreach=...)``.
+        differentiable (bool, optional): run the step out of place so that autograd can
+            differentiate through it (default ``False``). ``torch.optim.SGD(differentiable=...)``.
+        fused (bool or None, optional): run the generated single-pass kernel (C on CPU,
+            Triton on CUDA; default ``None``: never chosen automatically).
+            ``torch.optim.SGD(fused=...)``; not with ``lookahead=True``.
+        lookahead (bool, optional): survey switch; ``True`` evaluates the gradient at the
+            lookahead point :math:`x_t + \\mu v_t` and needs ``step(closure)`` (default
+            ``False``). No torch.optim counterpart.
     """
 
     _hyperparameters = {**SGD._hyperparameters, "lookahead": V.boolean}
@@ -243,7 +325,16 @@ class NAG(SGD):
 
     @_use_grad_for_differentiable
     def step(self, closure=None):
-        """Perform one step; with ``lookahead=True`` the closure is required."""
+        """Perform one optimization step.
+
+        Args:
+            closure (callable, optional): re-evaluates the model and returns the loss. Required
+                with ``lookahead=True``: it is called at the lookahead point and must zero and
+                recompute the gradients there (``ValueError`` without it).
+
+        Returns:
+            The closure's loss (at the lookahead point with ``lookahead=True``), or ``None``.
+        """
         lookahead_groups = [g for g in self.param_groups if g.get("lookahead", False)]
         if not lookahead_groups:
             return self._closure_then_update(closure)

@@ -16,10 +16,15 @@ paths, capturable and compiled steps (scalars kept as device tensors), and stric
 optimizers like its own.
 """
 
+# The state lists below hold None only in the slots of lazily created entries, which the code
+# tests before use; the checker cannot follow that per slot.
+# pyright: reportOptionalMemberAccess=false, reportOptionalSubscript=false
+# pyright: reportOptionalIterable=false
+
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import chain
 from typing import Any, ClassVar, Literal, NamedTuple
 
@@ -59,6 +64,12 @@ class StateSpec(NamedTuple):
     ``tensor``: shaped like the parameter, filled with ``init``;
     ``lazy``: shaped like the parameter but created by the update math on first use
     (torch.optim's SGD momentum buffer starts as a copy of the first gradient).
+
+    Args:
+        name (str): the key in ``optimizer.state[param]`` (torch.optim's name, e.g.
+            ``"exp_avg"``).
+        kind (str): ``"scalar"``, ``"tensor"`` or ``"lazy"``, as above.
+        init (float, optional): the initial fill value (default ``0.0``).
     """
 
     name: str
@@ -78,7 +89,7 @@ def _tensor_hyperparameter(value: Any, device: torch.device | None) -> Any:
     return value
 
 
-def _read_scalar(stored: Tensor, tensor_scalars: bool) -> Any:
+def _read_scalar(stored: Tensor | None, tensor_scalars: bool) -> Any:
     """A scalar state entry as the math sees it: the tensor itself, or a Python float (one
     that remembers a non-float64 tensor's dtype, see :func:`.ops.stored_mul`)."""
     if tensor_scalars:
@@ -90,7 +101,7 @@ def _as_python_scalar(value: float, dtype: torch.dtype) -> Any:
     return value if dtype is torch.float64 else StoredScalar(value, dtype)
 
 
-def _store_scalar(stored: Tensor, new: Any, tensor_scalars: bool) -> None:
+def _store_scalar(stored: Tensor | None, new: Any, tensor_scalars: bool) -> None:
     """Write what the math computed back into the scalar state tensor, in place."""
     if not tensor_scalars:
         stored.fill_(new)
@@ -135,7 +146,18 @@ def _split_names(param_group: dict[str, Any], params: list[Any]) -> list[Any]:
 
 
 class SurveyOptimizer(Optimizer):
-    """Base class: a torch.optim.Optimizer whose math lives in ``_update``."""
+    """Base class: a torch.optim.Optimizer whose math lives in ``_update``.
+
+    A method subclasses it with a ``_hyperparameters`` table, a ``_state_spec`` and a static
+    ``_update(ops, param, grad, state, hp)``; the base class runs that update on every path
+    (see the module docstring and the architecture page of the documentation).
+
+    Args:
+        params (iterable): tensors, ``(name, tensor)`` pairs or parameter-group dicts (an
+            ordered collection, not a set). As for ``torch.optim.Optimizer``.
+        defaults (dict): the constructor's hyperparameters, checked against
+            ``_hyperparameters`` before anything is built. As for ``torch.optim.Optimizer``.
+    """
 
     #: constructor arguments beyond ``params`` and their checks, in signature order
     _hyperparameters: ClassVar[dict[str, V.Check]] = {}
@@ -183,7 +205,8 @@ class SurveyOptimizer(Optimizer):
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if torch.compiler.is_compiling() or torch._C._autograd._profiler_enabled():
+            profiling = torch._C._autograd._profiler_enabled()  # pyright: ignore[reportAttributeAccessIssue]
+            if torch.compiler.is_compiling() or profiling:
                 return labelled(*args, **kwargs)
             self = args[0]
             for pre_hook in chain(
@@ -358,10 +381,14 @@ class SurveyOptimizer(Optimizer):
     # ----------------------------------------------------------------------------------
     @_use_grad_for_differentiable
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Perform a single optimization step.
+        """Perform a single optimization step (``torch.optim.Optimizer.step``).
 
         Args:
-            closure: a closure that reevaluates the model and returns the loss (optional).
+            closure (callable, optional): re-evaluates the model and returns the loss; it is
+                called once, with gradients enabled, before the update (default ``None``).
+
+        Returns:
+            The closure's loss, or ``None`` without a closure.
         """
         return self._closure_then_update(closure)
 
@@ -582,7 +609,7 @@ class SurveyOptimizer(Optimizer):
             self._replicas_of(group)
         ):
             return group  # plain Python numbers already: the math reads the group itself
-        convert: Callable[[Any], Any]
+        convert: Callable[[Any], Any]  # pyright: ignore[reportRedeclaration]
         if tensor_scalars:
             def convert(value: Any) -> Any:
                 return _tensor_hyperparameter(value, device)
@@ -739,7 +766,8 @@ class SurveyOptimizer(Optimizer):
             for slot in scalar_slots:
                 column = states[slot::width]
                 if len(column) > _FEW:
-                    scalar_values.append(torch.stack(column).tolist())  # one read, not n
+                    # one read, not n
+                    scalar_values.append(torch.stack(column).tolist())  # pyright: ignore[reportArgumentType]
                 else:
                     scalar_values.append([value.item() for value in column])
                 dtype = column[0].dtype
@@ -796,7 +824,7 @@ class SurveyOptimizer(Optimizer):
         params: list[Tensor],
         grads: list[Tensor],
         states: list[Tensor | None],
-        members: list[int] | None,
+        members: Sequence[int] | None,
         scalars: tuple[float, ...],
         tensor_scalars: bool,
         group_has_complex: bool,
@@ -804,7 +832,7 @@ class SurveyOptimizer(Optimizer):
         """One foreach pass over ``members`` (None: all parameters) sharing scalars."""
         width = len(spec)
         if members is None:
-            members = range(len(params))  # type: ignore[assignment]
+            members = range(len(params))
             member_params, member_grads = params, grads
         else:
             member_params = [params[i] for i in members]

@@ -274,6 +274,7 @@ class CurvatureOperator:
             [t for t, _ in jts], self._u, grad_outputs=[u for _, u in jts], retain_graph=True
         )
         if self._dl_dout.requires_grad:
+            assert self.ev.outputs is not None  # a Gauss-Newton evaluation keeps its outputs
             (hjv,) = torch.autograd.grad(self._dl_dout, self.ev.outputs, grad_outputs=jv,
                                          retain_graph=True)
         else:  # loss linear in the outputs

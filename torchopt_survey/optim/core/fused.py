@@ -32,12 +32,15 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from .tracing import StructureMemo, Traced, structure_key, trace_update
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 _TRACES: dict[tuple, Traced] = {}
 _CPU_KERNELS: dict[tuple, Any] = {}
@@ -74,7 +77,7 @@ def _as_real(t: Tensor) -> Tensor:
 _PLAIN = (Tensor, torch.nn.Parameter)
 
 
-def _dtensor_class() -> type | None:
+def _dtensor_class() -> type[DTensor] | None:
     try:
         from torch.distributed.tensor import DTensor
     except ImportError:  # torch built without distributed
@@ -139,7 +142,8 @@ def _unwrap(
                         + ": the fused update runs elementwise on local shards, which needs "
                         "one sharding for all of them"
                     )
-            param, grad = param.to_local(), grad.to_local()
+            # (the gradient was checked above to be a DTensor of the parameter's layout)
+            param, grad = param.to_local(), grad.to_local()  # pyright: ignore[reportAttributeAccessIssue]
             row = [v.to_local() if isinstance(v, dtensor) else v for v in row]
         for what, t in [("", param), (" gradient", grad), *((" state", v) for v in row)]:
             if t is not None and not _plain_memory(t):
@@ -224,6 +228,7 @@ def fused_step(
         row = states[index * width : (index + 1) * width]
         for slot in scalar_slots:
             value = row[slot]
+            assert value is not None  # a scalar state exists from the first step on
             if value.dtype != torch.float32 or value.device != param.device:
                 # e.g. state loaded from a non-fused optimizer: fused keeps float32 on device
                 value = value.to(device=param.device, dtype=torch.float32)
@@ -297,7 +302,8 @@ def _run_partition(
                 # made like the original, so a DTensor parameter gets DTensor state
                 buffer = torch.empty_like(original, memory_format=torch.preserve_format)
                 created.append((original, name, buffer))
-                local = buffer if original is param else buffer.to_local()
+                # (a DTensor's empty_like is a DTensor)
+                local = buffer if original is param else buffer.to_local()  # pyright: ignore
                 row.append(_as_real(local))
             else:
                 row.append(None)
@@ -391,7 +397,7 @@ def _cpu_launcher(
 
     def launch(group: dict[str, Any], grad_scale: Any, found_inf: Any) -> None:
         del found_inf  # checked on the host before any launch (a CPU read is free)
-        assert tables
+        _ = tables  # held by the closure: the kernel reads these ctypes arrays by address
         values = hp_values(traced, group)
         # a tensor value may have changed in place: only plain numbers can be compared
         plain = all(type(v) in (float, int, bool) for v in values)

@@ -31,6 +31,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+# what the torch._foreach_* functions return (their stubs say tuple, they build lists)
+Tensors = list[Tensor] | tuple[Tensor, ...]
+
 Scalar = Any  # float | int | Tensor (0-d, or 1-d per-tensor values in ForeachOps)
 
 _FLOAT32 = struct.Struct("f")
@@ -245,23 +248,23 @@ class ForeachOps:
 
     # out of place -------------------------------------------------------------------------
     @staticmethod
-    def clone(xs: list[Tensor]) -> list[Tensor]:
+    def clone(xs: list[Tensor]) -> Tensors:
         return [x.detach().clone() for x in xs]
 
     @staticmethod
-    def neg(xs: list[Tensor]) -> list[Tensor]:
+    def neg(xs: list[Tensor]) -> Tensors:
         return torch._foreach_neg(xs)
 
     @staticmethod
-    def abs(xs: list[Tensor]) -> list[Tensor]:
+    def abs(xs: list[Tensor]) -> Tensors:
         return torch._foreach_abs(xs)
 
     @staticmethod
-    def sqrt(xs: list[Tensor]) -> list[Tensor]:
+    def sqrt(xs: list[Tensor]) -> Tensors:
         return torch._foreach_sqrt(xs)
 
     @staticmethod
-    def add(xs: list[Tensor], y: Any, alpha: Scalar = 1) -> list[Tensor]:
+    def add(xs: list[Tensor], y: Any, alpha: Scalar = 1) -> Tensors:
         if isinstance(y, (list, tuple)):
             if isinstance(alpha, Tensor):
                 return torch._foreach_add(xs, torch._foreach_mul(y, _per_tensor(alpha, len(y))))
@@ -271,13 +274,13 @@ class ForeachOps:
         return torch._foreach_add(xs, _scaled(y, alpha))
 
     @staticmethod
-    def mul(xs: list[Tensor], y: Any) -> list[Tensor]:
+    def mul(xs: list[Tensor], y: Any) -> Tensors:
         if isinstance(y, Tensor):
             y = _per_tensor(y, len(xs))
         return torch._foreach_mul(xs, y)
 
     @staticmethod
-    def div(xs: list[Tensor], y: Any) -> list[Tensor]:
+    def div(xs: list[Tensor], y: Any) -> Tensors:
         if isinstance(y, Tensor):
             y = _per_tensor(y, len(xs))
         return torch._foreach_div(xs, y)
@@ -290,7 +293,7 @@ class ForeachOps:
 
     # in place -----------------------------------------------------------------------------
     @staticmethod
-    def add_(xs: list[Tensor], y: Any, alpha: Scalar = 1) -> list[Tensor]:
+    def add_(xs: list[Tensor], y: Any, alpha: Scalar = 1) -> Tensors:
         if isinstance(y, (list, tuple)):
             if isinstance(alpha, Tensor):
                 torch._foreach_add_(xs, torch._foreach_mul(y, _per_tensor(alpha, len(y))))
@@ -303,26 +306,26 @@ class ForeachOps:
         return xs
 
     @staticmethod
-    def mul_(xs: list[Tensor], y: Any) -> list[Tensor]:
+    def mul_(xs: list[Tensor], y: Any) -> Tensors:
         if isinstance(y, Tensor):
             y = _per_tensor(y, len(xs))
         torch._foreach_mul_(xs, y)
         return xs
 
     @staticmethod
-    def div_(xs: list[Tensor], y: Any) -> list[Tensor]:
+    def div_(xs: list[Tensor], y: Any) -> Tensors:
         if isinstance(y, Tensor):
             y = _per_tensor(y, len(xs))
         torch._foreach_div_(xs, y)
         return xs
 
     @staticmethod
-    def sqrt_(xs: list[Tensor]) -> list[Tensor]:
+    def sqrt_(xs: list[Tensor]) -> Tensors:
         torch._foreach_sqrt_(xs)
         return xs
 
     @staticmethod
-    def lerp_(xs: list[Tensor], ys: list[Tensor], weight: Scalar) -> list[Tensor]:
+    def lerp_(xs: list[Tensor], ys: list[Tensor], weight: Scalar) -> Tensors:
         if isinstance(weight, Tensor):
             # lerp has no tensor-scalar overload: x + w * (y - x), same math.
             diff = torch._foreach_sub(ys, xs)
@@ -333,12 +336,12 @@ class ForeachOps:
         return xs
 
     @staticmethod
-    def maximum_(xs: list[Tensor], ys: list[Tensor]) -> list[Tensor]:
+    def maximum_(xs: list[Tensor], ys: list[Tensor]) -> Tensors:
         torch._foreach_maximum_(xs, ys)
         return xs
 
     @staticmethod
-    def addcmul_(xs, a, b, value: Scalar = 1) -> list[Tensor]:
+    def addcmul_(xs, a, b, value: Scalar = 1) -> Tensors:
         if isinstance(value, Tensor):
             torch._foreach_addcmul_(xs, a, torch._foreach_mul(b, _per_tensor(value, len(b))))
         else:
@@ -346,7 +349,7 @@ class ForeachOps:
         return xs
 
     @staticmethod
-    def addcdiv_(xs, a, b, value: Scalar = 1) -> list[Tensor]:
+    def addcdiv_(xs, a, b, value: Scalar = 1) -> Tensors:
         if isinstance(value, Tensor):
             torch._foreach_addcdiv_(xs, torch._foreach_mul(a, _per_tensor(value, len(a))), b)
         else:

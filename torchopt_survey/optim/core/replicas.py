@@ -15,7 +15,7 @@ a run never silently takes one replica's branch for all.
 from __future__ import annotations
 
 import operator
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import Tensor
@@ -31,7 +31,8 @@ class Replicas(Tensor):
     comparing it with a Python number gives a Python bool when all replicas agree.
     """
 
-    __torch_function__ = torch._C._disabled_torch_function_impl
+    # as nn.Parameter does (torch's own stubs declare the attribute as a classmethod)
+    __torch_function__ = torch._C._disabled_torch_function_impl  # pyright: ignore
     __hash__ = Tensor.__hash__
 
     @staticmethod
@@ -86,7 +87,7 @@ class Replicas(Tensor):
         return Replicas.wrap(self.as_subclass(Tensor).clone())
 
 
-def is_replicas(value: Any) -> bool:
+def is_replicas(value: Any) -> TypeGuard[Tensor]:
     """A 1-d tensor of more than one value: one hyperparameter value per replica."""
     return isinstance(value, Tensor) and value.dim() == 1 and value.numel() > 1
 

@@ -43,7 +43,15 @@ COMMON_HYPERPARAMETERS: dict[str, V.Check] = {
 
 
 def adapt_damping(damping: float, rho: float) -> float:
-    """Raise lambda (x 3/2, or to 1e-3 from 0) when rho < 1/4; lower it (x 2/3) when rho > 3/4."""
+    """Raise lambda (x 3/2, or to 1e-3 from 0) when rho < 1/4; lower it (x 2/3) when rho > 3/4.
+
+    Args:
+        damping (float): the current damping :math:`\\lambda`.
+        rho (float): the reduction ratio, actual over predicted decrease (NaN raises it).
+
+    Returns:
+        float: the new damping.
+    """
     if not rho >= RHO_LOW:  # also NaN
         return damping * DAMPING_UP if damping > 0.0 else DAMPING_FROM_ZERO
     if rho > RHO_HIGH:
@@ -52,7 +60,14 @@ def adapt_damping(damping: float, rho: float) -> float:
 
 
 class ClosureOptimizer(Optimizer):
-    """Base class; subclasses set ``_hyperparameters`` and implement ``_run``."""
+    """Base class; subclasses set ``_hyperparameters`` and implement ``_run``.
+
+    Args:
+        params (iterable): tensors or parameter-group dicts (all groups share the
+            hyperparameters). As for ``torch.optim.Optimizer``.
+        defaults (dict): the constructor's hyperparameters, checked against
+            ``_hyperparameters``. As for ``torch.optim.Optimizer``.
+    """
 
     _hyperparameters: ClassVar[dict[str, V.Check]] = {}
 
@@ -161,7 +176,15 @@ class ClosureOptimizer(Optimizer):
     # ------------------------------------------------------------------ step
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        """Run up to ``max_iter`` outer iterations; returns the loss at the start (as LBFGS)."""
+        """Run up to ``max_iter`` outer iterations, as ``torch.optim.LBFGS.step``.
+
+        Args:
+            closure (callable): clears the gradients, re-evaluates the model, calls
+                ``loss.backward()`` and returns the loss. Required (``TypeError`` without it).
+
+        Returns:
+            The loss at the start of the step, as LBFGS returns it.
+        """
         if closure is None or not callable(closure):
             raise TypeError(
                 f"{self._name}.step() needs a closure that re-evaluates the model and returns the "

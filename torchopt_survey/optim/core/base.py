@@ -35,7 +35,14 @@ from torch.optim.optimizer import (
 )
 
 from . import validation as V
-from .ops import ForeachOps, FunctionalOps, StoredScalar, TensorOps, broadcast_scalars
+from .ops import (
+    EagerOps,
+    ForeachOps,
+    FunctionalOps,
+    StoredScalar,
+    TensorOps,
+    broadcast_scalars,
+)
 from .replicas import Replicas, per_ndim, replica_count, wrap_group
 
 StateKind = Literal["scalar", "tensor", "lazy"]
@@ -642,14 +649,15 @@ class SurveyOptimizer(Optimizer):
         hyperparameter -- with its per-tensor branches taken once per group: on a small model
         the Python around each tensor's few kernels is most of the step."""
         update = self._update
+        ops = TensorOps if tensor_scalars else EagerOps
         preprocess = hp.get("maximize", False) or _decays(hp.get("weight_decay", 0))
         width = len(spec)
         if not spec:  # stateless (plain SGD)
             for param, grad in zip(params, grads):
                 work_param = param
                 if preprocess:
-                    work_param, grad = self._preprocess(TensorOps, param, grad, hp)
-                new_param = update(TensorOps, work_param, grad, {}, hp)
+                    work_param, grad = self._preprocess(ops, param, grad, hp)
+                new_param = update(ops, work_param, grad, {}, hp)
                 if new_param is not work_param and new_param is not param:
                     param.copy_(new_param)
             return
@@ -665,8 +673,8 @@ class SurveyOptimizer(Optimizer):
                 state[name] = _read_scalar(stored[slot], tensor_scalars)
             work_param = param
             if preprocess:
-                work_param, grad = self._preprocess(TensorOps, param, grad, hp)
-            new_param = update(TensorOps, work_param, grad, state, hp)
+                work_param, grad = self._preprocess(ops, param, grad, hp)
+            new_param = update(ops, work_param, grad, state, hp)
             for slot, name in scalars:
                 _store_scalar(stored[slot], state[name], tensor_scalars)
             for slot, name in tensors:

@@ -144,6 +144,66 @@ class TensorOps:
         return x.addcdiv_(a, b, value=value)
 
 
+#: CPU dtypes whose kernels read a scalar operand as the tensor's own dtype
+_OPERAND_DTYPES = (torch.float32, torch.float64)
+_operands: dict[tuple[float, torch.dtype], Tensor] = {}
+
+
+def _operand(x: Tensor, y: Any) -> Any:
+    """``y`` as :class:`EagerOps` passes it with ``x``: a float as a cached 0-d tensor of
+    ``x``'s dtype (float32/float64 CPU tensors), anything else as it is."""
+    if not isinstance(y, float) or y == 0 or x.dtype not in _OPERAND_DTYPES or not x.is_cpu:
+        return y  # (zero: 0.0 and -0.0 are one dict key but different multipliers)
+    key = (y, x.dtype)
+    cached = _operands.get(key)
+    if cached is None:
+        if len(_operands) >= 256:  # values that change every step (a schedule) stay bounded
+            _operands.clear()
+        with torch.inference_mode(False), torch.no_grad():
+            cached = _operands[key] = torch.tensor(y, dtype=x.dtype)
+    return cached
+
+
+class EagerOps(TensorOps):
+    """:class:`TensorOps` for an eager step whose scalars are Python numbers (the default
+    forloop path).
+
+    torch wraps a Python number into a fresh tensor on every call, which on a small tensor
+    costs more than the arithmetic (``x.mul_(0.9)`` takes about twice ``x.mul_(t)``). Here a
+    float multiplies, divides or is added as a cached 0-d tensor of the operand's dtype. For
+    float32/float64 CPU tensors the kernel takes the same path either way (a CPU scalar of
+    that dtype), so the results are bitwise those of the number; other tensors get the number.
+    """
+
+    @staticmethod
+    def add(x: Tensor, y: Tensor | Scalar, alpha: Scalar = 1) -> Tensor:
+        if alpha == 1:
+            return x.add(_operand(x, y))
+        return TensorOps.add(x, y, alpha)
+
+    @staticmethod
+    def mul(x: Tensor, y: Tensor | Scalar) -> Tensor:
+        return x.mul(_operand(x, y))
+
+    @staticmethod
+    def div(x: Tensor, y: Tensor | Scalar) -> Tensor:
+        return x.div(_operand(x, y))
+
+    @staticmethod
+    def add_(x: Tensor, y: Tensor | Scalar, alpha: Scalar = 1) -> Tensor:
+        if alpha == 1:
+            return x.add_(_operand(x, y))
+        return TensorOps.add_(x, y, alpha)
+
+    @staticmethod
+    def mul_(x: Tensor, y: Tensor | Scalar) -> Tensor:
+        return x.mul_(_operand(x, y))
+
+    @staticmethod
+    def div_(x: Tensor, y: Tensor | Scalar) -> Tensor:
+        return x.div_(_operand(x, y))
+
+
 class FunctionalOps(TensorOps):
     """Single-tensor, out-of-place backend: every op builds a new tensor (differentiable=True)."""
 

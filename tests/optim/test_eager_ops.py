@@ -38,3 +38,15 @@ def test_cache_stays_bounded_and_negative_zero_is_not_zero() -> None:
         EagerOps.mul_(x, 1.0 + step * 1e-6)
     assert len(ops_module._operands) <= 256
     assert torch.equal(torch.signbit(EagerOps.mul(torch.ones(2), -0.0)), torch.tensor([True] * 2))
+
+
+class _Subclass(torch.Tensor):
+    pass
+
+
+def test_numbers_reach_tensor_subclasses_unchanged() -> None:
+    # a subclass (DTensor, a fake tensor under tracing) may refuse a plain 0-d tensor operand
+    plain, sub = torch.ones(3), torch.ones(3).as_subclass(_Subclass)
+    assert isinstance(ops_module._operand(plain, 0.5), torch.Tensor)
+    assert ops_module._operand(torch.nn.Parameter(torch.ones(3)), 0.5).dim() == 0
+    assert ops_module._operand(sub, 0.5) == 0.5 and type(ops_module._operand(sub, 0.5)) is float

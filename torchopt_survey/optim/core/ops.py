@@ -146,13 +146,17 @@ class TensorOps:
 
 #: CPU dtypes whose kernels read a scalar operand as the tensor's own dtype
 _OPERAND_DTYPES = (torch.float32, torch.float64)
+#: tensor types that accept a plain 0-d tensor where a number was (DTensor, for one, refuses
+#: to mix with plain tensors)
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
 _operands: dict[tuple[float, torch.dtype], Tensor] = {}
 
 
 def _operand(x: Tensor, y: Any) -> Any:
     """``y`` as :class:`EagerOps` passes it with ``x``: a float as a cached 0-d tensor of
-    ``x``'s dtype (float32/float64 CPU tensors), anything else as it is."""
-    if not isinstance(y, float) or y == 0 or x.dtype not in _OPERAND_DTYPES or not x.is_cpu:
+    ``x``'s dtype (plain float32/float64 CPU tensors), anything else as it is."""
+    if (not isinstance(y, float) or y == 0 or type(x) not in _PLAIN_TYPES
+            or x.dtype not in _OPERAND_DTYPES or not x.is_cpu):
         return y  # (zero: 0.0 and -0.0 are one dict key but different multipliers)
     key = (y, x.dtype)
     cached = _operands.get(key)

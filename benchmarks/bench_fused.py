@@ -140,7 +140,7 @@ def run_cpu(args: argparse.Namespace) -> list[FusedRow]:
     rows = []
     for threads in args.threads:
         for set_name in args.params:
-            steps = args.steps or (20 if set_name == "mlp" else 3)
+            steps = args.steps or {"mlp": 20, "small": 200}.get(set_name, 3)
             for method in args.methods:
                 row = compare_cpu(method, set_name, threads, args.repeats, steps, args.warmup)
                 rows.append(row)
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--methods", nargs="+", default=list(COUNTERPARTS), choices=COUNTERPARTS,
                         metavar="METHOD")
-    parser.add_argument("--params", nargs="+", default=list(PARAM_SETS), choices=PARAM_SETS,
+    parser.add_argument("--params", nargs="+", default=["mlp", "10m"], choices=PARAM_SETS,
                         help="CPU parameter sets")
     parser.add_argument("--sizes", nargs="+", type=int,
                         default=[1_000_000, 10_000_000, 100_000_000, 1_000_000_000],

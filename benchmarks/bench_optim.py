@@ -2,13 +2,20 @@
 
     python benchmarks/bench_optim.py                      # foreach, CPU, 1 thread
     python benchmarks/bench_optim.py --json out.json --repeats 41
+    python benchmarks/bench_optim.py --path default --params small --clock cpu \
+        --json benchmarks/results/step-overhead-cpu.json   # per-step host overhead
 
 For every method, both optimizers step the same parameter set (their own copies) with fixed
 gradients; runs of ours and torch's alternate so that drift in machine speed hits both alike,
 and the median per-step time of each is reported with the ratio ours / torch (< 1 is faster).
 Parameter sets: ``mlp`` -- the surveys' 784-500-10 MLP (397,510 parameters in 4 tensors);
-``10m`` -- 200 tensors totalling 10M parameters. Threads are pinned (default 1) because on a
-small shared machine multi-threaded CPU ops can be tens of times slower under load.
+``10m`` -- 200 tensors totalling 10M parameters; ``small`` -- a 32-64-64-64-10 MLP (8 tensors,
+11,082 parameters), where a step is mostly the host's Python and kernel-launch overhead.
+``--path default`` constructs both optimizers without flags (on CPU: torch.optim's for-loop
+path) instead of ``foreach=True``. ``--clock cpu`` times with the thread's CPU time, which
+time slices lost to other processes on a shared machine do not inflate. Threads are pinned
+(default 1) because on a small shared machine multi-threaded CPU ops can be tens of times
+slower under load.
 """
 
 from __future__ import annotations
@@ -58,10 +65,23 @@ def many_tensor_shapes(count: int = 200, total: int = 10_000_000) -> list[tuple[
     return shapes
 
 
+def small_shapes() -> list[tuple[int, ...]]:
+    """A 32-64-64-64-10 MLP: 8 small tensors, so the step is the host's overhead."""
+    widths = [32, 64, 64, 64, 10]
+    shapes: list[tuple[int, ...]] = []
+    for fan_in, fan_out in zip(widths, widths[1:]):
+        shapes += [(fan_out, fan_in), (fan_out,)]
+    return shapes
+
+
 PARAM_SETS: dict[str, Callable[[], list[tuple[int, ...]]]] = {
     "mlp": mlp_shapes,
     "10m": many_tensor_shapes,
+    "small": small_shapes,
 }
+
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
+_clock = time.perf_counter
 
 
 def make_params(
@@ -86,11 +106,11 @@ def synchronize(device: str) -> None:
 def time_steps(optimizer: torch.optim.Optimizer, steps: int, device: str) -> float:
     """Seconds per step, averaged over ``steps`` consecutive steps."""
     synchronize(device)
-    start = time.perf_counter()
+    start = _clock()
     for _ in range(steps):
         optimizer.step()
     synchronize(device)
-    return (time.perf_counter() - start) / steps
+    return (_clock() - start) / steps
 
 
 @dataclass
@@ -189,8 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", default=list(COUNTERPARTS), choices=COUNTERPARTS,
                         metavar="METHOD", help="methods to time (default: all)")
-    parser.add_argument("--params", nargs="+", default=list(PARAM_SETS), choices=PARAM_SETS,
-                        help="parameter sets: mlp (784-500-10 MLP), 10m (200 tensors, 10M)")
+    parser.add_argument("--params", nargs="+", default=["mlp", "10m"], choices=PARAM_SETS,
+                        help="parameter sets: mlp (784-500-10 MLP), 10m (200 tensors, 10M), "
+                        "small (8 tensors, 11k parameters)")
+    parser.add_argument("--path", choices=["foreach", "default"], default="foreach",
+                        help="foreach=True for both (default), or no flags at all")
+    parser.add_argument("--clock", choices=CLOCKS, default="wall",
+                        help="wall (perf_counter) or cpu (this thread's CPU time)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (pinned)")
     parser.add_argument("--repeats", type=int, default=21, help="alternating timing rounds")
     parser.add_argument("--steps", type=int, default=0,
@@ -202,20 +227,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 1:
         parser.error("--threads must be >= 1")
     torch.set_num_threads(args.threads)
+    global _clock
+    _clock = CLOCKS[args.clock]
+    flags = {"foreach": True} if args.path == "foreach" else {}
+    default_steps = {"mlp": 20, "10m": 3, "small": 200}
     device, dtype = "cpu", torch.float32
     rows = []
     for set_name in args.params:
-        steps = args.steps or (20 if set_name == "mlp" else 3)
+        steps = args.steps or default_steps[set_name]
         for method in args.methods:
             rows.append(compare(
                 method, set_name, device=device, dtype=dtype,
-                our_flags={"foreach": True}, torch_flags={"foreach": True},
+                our_flags=flags, torch_flags=flags,
                 repeats=args.repeats, steps=steps, warmup=args.warmup,
             ))
-    print(f"foreach step time, {device}, {args.threads} thread(s), torch {torch.__version__}")
+    print(f"{args.path} step time, {device}, {args.threads} thread(s), {args.clock} clock, "
+          f"torch {torch.__version__}")
     print_table(rows)
     if args.json:
-        write_json(args.json, "foreach", environment(args.threads, device), rows)
+        env = {**environment(args.threads, device), "clock": args.clock,
+               "repeats": args.repeats}
+        write_json(args.json, args.path, env, rows)
     return 0
 
 

@@ -47,9 +47,11 @@ _CONTRACT = """
     parameters at the best point it evaluated and warns (RuntimeWarning).
 
     **Damping.** λ (``damping``, initial value) is added to the curvature. With
-    ``adapt_damping=True``, after each iteration with step t along p:
+    ``adapt_damping=True``, after each iteration, with t = ``lr`` the step the model proposed
+    (the line search's first trial, wherever the search then settles):
     ρ = (f(x) - f(x + t p)) / -(t gᵀp + ½ t² pᵀCp); ρ < 1/4 → λ × 3/2 (λ = 0 becomes 10⁻³),
-    ρ > 3/4 → λ × 2/3 (Levenberg-Marquardt rule with Martens (2010)'s constants).
+    ρ > 3/4 → λ × 2/3 (Levenberg-Marquardt rule with Martens (2010)'s constants, ρ of the
+    proposed step as there).
 
     **Parameter groups.** All groups form one flat vector and must carry the same
     hyperparameters (ValueError otherwise). All parameters must share one dtype and device.
@@ -89,9 +91,13 @@ class _DampedNewton(ClosureOptimizer):
         self._count(state, "func_evals")
         self._first_evaluation(ev)
         start_loss = ev.loss_tensor.detach() if ev.loss_tensor is not None else ev.loss
+        stale = False  # ev's graph predates a write of the parameters
         for _ in range(hp["max_iter"]):
             if self._grad_small(ev.grad):
                 break
+            if stale:  # evaluate the chosen point again, only once its products are needed
+                ev = evaluate_at()
+                self._count(state, "func_evals")
             op = CurvatureOperator(params, ev, kind)
             damping = self._scalar(state, "damping")
             direction, curvature, damping = self._direction(op, ev.grad, damping, state)
@@ -99,9 +105,12 @@ class _DampedNewton(ClosureOptimizer):
             gtd = float(ev.grad.dot(direction))
             x0 = flatten(params)
             res = self._search(evaluate_at, x0, ev, ev, direction, hp["lr"], state)
-            t = res.step
+            # rho of the proposed step (the search's first trial, t = lr), as Martens (2010):
+            # judged at the step the search settled on instead, a model that proposes a step
+            # 100 times too long keeps rho near 1/2 and its damping never rises
+            t = res.first_step
             predicted = -(t * gtd + 0.5 * t * t * curvature)
-            rho = (ev.loss - res.loss) / predicted if predicted > 0.0 else math.nan
+            rho = (ev.loss - res.first_loss) / predicted if predicted > 0.0 else math.nan
             if hp["adapt_damping"]:
                 damping = adapt_damping(damping, rho)
             self._set(state, "damping", damping)
@@ -110,10 +119,7 @@ class _DampedNewton(ClosureOptimizer):
             stop = self._stop_after(ev.loss, res, direction)
             if stop:
                 break
-            ev = res.payload
-            if res.moved:  # its graph is stale: evaluate the chosen point again
-                ev = evaluate_at()
-                self._count(state, "func_evals")
+            ev, stale = res.payload, res.moved
         return start_loss
 
 

@@ -40,7 +40,14 @@ from torch.optim.optimizer import (
 )
 
 from . import validation as V
-from .ops import ForeachOps, FunctionalOps, StoredScalar, TensorOps, broadcast_scalars
+from .ops import (
+    EagerOps,
+    ForeachOps,
+    FunctionalOps,
+    StoredScalar,
+    TensorOps,
+    broadcast_scalars,
+)
 from .replicas import Replicas, per_ndim, replica_count, wrap_group
 
 StateKind = Literal["scalar", "tensor", "lazy"]
@@ -107,6 +114,22 @@ def _store_scalar(stored: Tensor | None, new: Any, tensor_scalars: bool) -> None
         stored.fill_(new)
     elif new is not stored:
         stored.copy_(new)
+
+
+def _holds_tensor(group: dict[str, Any]) -> bool:
+    """Whether some value of the group is a tensor, or a tuple holding one (``betas``)."""
+    for value in group.values():
+        if isinstance(value, Tensor) or isinstance(value, tuple) and any(
+                isinstance(v, Tensor) for v in value):
+            return True
+    return False
+
+
+def _decays(weight_decay: Any) -> bool:
+    """Whether weight decay applies (a tensor -- per-replica values too, some of them 0 --
+    always takes the decay branch: adding 0 * param changes nothing)."""
+    return isinstance(weight_decay, Tensor) or getattr(weight_decay, "per_replica", False) or (
+        weight_decay != 0)
 
 
 def _float_hyperparameter(value: Any) -> Any:
@@ -373,7 +396,7 @@ class SurveyOptimizer(Optimizer):
                 states.extend([None if placeholders.pop(id(state.get(name)), None) is not None
                                else state.get(name) for name in names])
                 continue
-            states.extend([state.get(name) for name in names])
+            states.extend(map(state.get, names))
         return has_complex, has_sparse
 
     # ----------------------------------------------------------------------------------
@@ -505,8 +528,9 @@ class SurveyOptimizer(Optimizer):
         """Run the update of one group on the path its flags select."""
         spec = self._state_spec(group)
         differentiable = group.get("differentiable", False)
-        replicas = self._replicas_of(group) and self._check_replicas(group, spec, params,
-                                                                      has_sparse)
+        tensor_valued = _holds_tensor(group)
+        replicas = tensor_valued and self._replicas_of(group) and self._check_replicas(
+            group, spec, params, has_sparse)
         if group.get("fused"):
             from .fused import fused_step
 
@@ -517,7 +541,7 @@ class SurveyOptimizer(Optimizer):
             _, foreach = _default_to_fused_or_foreach(params, differentiable, use_fused=False)
         tensor_scalars = group.get("capturable", False) or torch.compiler.is_compiling()
         device = params[0].device if tensor_scalars else None
-        hp = self._hp(group, tensor_scalars, device)
+        hp = self._hp(group, tensor_scalars, device) if tensor_valued or tensor_scalars else group
         # (per-replica values with tensor scalars: the foreach path's 1-d per-parameter step
         # tensors would not broadcast against [N, 1, ...] values, so those run per tensor)
         if foreach and not differentiable and not has_sparse and not (replicas and tensor_scalars):
@@ -525,8 +549,10 @@ class SurveyOptimizer(Optimizer):
                 self._foreach_replicas(spec, hp, params, grads, states, has_complex)
             else:
                 self._foreach(spec, hp, params, grads, states, tensor_scalars, has_complex)
-        else:
+        elif differentiable or replicas or has_complex or has_sparse:
             self._forloop(group, spec, hp, params, grads, states, tensor_scalars, replicas)
+        else:
+            self._forloop_plain(spec, hp, params, grads, states, tensor_scalars)
 
     @staticmethod
     def _replicas_of(group: dict[str, Any]) -> bool:
@@ -630,15 +656,64 @@ class SurveyOptimizer(Optimizer):
         if hp.get("maximize", False):
             grad = ops.neg(grad)
         weight_decay = hp.get("weight_decay", 0)
-        # (a tensor -- per-replica values too, some of them 0 -- always takes the decay branch:
-        # adding 0 * param changes nothing)
-        if isinstance(weight_decay, Tensor) or getattr(weight_decay, "per_replica", False) or (
-                weight_decay != 0):
+        if _decays(weight_decay):
             if hp.get("decoupled_weight_decay", False):
                 param = ops.mul_(param, 1 - hp["lr"] * weight_decay)
             else:
                 grad = ops.add(grad, param, alpha=weight_decay)
         return param, grad
+
+    def _forloop_plain(
+        self,
+        spec: list[StateSpec],
+        hp: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[Tensor | None],
+        tensor_scalars: bool,
+    ) -> None:
+        """:meth:`_forloop` for the common case -- real dense tensors, in place, one value per
+        hyperparameter -- with its per-tensor branches taken once per group: on a small model
+        the Python around each tensor's few kernels is most of the step."""
+        update = self._update
+        ops = TensorOps if tensor_scalars else EagerOps
+        preprocess = hp.get("maximize", False) or _decays(hp.get("weight_decay", 0))
+        width = len(spec)
+        if not spec:  # stateless (plain SGD)
+            for param, grad in zip(params, grads):
+                work_param = param
+                if preprocess:
+                    work_param, grad = self._preprocess(ops, param, grad, hp)
+                new_param = update(ops, work_param, grad, {}, hp)
+                if new_param is not work_param and new_param is not param:
+                    param.copy_(new_param)
+            return
+        names = [entry.name for entry in spec]
+        scalars = [(slot, entry.name) for slot, entry in enumerate(spec) if entry.kind == "scalar"]
+        tensors = [(slot, entry.name) for slot, entry in enumerate(spec) if entry.kind != "scalar"]
+        all_state = self.state
+        for index, param in enumerate(params):
+            grad = grads[index]
+            stored = states[index * width : (index + 1) * width]
+            state = dict(zip(names, stored))
+            for slot, name in scalars:
+                state[name] = _read_scalar(stored[slot], tensor_scalars)
+            work_param = param
+            if preprocess:
+                work_param, grad = self._preprocess(ops, param, grad, hp)
+            new_param = update(ops, work_param, grad, state, hp)
+            for slot, name in scalars:
+                _store_scalar(stored[slot], state[name], tensor_scalars)
+            for slot, name in tensors:
+                new, old = state[name], stored[slot]
+                if new is old or new is None:
+                    continue
+                if old is None:  # created by the math (lazy state)
+                    all_state[param][name] = new
+                elif new.data_ptr() != old.data_ptr():
+                    old.copy_(new)
+            if new_param is not work_param and new_param is not param:
+                param.copy_(new_param)
 
     def _forloop(
         self,

@@ -38,6 +38,9 @@ class LineSearchResult:
     message: str
     # set by callers when the parameters were written after ``payload`` was evaluated
     moved: bool = False
+    # the first trial (the step the caller proposed) and its value
+    first_step: float = math.nan
+    first_loss: float = math.nan
 
 
 def _cubic_minimizer(
@@ -84,24 +87,29 @@ def strong_wolfe(
     d_norm = float(direction.abs().max())
     evals = 0
     best = (0.0, loss0, grad0, payload0)
+    first = (step, math.nan)
 
     def trial(t: float) -> tuple[float, Tensor, Any, float]:
-        nonlocal evals, best
+        nonlocal evals, best, first
         f, g, payload = phi(t)
         evals += 1
         if not math.isfinite(f):
             f = math.inf
+        if evals == 1:
+            first = (t, f)
         if f < best[1]:
             best = (t, f, g, payload)
         gtd = float(g.dot(direction)) if math.isfinite(f) else math.nan
         return f, g, payload, gtd
 
     def done(t: float, f: float, g: Tensor, payload: Any) -> LineSearchResult:
-        return LineSearchResult(t, f, g, payload, evals, True, "strong Wolfe conditions hold")
+        return LineSearchResult(t, f, g, payload, evals, True, "strong Wolfe conditions hold",
+                                first_step=first[0], first_loss=first[1])
 
     def failed(why: str) -> LineSearchResult:
         t, f, g, payload = best
-        return LineSearchResult(t, f, g, payload, evals, False, why)
+        return LineSearchResult(t, f, g, payload, evals, False, why, first_step=first[0],
+                                first_loss=first[1])
 
     def armijo_fails(t: float, f: float) -> bool:
         return f > loss0 + c1 * t * gtd0

@@ -234,7 +234,8 @@ class ClosureOptimizer(Optimizer):
                     f"{self._name}: non-finite loss ({f}) after a fixed step of {step:g}; lower "
                     "lr or use line_search_fn='strong_wolfe'"
                 )
-            result = LineSearchResult(step, f, g, ev, 1, True, "fixed step")
+            result = LineSearchResult(step, f, g, ev, 1, True, "fixed step", first_step=step,
+                                      first_loss=f)
         else:
             result = strong_wolfe(
                 phi, ev0.loss, ev0.grad, payload0, direction, step,

@@ -626,7 +626,7 @@ BUDGETS: dict[tuple[str, type], tuple[int, int, int]] = {
     ("rosenbrock2", ts.NewtonCG): (30, 50, 67),
     ("rosenbrock2", ts.ConjugateGradient): (33, 99, 0),
     ("rosenbrock10", ts.Newton): (25, 30, 250),
-    ("rosenbrock10", ts.NewtonCG): (33, 48, 144),
+    ("rosenbrock10", ts.NewtonCG): (33, 48, 145),
     ("rosenbrock10", ts.ConjugateGradient): (102, 220, 0),
     ("logistic", ts.Newton): (6, 7, 36),
     ("logistic", ts.NewtonCG): (6, 7, 23),

@@ -365,6 +365,51 @@ class SurveyOptimizer(Optimizer):
         """
         return self._closure_then_update(closure)
 
+    def step_in_backward(
+        self,
+        model_or_params: Any,
+        accumulation_steps: int = 1,
+        *,
+        max_grad_norm: float | None = None,
+    ) -> Any:
+        """Update each parameter inside ``backward()``, as soon as its gradient is complete,
+        and free that gradient (see :mod:`.in_backward`); returns a handle whose ``remove()``
+        goes back to ``step()``.
+
+        Args:
+            model_or_params: an ``nn.Module`` (its trainable parameters) or an iterable of
+                this optimizer's parameters.
+            accumulation_steps: update on every N-th backward pass; the earlier N-1 only
+                accumulate gradients (micro-batches).
+            max_grad_norm: refused when set -- global-norm clipping needs every gradient
+                before the first update.
+        """
+        from .in_backward import install
+
+        return install(self, model_or_params, accumulation_steps, max_grad_norm)
+
+    def _step_parameters(self, group: dict[str, Any], subset: list[Tensor]) -> None:
+        """One step of ``subset`` (parameters of ``group``) from their ``.grad``, on the path
+        the group's flags select -- the same arithmetic as ``step()``."""
+        params: list[Tensor] = []
+        grads: list[Tensor] = []
+        states: list[Tensor | None] = []
+        has_complex, has_sparse = self._init_group({**group, "params": subset}, params, grads,
+                                                   states)
+        if not params:
+            return
+        if group.get("fused"):
+            from .fused import fused_step
+
+            spec = self._state_spec(group)
+            if self._replicas_of(group):
+                self._check_replicas(group, spec, params, has_sparse)
+            # a launch plan per parameter set, so alternating sets keep their prepared plans
+            fused_step(self, group, spec, params, grads, states,
+                       plan_key=(id(group), *map(id, params)))
+            return
+        self._apply(group, params, grads, states, has_complex, has_sparse)
+
     def _closure_then_update(self, closure: Callable[[], Any] | None) -> Any:
         """The body of ``step`` (unhooked, so subclasses can reuse it from their own step)."""
         self._accelerator_graph_capture_health_check()

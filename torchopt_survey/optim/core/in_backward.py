@@ -138,7 +138,8 @@ class StepInBackward:
 
 
 def _refuse_closure(optimizer: Any, args: tuple, kwargs: dict) -> None:
-    if (args and args[0] is not None) or kwargs.get("closure") is not None:
+    # (the hook sees step's arguments with the optimizer first)
+    if any(arg is not None for arg in args[1:]) or kwargs.get("closure") is not None:
         raise RuntimeError(
             f"{type(optimizer).__name__}.step(closure): this optimizer steps inside backward "
             "(step_in_backward), where a closure cannot be re-evaluated; call remove() on the "

@@ -34,6 +34,7 @@ from torch.optim.optimizer import (
     _use_grad_for_differentiable,
 )
 
+from . import compact_state
 from . import validation as V
 from .ops import ForeachOps, FunctionalOps, StoredScalar, TensorOps, broadcast_scalars
 from .replicas import Replicas, per_ndim, replica_count, wrap_group
@@ -48,7 +49,8 @@ _TENSOR_CAPABLE = ("lr", "weight_decay")
 
 # Flags that torch.optim added over releases: a state_dict saved without them still loads.
 _OPTIONAL_GROUP_KEYS = frozenset(
-    {"maximize", "foreach", "capturable", "differentiable", "fused", "decoupled_weight_decay"}
+    {"maximize", "foreach", "capturable", "differentiable", "fused", "decoupled_weight_decay",
+     "state_dtype", "state_block_size"}
 )
 
 
@@ -64,6 +66,8 @@ class StateSpec(NamedTuple):
     name: str
     kind: StateKind
     init: float = 0.0
+    #: never negative (second moments, accumulators): compact state may use an unsigned code
+    non_negative: bool = False
 
 
 def _tensor_hyperparameter(value: Any, device: torch.device | None) -> Any:
@@ -242,6 +246,8 @@ class SurveyOptimizer(Optimizer):
             raise V.FlagConflict(f"{where}fused and {where}foreach cannot both be True")
         if group.get("fused") and group.get("differentiable"):
             raise V.FlagConflict(f"{where}fused does not support differentiable=True")
+        if "state_dtype" in group or "state_block_size" in group:
+            compact_state.check_group(group, where)
 
     def _sparse_ok(self, group: dict[str, Any]) -> bool:
         return self._supports_sparse
@@ -282,6 +288,8 @@ class SurveyOptimizer(Optimizer):
         super().add_param_group(param_group)
         if len(param_group["params"]) == 0:
             raise ValueError(f"{where}params: a parameter group must hold at least one tensor")
+        if compact_state.is_compact(self.param_groups[-1]):
+            compact_state.install(self)
 
     # ----------------------------------------------------------------------------------
     # state
@@ -388,9 +396,14 @@ class SurveyOptimizer(Optimizer):
 
         return install(self, model_or_params, accumulation_steps, max_grad_norm)
 
-    def _step_parameters(self, group: dict[str, Any], subset: list[Tensor]) -> None:
+    def _step_parameters(self, group: dict[str, Any], subset: list[Tensor],
+                         compact_ok: bool = False) -> None:
         """One step of ``subset`` (parameters of ``group``) from their ``.grad``, on the path
-        the group's flags select -- the same arithmetic as ``step()``."""
+        the group's flags select -- the same arithmetic as ``step()``. (``compact_ok``: the
+        compact state of ``subset`` is already expanded.)"""
+        if not compact_ok and compact_state.is_compact(group):
+            compact_state.step_compact(self, group, subset)
+            return
         params: list[Tensor] = []
         grads: list[Tensor] = []
         states: list[Tensor | None] = []
@@ -908,6 +921,7 @@ class SurveyOptimizer(Optimizer):
     # ----------------------------------------------------------------------------------
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        compact_state.install(self)
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
@@ -934,9 +948,22 @@ class SurveyOptimizer(Optimizer):
         malformed, has another number of groups or parameters, or comes from a different
         optimizer (missing hyperparameters, unknown or missing state entries, wrong shapes).
         """
+        state_dict, keep = compact_state.before_load(self, state_dict)
         self._check_state_dict(state_dict)
         super().load_state_dict(state_dict)
         self._placeholders = {}  # loaded state is real state
+        if keep or any(map(compact_state.is_compact, self.param_groups)) or "_step_groups" in (
+                self.__dict__):
+            compact_state.after_load(self, state_dict["param_groups"], keep)
+
+    def _compact_position(self, param: Tensor) -> int:
+        """The parameter's position over all groups (seeds compact state's rounding)."""
+        positions = self.__dict__.get("_positions")
+        if positions is None or id(param) not in positions:
+            positions = self.__dict__["_positions"] = {
+                id(p): i for i, p in enumerate(chain.from_iterable(
+                    g["params"] for g in self.param_groups))}
+        return positions[id(param)]
 
     def _check_state_dict(self, state_dict: Any) -> None:
         name = type(self).__name__

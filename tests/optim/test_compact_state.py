@@ -52,14 +52,18 @@ def _saved(optimizer):
 # ------------------------------------------------------------------------------------------
 # one compact step == the ordinary step on the expanded state, compacted
 # ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("state_dtype", DTYPES)
+@pytest.mark.parametrize("state_dtype", [*DTYPES, "int8/32"])
 @pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize(("info", "config"), CASES, ids=CASE_IDS)
 def test_compact_step_is_the_ordinary_step_on_expanded_state(info, config, path, state_dtype):
     targets, weights = problem(dtype=torch.float32)
     params = make_params(torch.float32)
     flags = {**info.base, **config, **PATHS[path]}
-    opt = info.cls(groups(params), **flags, state_dtype=state_dtype)
+    # (int8/32: blocks of 32, so the 35-element tensor has two blocks and two scales)
+    block = 32 if state_dtype == "int8/32" else 256
+    state_dtype = state_dtype.split("/")[0]
+    options = {"state_block_size": 32} if block == 32 else {}
+    opt = info.cls(groups(params), **flags, state_dtype=state_dtype, **options)
     for _ in range(3):
         _step(opt, params, targets, weights)
     # the oracle: an ordinary optimizer holding the expanded state
@@ -79,7 +83,9 @@ def test_compact_step_is_the_ordinary_step_on_expanded_state(info, config, path,
             if specs[name].kind == "scalar":
                 assert torch.equal(state[name].float(), value.float()), name
             elif state_dtype == "int8":
-                codes, absmax = C.quantize_int8(value, 256, specs[name].non_negative)
+                codes, absmax = C.quantize_int8(value, block, specs[name].non_negative)
+                assert state[name].dtype == (
+                    torch.uint8 if specs[name].non_negative else torch.int8), name
                 assert torch.equal(state[name], codes), name
                 assert torch.equal(state[name + C.ABSMAX], absmax), name
             else:  # stochastic rounding: one of the two bfloat16 neighbours of the value
@@ -157,6 +163,21 @@ def test_bfloat16_stochastic_rounding_is_unbiased_and_seeded() -> None:
     exact = torch.tensor([0.0, -2.0, 3.5, float("inf"), -float("inf")])
     assert torch.equal(C.round_bfloat16(exact, seed=0).float(), exact)
     assert torch.isnan(C.round_bfloat16(torch.tensor([float("nan")]), seed=0)).all()
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_bfloat16_state_keeps_updates_below_half_a_unit(path) -> None:
+    """Increments of a quarter of bfloat16's spacing: round-to-nearest would drop every one
+    (the buffer would stay at 1); stochastic rounding keeps them on average."""
+    param = torch.zeros(4096, requires_grad=True)
+    opt = O.SGD([param], lr=0.0, momentum=1.0, state_dtype="bfloat16", **PATHS[path])
+    param.grad = torch.ones(4096)
+    opt.step()  # the buffer starts as the first gradient: 1
+    for _ in range(64):
+        param.grad = torch.full((4096,), 2.0**-10)
+        opt.step()
+    mean = opt.state[param]["momentum_buffer"].float().mean().item()
+    assert abs(mean - (1 + 64 * 2.0**-10)) < 0.004, mean
 
 
 # ------------------------------------------------------------------------------------------

@@ -44,7 +44,8 @@ MAX_BLOCK_SIZE = 1 << 16
 CHUNK_ELEMENTS = 1 << 20
 #: suffix of an int8 state's per-block scales in the state dict
 ABSMAX = "_absmax"
-#: state entry counting a parameter's bfloat16 write-backs (seeds the stochastic rounding)
+#: state entry counting a parameter's updates where the method keeps no ``step`` (it seeds
+#: the stochastic rounding of bfloat16 state)
 ROUNDINGS = "bf16_roundings"
 _SEED = 0x5EED
 _COMPACT_DTYPES = (torch.int8, torch.uint8, torch.bfloat16)
@@ -236,9 +237,8 @@ def compact(optimizer: Any, group: dict[str, Any], param: Tensor, stochastic: bo
     if not state:
         return
     entries = _tensor_entries(optimizer, group)
-    if group["state_dtype"] == "bfloat16":
-        count = int(state.get(ROUNDINGS, 0))
-        state[ROUNDINGS] = torch.tensor(count + 1, dtype=torch.int64)
+    if group["state_dtype"] == "bfloat16" and stochastic:
+        count = _update_count(state)
         position = optimizer._compact_position(param)
     for slot, entry in enumerate(entries):
         value = state.get(entry.name)
@@ -260,6 +260,17 @@ def compact(optimizer: Any, group: dict[str, Any], param: Tensor, stochastic: bo
             state[entry.name] = round_bfloat16(real, seed)
         else:
             state[entry.name] = real.to(torch.bfloat16)
+
+
+def _update_count(state: dict[str, Any]) -> int:
+    """How many updates this parameter has had: its ``step`` state where the method keeps
+    one, else a counter of its own (:data:`ROUNDINGS`)."""
+    step = state.get("step")
+    if isinstance(step, Tensor):
+        return int(step.item())
+    count = int(state.get(ROUNDINGS, 0)) + 1
+    state[ROUNDINGS] = torch.tensor(count, dtype=torch.int64)
+    return count
 
 
 def _step_groups(optimizer: Any) -> None:

@@ -96,7 +96,7 @@ def tensor_bytes(value: Any) -> int:
 def state_bytes(optimizer: Any, per_element: bool = False) -> int:
     """All state bytes, or only per-element state (without 0-d scalars such as ``step``)."""
     return sum(tensor_bytes(v) for state in optimizer.state.values() for v in state.values()
-               if not per_element or v.dim())
+               if not per_element or isinstance(v, torch.Tensor) and v.dim())
 
 
 def settings(device: str) -> list[Setting]:

@@ -295,7 +295,7 @@ def test_triton_kernels_in_backward_under_interpreter() -> None:
     lines = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
     assert lines, f"no report (rc={result.returncode}):\n{result.stderr[-4000:]}"
     report = json.loads(lines[-1][len("REPORT "):])
-    assert report["checked"] == len(TRITON_NAMES), report
+    assert report["checked"] == len(TRITON_NAMES) + 2, report
     assert not report["failures"], "\n\n".join(report["failures"])
 
 
@@ -318,7 +318,19 @@ def _interpreted() -> dict:
             assert_same(params, ref_params, opt, ref)
         except Exception as error:  # noqa: BLE001 -- reported, the run goes on
             failures.append(f"{name}: {error!r}")
-    return {"checked": len(TRITON_NAMES), "failures": failures}
+    for state_dtype in ("bfloat16", "int8"):  # compact state around the Triton kernels
+        try:
+            targets, weights = problem(dtype=torch.float32)
+            ref_params, params = make_params(torch.float32), make_params(torch.float32)
+            ref = O.Adam(groups(ref_params), fused=True, state_dtype=state_dtype)
+            opt = O.Adam(groups(params), fused=True, state_dtype=state_dtype)
+            opt.step_in_backward(params)
+            ordinary(ref, ref_params, targets, weights, 3)
+            in_backward(opt, params, targets, weights, 3)
+            assert_same(params, ref_params, opt, ref)
+        except Exception as error:  # noqa: BLE001 -- reported, the run goes on
+            failures.append(f"Adam state_dtype={state_dtype}: {error!r}")
+    return {"checked": len(TRITON_NAMES) + 2, "failures": failures}
 
 
 if __name__ == "__main__" and "--interpret" in sys.argv:

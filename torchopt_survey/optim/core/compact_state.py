@@ -29,6 +29,7 @@ expanded, and a compact one loaded into the same compact configuration is taken 
 
 from __future__ import annotations
 
+import math
 from types import MethodType
 from typing import Any
 
@@ -138,16 +139,48 @@ def _code_table(signed: bool) -> Tensor:
     return torch.tensor([0.0] + _dynamic_magnitudes(8), dtype=torch.float32)  # codes 0..255
 
 
-_TABLES: dict[tuple[bool, torch.device], tuple[Tensor, Tensor]] = {}
+#: the nearest code is found through cells of 1/CELLS octave from 2^-LOG_FLOOR to 1 (each
+#: cell narrower than the closest two midpoints, so it holds at most one midpoint): a lookup
+#: and one comparison per element instead of a binary search over the table
+LOG_FLOOR, CELLS = 27, 128
 
 
-def _table(signed: bool, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(values, midpoints between neighbours) on ``device``, made once."""
+class _Table:
+    """One code map on one device: its values, and the lookup that quantises magnitudes."""
+
+    def __init__(self, signed: bool, device: torch.device) -> None:
+        self.values = _code_table(signed).to(device)
+        table = _code_table(signed).double()
+        magnitudes = table[table >= 0]  # 0 and the positive codes, ascending
+        midpoints = (magnitudes[1:] + magnitudes[:-1]) / 2
+        lows = 2.0 ** (torch.arange(LOG_FLOOR * CELLS, dtype=torch.float64) / CELLS - LOG_FLOOR)
+        #: per cell, the code of its lowest value; a value above the code's upper midpoint
+        #: takes the next code
+        self.first_code = torch.bucketize(lows, midpoints).to(device)
+        self.upper = torch.cat([midpoints, midpoints.new_tensor([math.inf])]).float().to(device)
+        self.zero = int((table < 0).sum())  # index of the code 0 in ``values``
+
+    def nearest(self, normalised: Tensor) -> Tensor:
+        """Index into ``values`` of the code nearest to each element (in [-1, 1])."""
+        magnitude = normalised.abs()
+        cell = torch.log2(magnitude).add_(LOG_FLOOR).mul_(CELLS).floor_()
+        cell = cell.clamp_(0, LOG_FLOOR * CELLS - 1).long()
+        code = self.first_code[cell]
+        code += magnitude > self.upper[code]
+        if self.zero:
+            code = torch.where(normalised < 0, -code, code) + self.zero
+        return code
+
+
+_TABLES: dict[tuple[bool, torch.device], _Table] = {}
+
+
+def _table(signed: bool, device: torch.device) -> _Table:
+    """The code map on ``device``, made once."""
     key = (signed, device)
     table = _TABLES.get(key)
     if table is None:
-        values = _code_table(signed).to(device)
-        table = _TABLES[key] = (values, (values[1:] + values[:-1]) / 2)
+        table = _TABLES[key] = _Table(signed, device)
     return table
 
 
@@ -168,23 +201,22 @@ def quantize_int8(value: Tensor, block: int, non_negative: bool) -> tuple[Tensor
     absmax = rows.abs().amax(dim=1)
     scale = torch.where(absmax > 0, absmax, torch.ones_like(absmax))
     normalised = (rows / scale[:, None]).clamp_(-1.0, 1.0)
-    _, midpoints = _table(not non_negative, value.device)
-    codes = torch.bucketize(normalised, midpoints)  # index of the nearest table value
+    table = _table(not non_negative, value.device)
+    codes = table.nearest(normalised)
     if non_negative:
         codes = codes.to(torch.uint8)
     else:
-        codes = (codes - (midpoints.numel() // 2)).to(torch.int8)
+        codes = (codes - table.zero).to(torch.int8)
     return codes.reshape(-1)[: flat.numel()].view(value.shape), absmax
 
 
 def dequantize_int8(codes: Tensor, absmax: Tensor, block: int, dtype: torch.dtype) -> Tensor:
     """The full-precision tensor (``dtype``) that ``codes`` and ``absmax`` stand for."""
-    non_negative = codes.dtype == torch.uint8
-    values, midpoints = _table(not non_negative, codes.device)
+    table = _table(codes.dtype != torch.uint8, codes.device)
     index = codes.reshape(-1).long()
-    if not non_negative:
-        index = index + midpoints.numel() // 2
-    rows = _blocks(values[index], block) * absmax[:, None]
+    if table.zero:
+        index = index + table.zero
+    rows = _blocks(table.values[index], block) * absmax[:, None]
     return rows.reshape(-1)[: codes.numel()].view(codes.shape).to(dtype)
 
 

@@ -198,6 +198,8 @@ def measure(args: argparse.Namespace) -> list[Row]:
                for _ in range(4)]
     runs: list[tuple[Setting, torch.nn.Module, Any, str]] = []
     for setting in settings(device):
+        if args.only and not any(word in setting.name for word in args.only):
+            continue
         model = model_for(args.width, args.depth).to(device)
         try:
             optimizer = setting.make(model)
@@ -292,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", nargs="+", default=None, metavar="WORD",
+                        help="run only the settings whose name contains one of these")
     parser.add_argument("--json", default=None, help="write the rows and goals here")
     args = parser.parse_args(argv)
     for name, value in (("width", args.width), ("depth", args.depth), ("batch", args.batch),

@@ -348,3 +348,27 @@ def test_sparse_gradients_are_refused_with_compact_momentum() -> None:
     embedding(torch.tensor([1, 2])).sum().backward()
     with pytest.raises(RuntimeError, match="sparse"):
         opt.step()
+
+
+@pytest.mark.parametrize("state_dtype", DTYPES)
+def test_complex_parameters(state_dtype) -> None:
+    """Complex state is kept as its real view (..., 2) and comes back complex when loaded
+    into a full-precision optimizer."""
+    torch.manual_seed(0)
+    param = torch.randn(40, dtype=torch.complex64, requires_grad=True)
+    ref = param.detach().clone().requires_grad_(True)
+    opt = O.Adam([param], lr=0.01, state_dtype=state_dtype)
+    ref_opt = O.Adam([ref], lr=0.01)
+    for _ in range(5):
+        for p, o in ((param, opt), (ref, ref_opt)):
+            o.zero_grad()
+            (p.abs() ** 2).sum().backward()
+            o.step()
+    assert opt.state[param]["exp_avg"].shape == (40, 2)
+    torch.testing.assert_close(param, ref, atol=5e-3, rtol=0)
+    full = O.Adam([param], lr=0.01)
+    full.load_state_dict(_saved(opt))
+    assert full.state[param]["exp_avg"].dtype == torch.complex64
+    same = O.Adam([param], lr=0.01, state_dtype=state_dtype)
+    same.load_state_dict(_saved(opt))
+    assert all(torch.equal(same.state[param][k], v) for k, v in opt.state[param].items())

@@ -42,7 +42,9 @@ DEFAULT_BLOCK_SIZE = 256
 BLOCK_MULTIPLE = 32
 MAX_BLOCK_SIZE = 1 << 16
 #: parameters' elements expanded to full precision at once (a chunk) on a step()
-CHUNK_ELEMENTS = 1 << 20
+CHUNK_ELEMENTS = 1 << 18
+#: elements quantised at once inside one tensor (bounds the temporaries of the code search)
+SLICE_ELEMENTS = 1 << 16
 #: suffix of an int8 state's per-block scales in the state dict
 ABSMAX = "_absmax"
 #: state entry counting a parameter's updates where the method keeps no ``step`` (it seeds
@@ -193,31 +195,41 @@ def _blocks(flat: Tensor, block: int) -> Tensor:
 
 
 def quantize_int8(value: Tensor, block: int, non_negative: bool) -> tuple[Tensor, Tensor]:
-    """``value`` (any float dtype) as (codes shaped like it, float32 per-block scales)."""
-    flat = value.detach().reshape(-1).float()
-    if non_negative:
-        flat = flat.clamp(min=0)
+    """``value`` (any float dtype) as (codes shaped like it, float32 per-block scales).
+
+    Works through the blocks a slice at a time, so its temporaries stay small whatever the
+    tensor's size (compact state exists to save memory)."""
+    flat = value.detach().reshape(-1)
     rows = _blocks(flat, block)
-    absmax = rows.abs().amax(dim=1)
-    scale = torch.where(absmax > 0, absmax, torch.ones_like(absmax))
-    normalised = (rows / scale[:, None]).clamp_(-1.0, 1.0)
     table = _table(not non_negative, value.device)
-    codes = table.nearest(normalised)
-    if non_negative:
-        codes = codes.to(torch.uint8)
-    else:
-        codes = (codes - table.zero).to(torch.int8)
+    codes = torch.empty(rows.shape, dtype=torch.uint8 if non_negative else torch.int8,
+                        device=value.device)
+    absmax = torch.empty(rows.shape[0], dtype=torch.float32, device=value.device)
+    step = max(1, SLICE_ELEMENTS // block)
+    for start in range(0, rows.shape[0], step):
+        part = rows[start:start + step].float()
+        if non_negative:
+            part = part.clamp(min=0)
+        peak = part.abs().amax(dim=1)
+        absmax[start:start + step] = peak
+        scale = torch.where(peak > 0, peak, torch.ones_like(peak))
+        nearest = table.nearest((part / scale[:, None]).clamp_(-1.0, 1.0))
+        codes[start:start + step] = nearest - table.zero if table.zero else nearest
     return codes.reshape(-1)[: flat.numel()].view(value.shape), absmax
 
 
 def dequantize_int8(codes: Tensor, absmax: Tensor, block: int, dtype: torch.dtype) -> Tensor:
     """The full-precision tensor (``dtype``) that ``codes`` and ``absmax`` stand for."""
     table = _table(codes.dtype != torch.uint8, codes.device)
-    index = codes.reshape(-1).long()
-    if table.zero:
-        index = index + table.zero
-    rows = _blocks(table.values[index], block) * absmax[:, None]
-    return rows.reshape(-1)[: codes.numel()].view(codes.shape).to(dtype)
+    rows = _blocks(codes.reshape(-1), block)
+    out = torch.empty(rows.shape, dtype=dtype, device=codes.device)
+    step = max(1, SLICE_ELEMENTS // block)
+    for start in range(0, rows.shape[0], step):
+        index = rows[start:start + step].long()
+        if table.zero:
+            index += table.zero
+        out[start:start + step] = table.values[index] * absmax[start:start + step, None]
+    return out.reshape(-1)[: codes.numel()].view(codes.shape)
 
 
 def round_bfloat16(value: Tensor, seed: int) -> Tensor:

@@ -49,8 +49,10 @@ class StepInBackward:
         self._index = {id(param): i for i, param in enumerate(params)}
         #: backward passes each parameter has seen since its last update (accumulation)
         self._pending = [0] * len(params)
-        #: parameters whose gradient arrived in the current backward pass (or forward, for a
-        #: module): a second arrival would step on a partial gradient
+        #: parameters whose gradient arrived since the module's last forward (or, given a
+        #: list of tensors, in the current backward pass -- each reentrant checkpoint segment
+        #: is a pass of its own there, so only the module form sees across segments): a
+        #: second arrival would step on a partial gradient
         self._seen: set[int] = set()
         self._callback_queued = False
         self._stepped_this_pass = False

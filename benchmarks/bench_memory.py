@@ -17,7 +17,9 @@ Measured per setting:
   state, summed from the tensors, gradients freed) plus the largest rise of the CPU
   allocator's running total during the step, integrated from ``torch.profiler``'s memory
   events (every allocation and free of the CPU allocator, in order: ``profile_memory=True``).
-  CUDA: ``torch.cuda.max_memory_allocated`` over the step, from the same start;
+  CUDA: ``torch.cuda.max_memory_allocated`` over the step, from the same start. (CPU: the
+  profiler cannot size frees of blocks allocated before it started, so two steps run under
+  it and the second is measured);
 * **state**: bytes of optimizer state (codes and scales counted; tensor subclasses by their
   inner tensors);
 * **iteration** and **step** times: medians over ``--steps`` iterations, every setting timed
@@ -151,30 +153,44 @@ def settings(device: str) -> list[Setting]:
 
 
 def train_step(model: torch.nn.Module, optimizer: Any, batch: tuple[Any, Any],
-               in_backward: bool) -> None:
-    optimizer.zero_grad(set_to_none=True)
+               in_backward: bool, zero_grad: bool = True) -> None:
+    if zero_grad:
+        optimizer.zero_grad(set_to_none=True)
     inputs, targets = batch
     torch.nn.functional.mse_loss(model(inputs), targets).backward()
     if not in_backward:
         optimizer.step()
 
 
-def peak_rise_cpu(fn: Callable[[], None]) -> int:
-    """The largest rise of the CPU allocator's running total while ``fn`` runs (bytes)."""
-    from torch.profiler import ProfilerActivity, profile
+def peak_rise_cpu(fn: Callable[[], None], between: Callable[[], None]) -> int:
+    """The largest rise of the CPU allocator's running total during a call of ``fn`` (bytes).
+
+    The profiler cannot size the free of a block allocated before it started, so ``fn`` runs
+    twice under it (``between`` the two: zero_grad) and the second call is measured: what it
+    frees (replaced state tensors) was allocated under the profiler and is counted.
+    """
+    from torch.profiler import ProfilerActivity, profile, record_function
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    events.sort(key=lambda e: e.start_ns())
-    running = peak = 0
-    for event in events:
+        between()
+        with record_function("measured call"):
+            fn()
+    events = list(prof.profiler.kineto_results.events())
+    marker = next(e for e in events if e.name() == "measured call")
+    memory = sorted((e for e in events if e.name() == "[memory]"), key=lambda e: e.start_ns())
+    running = 0
+    baseline = peak = None
+    for event in memory:
+        if baseline is None and event.start_ns() >= marker.start_ns():
+            baseline = peak = running
         running += event.nbytes()
-        peak = max(peak, running)
-    return peak
+        if baseline is not None and event.start_ns() <= marker.end_ns():
+            peak = max(peak, running)
+    return 0 if baseline is None else peak - baseline
 
 
-def peak_rise(fn: Callable[[], None], device: str) -> int:
+def peak_rise(fn: Callable[[], None], between: Callable[[], None], device: str) -> int:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         start = torch.cuda.memory_allocated()
@@ -182,7 +198,7 @@ def peak_rise(fn: Callable[[], None], device: str) -> int:
         fn()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - start
-    return peak_rise_cpu(fn)
+    return peak_rise_cpu(fn, between)
 
 
 def synchronize(device: str) -> None:
@@ -216,8 +232,10 @@ def measure(args: argparse.Namespace) -> list[Row]:
         param_bytes = sum(tensor_bytes(p) for p in model.parameters())
         optimizer.zero_grad(set_to_none=True)
         persistent = param_bytes + state_bytes(optimizer)
+        # (gradients freed before the measured step, as they are in ``persistent``)
         rise = peak_rise(functools.partial(train_step, model, optimizer, batches[0],
-                                           setting.in_backward), device)
+                                           setting.in_backward, zero_grad=False),
+                         functools.partial(optimizer.zero_grad, set_to_none=True), device)
         rows[setting.name] = Row(setting.name, persistent + rise, state_bytes(optimizer),
                                  param_bytes, param_bytes, 0.0, None, note,
                                  state_bytes(optimizer, per_element=True))

@@ -281,6 +281,7 @@ def compact(optimizer: Any, group: dict[str, Any], param: Tensor, stochastic: bo
     if not state:
         return
     entries = _tensor_entries(optimizer, group)
+    position = count = 0
     if group["state_dtype"] == "bfloat16" and stochastic:
         count = _update_count(state)
         position = optimizer._compact_position(param)

@@ -335,3 +335,19 @@ def _interpreted() -> dict:
 
 if __name__ == "__main__" and "--interpret" in sys.argv:
     print("REPORT " + json.dumps(_interpreted()))
+
+
+def test_refuses_fsdp2_sharded_parameters(tmp_path) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        param = torch.nn.Parameter(distribute_tensor(torch.randn(4, 4), mesh, [Shard(0)]))
+        with pytest.raises(RuntimeError, match="DTensor.*FSDP2"):
+            O.Adam([param]).step_in_backward([param])
+    finally:
+        dist.destroy_process_group()

@@ -516,7 +516,8 @@ def test_compiled_step_matches_eager(name: str) -> None:
 # ------------------------------------------------------------------------------------------
 # constructor signature: same arguments, same defaults
 # ------------------------------------------------------------------------------------------
-SWITCHES = {"momentum_form", "lookahead", "eps_inside_sqrt", "bias_correction", "fused"}
+SWITCHES = {"momentum_form", "lookahead", "eps_inside_sqrt", "bias_correction", "fused",
+            "state_dtype", "state_block_size"}
 
 
 @pytest.mark.parametrize("info", OPTIMS, ids=[i.name for i in OPTIMS])

@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import Tensor
 
+from .core import compact_state
 from .core import validation as V
 from .core.base import StateSpec, SurveyOptimizer
 
@@ -78,6 +79,8 @@ class Adadelta(SurveyOptimizer):
         maximize: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        state_dtype: str | None = None,
+        state_block_size: int | None = None,
     ) -> None:
         defaults: dict[str, Any] = {
             "lr": lr,
@@ -91,13 +94,14 @@ class Adadelta(SurveyOptimizer):
         }
         if fused is not None:  # torch.optim.Adadelta has no fused flag; add the key only if used
             defaults["fused"] = fused
+        compact_state.add_options(defaults, state_dtype, state_block_size)
         super().__init__(params, defaults)
 
     def _state_spec(self, group: dict[str, Any]) -> list[StateSpec]:
         return [
             StateSpec("step", "scalar"),
-            StateSpec("square_avg", "tensor"),
-            StateSpec("acc_delta", "tensor"),
+            StateSpec("square_avg", "tensor", non_negative=True),
+            StateSpec("acc_delta", "tensor", non_negative=True),
         ]
 
     @staticmethod

@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import Tensor
 
+from .core import compact_state
 from .core import validation as V
 from .core.base import StateSpec, SurveyOptimizer
 
@@ -81,6 +82,8 @@ class Adagrad(SurveyOptimizer):
         maximize: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        state_dtype: str | None = None,
+        state_block_size: int | None = None,
         eps_inside_sqrt: bool = False,
     ) -> None:
         defaults: dict[str, Any] = {
@@ -96,6 +99,7 @@ class Adagrad(SurveyOptimizer):
         }
         if eps_inside_sqrt is not False:
             defaults["eps_inside_sqrt"] = eps_inside_sqrt
+        compact_state.add_options(defaults, state_dtype, state_block_size)
         super().__init__(params, defaults)
         # torch.optim.Adagrad creates its state up front; so does this class (same state_dict)
         for group in self.param_groups:
@@ -105,7 +109,8 @@ class Adagrad(SurveyOptimizer):
     def _state_spec(self, group: dict[str, Any]) -> list[StateSpec]:
         return [
             StateSpec("step", "scalar"),
-            StateSpec("sum", "tensor", float(group["initial_accumulator_value"])),
+            StateSpec("sum", "tensor", float(group["initial_accumulator_value"]),
+                      non_negative=True),
         ]
 
     @staticmethod

@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import Tensor
 
+from .core import compact_state
 from .core import validation as V
 from .core.base import StateSpec, SurveyOptimizer
 
@@ -91,6 +92,8 @@ class Adam(SurveyOptimizer):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        state_dtype: str | None = None,
+        state_block_size: int | None = None,
         decoupled_weight_decay: bool = False,
         bias_correction: bool = True,
     ) -> None:
@@ -111,16 +114,17 @@ class Adam(SurveyOptimizer):
         }
         if bias_correction is not True:
             defaults["bias_correction"] = bias_correction
+        compact_state.add_options(defaults, state_dtype, state_block_size)
         super().__init__(params, defaults)
 
     def _state_spec(self, group: dict[str, Any]) -> list[StateSpec]:
         spec = [
             StateSpec("step", "scalar"),
             StateSpec("exp_avg", "tensor"),
-            StateSpec("exp_avg_sq", "tensor"),
+            StateSpec("exp_avg_sq", "tensor", non_negative=True),
         ]
         if group["amsgrad"]:
-            spec.append(StateSpec("max_exp_avg_sq", "tensor"))
+            spec.append(StateSpec("max_exp_avg_sq", "tensor", non_negative=True))
         return spec
 
     @staticmethod
@@ -189,10 +193,13 @@ class AdamW(Adam):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        state_dtype: str | None = None,
+        state_block_size: int | None = None,
     ) -> None:
         super().__init__(
             params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
             capturable=capturable, differentiable=differentiable, fused=fused,
+            state_dtype=state_dtype, state_block_size=state_block_size,
             decoupled_weight_decay=True,
         )
 
@@ -265,12 +272,15 @@ class AMSGrad(Adam):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        state_dtype: str | None = None,
+        state_block_size: int | None = None,
         decoupled_weight_decay: bool = False,
         bias_correction: bool = True,
     ) -> None:
         super().__init__(
             params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
             capturable=capturable, differentiable=differentiable, fused=fused,
+            state_dtype=state_dtype, state_block_size=state_block_size,
             decoupled_weight_decay=decoupled_weight_decay, bias_correction=bias_correction,
         )
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import Tensor
 
+from .core import compact_state
 from .core import validation as V
 from .core.base import StateSpec, SurveyOptimizer
 
@@ -71,6 +72,8 @@ class Adamax(SurveyOptimizer):
         differentiable: bool = False,
         capturable: bool = False,
         fused: bool | None = None,
+        state_dtype: str | None = None,
+        state_block_size: int | None = None,
     ) -> None:
         if isinstance(betas, list):  # accepted, as by torch.optim; stored as a tuple
             betas = tuple(betas)  # pyright: ignore[reportAssignmentType]
@@ -86,13 +89,14 @@ class Adamax(SurveyOptimizer):
         }
         if fused is not None:  # torch.optim.Adamax has no fused flag; add the key only if used
             defaults["fused"] = fused
+        compact_state.add_options(defaults, state_dtype, state_block_size)
         super().__init__(params, defaults)
 
     def _state_spec(self, group: dict[str, Any]) -> list[StateSpec]:
         return [
             StateSpec("step", "scalar"),
             StateSpec("exp_avg", "tensor"),
-            StateSpec("exp_inf", "tensor"),
+            StateSpec("exp_inf", "tensor", non_negative=True),
         ]
 
     @staticmethod

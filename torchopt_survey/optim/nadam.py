@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import Tensor
 
+from .core import compact_state
 from .core import validation as V
 from .core.base import StateSpec, SurveyOptimizer
 from .core.ops import stored_mul
@@ -91,6 +92,8 @@ class NAdam(SurveyOptimizer):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        state_dtype: str | None = None,
+        state_block_size: int | None = None,
     ) -> None:
         if isinstance(betas, list):  # accepted, as by torch.optim; stored as a tuple
             betas = tuple(betas)  # pyright: ignore[reportAssignmentType]
@@ -108,6 +111,7 @@ class NAdam(SurveyOptimizer):
         }
         if fused is not None:  # torch.optim.NAdam has no fused flag; add the key only if used
             defaults["fused"] = fused
+        compact_state.add_options(defaults, state_dtype, state_block_size)
         super().__init__(params, defaults)
 
     def _state_spec(self, group: dict[str, Any]) -> list[StateSpec]:
@@ -115,7 +119,7 @@ class NAdam(SurveyOptimizer):
             StateSpec("step", "scalar"),
             StateSpec("mu_product", "scalar", 1.0),
             StateSpec("exp_avg", "tensor"),
-            StateSpec("exp_avg_sq", "tensor"),
+            StateSpec("exp_avg_sq", "tensor", non_negative=True),
         ]
 
     @staticmethod

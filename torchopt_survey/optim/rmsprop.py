@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import Tensor
 
+from .core import compact_state
 from .core import validation as V
 from .core.base import StateSpec, SurveyOptimizer
 
@@ -87,6 +88,8 @@ class RMSprop(SurveyOptimizer):
         differentiable: bool = False,
         *,
         fused: bool | None = None,
+        state_dtype: str | None = None,
+        state_block_size: int | None = None,
         eps_inside_sqrt: bool = False,
     ) -> None:
         defaults: dict[str, Any] = {
@@ -105,10 +108,11 @@ class RMSprop(SurveyOptimizer):
             defaults["fused"] = fused
         if eps_inside_sqrt is not False:
             defaults["eps_inside_sqrt"] = eps_inside_sqrt
+        compact_state.add_options(defaults, state_dtype, state_block_size)
         super().__init__(params, defaults)
 
     def _state_spec(self, group: dict[str, Any]) -> list[StateSpec]:
-        spec = [StateSpec("step", "scalar"), StateSpec("square_avg", "tensor")]
+        spec = [StateSpec("step", "scalar"), StateSpec("square_avg", "tensor", non_negative=True)]
         if group["momentum"] > 0:
             spec.append(StateSpec("momentum_buffer", "tensor"))
         if group["centered"]:

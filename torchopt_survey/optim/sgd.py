@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import _use_grad_for_differentiable
 
+from .core import compact_state
 from .core import validation as V
 from .core.base import StateSpec, SurveyOptimizer
 
@@ -96,6 +97,8 @@ class SGD(SurveyOptimizer):
         foreach: bool | None = None,
         differentiable: bool = False,
         fused: bool | None = None,
+        state_dtype: str | None = None,
+        state_block_size: int | None = None,
         momentum_form: str = "torch",
     ) -> None:
         defaults: dict[str, Any] = {
@@ -113,6 +116,7 @@ class SGD(SurveyOptimizer):
         if momentum_form != "torch":
             defaults["momentum_form"] = momentum_form
         defaults.update(self._extra_switches)
+        compact_state.add_options(defaults, state_dtype, state_block_size)
         super().__init__(params, defaults)
 
     _extra_switches: dict[str, Any] = {}
@@ -225,11 +229,14 @@ class Momentum(SGD):
         foreach: bool | None = None,
         differentiable: bool = False,
         fused: bool | None = None,
+        state_dtype: str | None = None,
+        state_block_size: int | None = None,
         momentum_form: str = "torch",
     ) -> None:
         super().__init__(
             params, lr, momentum, dampening, weight_decay, nesterov, maximize=maximize,
             foreach=foreach, differentiable=differentiable, fused=fused,
+            state_dtype=state_dtype, state_block_size=state_block_size,
             momentum_form=momentum_form,
         )
 
@@ -303,6 +310,8 @@ class NAG(SGD):
         foreach: bool | None = None,
         differentiable: bool = False,
         fused: bool | None = None,
+        state_dtype: str | None = None,
+        state_block_size: int | None = None,
         lookahead: bool = False,
     ) -> None:
         if nesterov is not True:
@@ -314,6 +323,7 @@ class NAG(SGD):
         super().__init__(
             params, lr, momentum, dampening, weight_decay, nesterov, maximize=maximize,
             foreach=foreach, differentiable=differentiable, fused=fused,
+            state_dtype=state_dtype, state_block_size=state_block_size,
         )
 
     def _check_consistency(self, group: dict[str, Any], where: str) -> None:

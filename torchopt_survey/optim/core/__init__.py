@@ -10,6 +10,8 @@ First-order methods (one ``_update`` each, every path generated from it):
 * :mod:`.emit` -- one walk over that graph; :mod:`.emit_c` and :mod:`.emit_triton` spell it as a
   C (CPU) or Triton (CUDA) kernel; :mod:`.kernel_cache` stores and loads them privately.
 * :mod:`.fused` -- checks and dispatch of ``fused=True`` steps to those kernels.
+* :mod:`.in_backward` -- ``step_in_backward``: each parameter updated from its gradient hook.
+* :mod:`.compact_state` -- ``state_dtype``: bfloat16 / 8-bit state around the same update.
 
 Second-order methods (closures over flat parameter views instead of ``_update``):
 

@@ -39,6 +39,7 @@ from torch.optim.optimizer import (
     _use_grad_for_differentiable,
 )
 
+from . import compact_state
 from . import validation as V
 from .ops import (
     EagerOps,
@@ -60,7 +61,8 @@ _TENSOR_CAPABLE = ("lr", "weight_decay")
 
 # Flags that torch.optim added over releases: a state_dict saved without them still loads.
 _OPTIONAL_GROUP_KEYS = frozenset(
-    {"maximize", "foreach", "capturable", "differentiable", "fused", "decoupled_weight_decay"}
+    {"maximize", "foreach", "capturable", "differentiable", "fused", "decoupled_weight_decay",
+     "state_dtype", "state_block_size"}
 )
 
 
@@ -82,6 +84,8 @@ class StateSpec(NamedTuple):
     name: str
     kind: StateKind
     init: float = 0.0
+    #: never negative (second moments, accumulators): compact state may use an unsigned code
+    non_negative: bool = False
 
 
 def _tensor_hyperparameter(value: Any, device: torch.device | None) -> Any:
@@ -288,6 +292,8 @@ class SurveyOptimizer(Optimizer):
             raise V.FlagConflict(f"{where}fused and {where}foreach cannot both be True")
         if group.get("fused") and group.get("differentiable"):
             raise V.FlagConflict(f"{where}fused does not support differentiable=True")
+        if "state_dtype" in group or "state_block_size" in group:
+            compact_state.check_group(group, where)
 
     def _sparse_ok(self, group: dict[str, Any]) -> bool:
         return self._supports_sparse
@@ -328,6 +334,8 @@ class SurveyOptimizer(Optimizer):
         super().add_param_group(param_group)
         if len(param_group["params"]) == 0:
             raise ValueError(f"{where}params: a parameter group must hold at least one tensor")
+        if compact_state.is_compact(self.param_groups[-1]):
+            compact_state.install(self)
 
     # ----------------------------------------------------------------------------------
     # state
@@ -414,6 +422,56 @@ class SurveyOptimizer(Optimizer):
             The closure's loss, or ``None`` without a closure.
         """
         return self._closure_then_update(closure)
+
+    def step_in_backward(
+        self,
+        model_or_params: Any,
+        accumulation_steps: int = 1,
+        *,
+        max_grad_norm: float | None = None,
+    ) -> Any:
+        """Update each parameter inside ``backward()``, as soon as its gradient is complete,
+        and free that gradient (see :mod:`.in_backward`); returns a handle whose ``remove()``
+        goes back to ``step()``.
+
+        Args:
+            model_or_params: an ``nn.Module`` (its trainable parameters) or an iterable of
+                this optimizer's parameters.
+            accumulation_steps: update on every N-th backward pass; the earlier N-1 only
+                accumulate gradients (micro-batches).
+            max_grad_norm: refused when set -- global-norm clipping needs every gradient
+                before the first update.
+        """
+        from .in_backward import install
+
+        return install(self, model_or_params, accumulation_steps, max_grad_norm)
+
+    def _step_parameters(self, group: dict[str, Any], subset: list[Tensor],
+                         compact_ok: bool = False) -> None:
+        """One step of ``subset`` (parameters of ``group``) from their ``.grad``, on the path
+        the group's flags select -- the same arithmetic as ``step()``. (``compact_ok``: the
+        compact state of ``subset`` is already expanded.)"""
+        if not compact_ok and compact_state.is_compact(group):
+            compact_state.step_compact(self, group, subset)
+            return
+        params: list[Tensor] = []
+        grads: list[Tensor] = []
+        states: list[Tensor | None] = []
+        has_complex, has_sparse = self._init_group({**group, "params": subset}, params, grads,
+                                                   states)
+        if not params:
+            return
+        if group.get("fused"):
+            from .fused import fused_step
+
+            spec = self._state_spec(group)
+            if self._replicas_of(group):
+                self._check_replicas(group, spec, params, has_sparse)
+            # a launch plan per parameter set, so alternating sets keep their prepared plans
+            fused_step(self, group, spec, params, grads, states,
+                       plan_key=(id(group), *map(id, params)))
+            return
+        self._apply(group, params, grads, states, has_complex, has_sparse)
 
     def _closure_then_update(self, closure: Callable[[], Any] | None) -> Any:
         """The body of ``step`` (unhooked, so subclasses can reuse it from their own step)."""
@@ -966,6 +1024,7 @@ class SurveyOptimizer(Optimizer):
     # ----------------------------------------------------------------------------------
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        compact_state.install(self)
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
@@ -992,9 +1051,22 @@ class SurveyOptimizer(Optimizer):
         malformed, has another number of groups or parameters, or comes from a different
         optimizer (missing hyperparameters, unknown or missing state entries, wrong shapes).
         """
+        state_dict, keep = compact_state.before_load(self, state_dict)
         self._check_state_dict(state_dict)
         super().load_state_dict(state_dict)
         self._placeholders = {}  # loaded state is real state
+        if keep or any(map(compact_state.is_compact, self.param_groups)) or "_step_groups" in (
+                self.__dict__):
+            compact_state.after_load(self, state_dict["param_groups"], keep)
+
+    def _compact_position(self, param: Tensor) -> int:
+        """The parameter's position over all groups (seeds compact state's rounding)."""
+        positions = self.__dict__.get("_positions")
+        if positions is None or id(param) not in positions:
+            positions = self.__dict__["_positions"] = {
+                id(p): i for i, p in enumerate(chain.from_iterable(
+                    g["params"] for g in self.param_groups))}
+        return positions[id(param)]
 
     def _check_state_dict(self, state_dict: Any) -> None:
         name = type(self).__name__

@@ -186,8 +186,12 @@ def fused_step(
     params: list[Tensor],
     grads: list[Tensor],
     states: list[Tensor | None],
+    plan_key: Any = None,
 ) -> None:
-    """Update one parameter group with generated fused kernels (see the module docstring)."""
+    """Update one parameter group with generated fused kernels (see the module docstring).
+
+    ``plan_key`` names the prepared launch plan to reuse (default: the group's); a caller
+    that steps a group part by part gives each part its own."""
     grad_scale: Tensor | None = getattr(opt, "grad_scale", None)
     found_inf: Tensor | None = getattr(opt, "found_inf", None)
     width = len(spec)
@@ -214,7 +218,9 @@ def fused_step(
         )
     except RuntimeError:  # sparse gradients have no data pointer: the slow path refuses them
         signature = None
-    plan = plans.get(id(group))
+    if plan_key is None:
+        plan_key = id(group)
+    plan = plans.get(plan_key)
     if plan is not None and signature is not None and plan[0] == signature:
         for launch in plan[1]:
             launch(group, grad_scale, found_inf)
@@ -255,9 +261,9 @@ def fused_step(
         else:
             launches.append(launch)
     if signature is not None and launches:
-        plans[id(group)] = (signature, launches)
+        plans[plan_key] = (signature, launches)
     else:
-        plans.pop(id(group), None)
+        plans.pop(plan_key, None)
 
 
 def _run_partition(

@@ -86,6 +86,15 @@ class ClosureOptimizer(Optimizer):
             )
         super().__init__(params, defaults)
 
+    def step_in_backward(self, model_or_params: Any, *args: Any, **kwargs: Any) -> Any:
+        """Refused: a second-order step needs closures and the whole gradient at once."""
+        raise RuntimeError(
+            f"{type(self).__name__} cannot step inside backward: a second-order step "
+            "re-evaluates the loss through a closure and needs every parameter's gradient "
+            "(and curvature) at once; call step(closure) after backward, or use a first-order "
+            "optimizer with step_in_backward"
+        )
+
     # ------------------------------------------------------------------ checks
     @property
     def _name(self) -> str:

@@ -1,0 +1,453 @@
+"""Compact optimizer state: tensor state stored in bfloat16 or in 8-bit blocks.
+
+``state_dtype="bfloat16"`` keeps every tensor state (moments, accumulators, momentum buffers)
+in bfloat16, written back with stochastic rounding (an unbiased rounding: small updates are
+not lost on average, as they would be to round-to-nearest). The random bits come from a
+generator seeded by the parameter's position and its update count, so a run is reproducible,
+independent of the order parameters are updated in (``step()`` or ``step_in_backward``), and
+continues identically from a checkpoint.
+
+``state_dtype="int8"`` stores each tensor state as one byte per element in blocks of
+``state_block_size`` elements (default 256) with one float32 scale per block (the block's
+largest magnitude), through a *dynamic* code map (the idea of bitsandbytes' 8-bit optimizers):
+codes spaced like a decimal floating point number, fine near the block's maximum and reaching
+down to 1e-7 of it, so that small second moments do not collapse to zero. State a method
+declares non-negative (``StateSpec.non_negative``: second moments, accumulators) uses an
+unsigned map over [0, 1] (twice the resolution, never below zero); other state a signed one.
+
+Scalar state (``step``) stays as it is. The update itself is unchanged: each parameter's
+state is expanded to the parameter's dtype, the method's ordinary path (forloop, foreach or
+fused) runs on it, and the result is compacted again -- in chunks of parameters, so at most
+one chunk's full-precision state exists at a time.
+
+``state_dict()`` holds the compact tensors themselves (bfloat16 tensors, or uint8/int8 codes
+plus ``<name>_absmax`` scales) -- plain tensors, loadable with ``weights_only=True``.
+``load_state_dict`` converts between layouts: a full-precision state dict loaded into a
+compact optimizer is compacted, a compact one loaded into a full-precision optimizer is
+expanded, and a compact one loaded into the same compact configuration is taken as is.
+"""
+
+from __future__ import annotations
+
+import math
+from types import MethodType
+from typing import Any
+
+import torch
+from torch import Tensor
+
+STATE_DTYPES = ("bfloat16", "int8")
+DEFAULT_BLOCK_SIZE = 256
+#: block sizes: a multiple of this, up to the maximum (one scale per block)
+BLOCK_MULTIPLE = 32
+MAX_BLOCK_SIZE = 1 << 16
+#: parameters' elements expanded to full precision at once (a chunk) on a step()
+CHUNK_ELEMENTS = 1 << 18
+#: elements quantised at once inside one tensor (bounds the temporaries of the code search)
+SLICE_ELEMENTS = 1 << 16
+#: suffix of an int8 state's per-block scales in the state dict
+ABSMAX = "_absmax"
+#: state entry counting a parameter's updates where the method keeps no ``step`` (it seeds
+#: the stochastic rounding of bfloat16 state)
+ROUNDINGS = "bf16_roundings"
+_SEED = 0x5EED
+_COMPACT_DTYPES = (torch.int8, torch.uint8, torch.bfloat16)
+
+
+# ---------------------------------------------------------------------------------------------
+# checks (construction and load_state_dict)
+# ---------------------------------------------------------------------------------------------
+def check_group(group: dict[str, Any], where: str) -> None:
+    """Refuse bad ``state_dtype`` / ``state_block_size`` values, naming the argument."""
+    dtype = group.get("state_dtype")
+    block = group.get("state_block_size")
+    if dtype is None:
+        if block is not None:
+            raise ValueError(
+                f"{where}state_block_size={block!r} is only meaningful with state_dtype='int8'"
+            )
+        return
+    if dtype not in STATE_DTYPES:
+        raise ValueError(
+            f"Invalid {where}state_dtype: {dtype!r} (choose from None, 'bfloat16', 'int8')"
+        )
+    if block is not None:
+        if dtype != "int8":
+            raise ValueError(
+                f"{where}state_block_size={block!r} is only meaningful with state_dtype='int8' "
+                f"(got state_dtype={dtype!r})"
+            )
+        if isinstance(block, bool) or not isinstance(block, int):
+            raise TypeError(
+                f"{where}state_block_size must be an int, got {type(block).__name__} ({block!r})"
+            )
+        if not (BLOCK_MULTIPLE <= block <= MAX_BLOCK_SIZE and block % BLOCK_MULTIPLE == 0):
+            raise ValueError(
+                f"Invalid {where}state_block_size: {block} (must be a multiple of "
+                f"{BLOCK_MULTIPLE} between {BLOCK_MULTIPLE} and {MAX_BLOCK_SIZE})"
+            )
+    if group.get("differentiable"):
+        raise ValueError(
+            f"{where}state_dtype={dtype!r} cannot be combined with differentiable=True: "
+            "rounding the state has no useful derivative"
+        )
+
+
+def add_options(defaults: dict[str, Any], state_dtype: Any, state_block_size: Any) -> None:
+    """Put the options into a constructor's defaults -- only when used, so that default
+    groups keep torch.optim's keys."""
+    if state_dtype is not None:
+        defaults["state_dtype"] = state_dtype
+    if state_block_size is not None:
+        defaults["state_block_size"] = state_block_size
+
+
+def is_compact(group: dict[str, Any]) -> bool:
+    return group.get("state_dtype") is not None
+
+
+def install(optimizer: Any) -> None:
+    """Route ``step()`` through the compact path when some group is compact (an instance
+    attribute, so optimizers without compact state run the ordinary step unchanged)."""
+    if any(is_compact(group) for group in optimizer.param_groups):
+        optimizer.__dict__["_step_groups"] = MethodType(_step_groups, optimizer)
+    else:
+        optimizer.__dict__.pop("_step_groups", None)
+
+
+# ---------------------------------------------------------------------------------------------
+# the code maps
+# ---------------------------------------------------------------------------------------------
+def _dynamic_magnitudes(bits: int) -> list[float]:
+    """Magnitudes in (0, 1], each decade with half the codes of the decade above it.
+
+    With ``bits`` codes for magnitudes, decade ``d`` (values in (10^-(d+1), 10^-d]) gets
+    ``2^(bits-1-d)`` linearly spaced values: fine steps near the block maximum, ever coarser
+    but still present ones down to about 10^-bits of it.
+    """
+    values: list[float] = []
+    for decade in range(bits):
+        count = 1 << (bits - 1 - decade)
+        top, bottom = 10.0 ** -decade, 10.0 ** -(decade + 1)
+        values.extend(bottom + (top - bottom) * (k + 1) / count for k in range(count))
+    return sorted(set(values))
+
+
+def _code_table(signed: bool) -> Tensor:
+    """The value of every code, ascending: signed (-1..1, zero in the middle) or unsigned."""
+    if signed:  # 127 magnitudes each side of 0: codes -127..127 (int8)
+        mags = _dynamic_magnitudes(7)
+        return torch.tensor([-m for m in reversed(mags)] + [0.0] + mags, dtype=torch.float32)
+    return torch.tensor([0.0] + _dynamic_magnitudes(8), dtype=torch.float32)  # codes 0..255
+
+
+#: the nearest code is found through cells of 1/CELLS octave from 2^-LOG_FLOOR to 1 (each
+#: cell narrower than the closest two midpoints, so it holds at most one midpoint): a lookup
+#: and one comparison per element instead of a binary search over the table
+LOG_FLOOR, CELLS = 27, 128
+
+
+class _Table:
+    """One code map on one device: its values, and the lookup that quantises magnitudes."""
+
+    def __init__(self, signed: bool, device: torch.device) -> None:
+        self.values = _code_table(signed).to(device)
+        table = _code_table(signed).double()
+        magnitudes = table[table >= 0]  # 0 and the positive codes, ascending
+        midpoints = (magnitudes[1:] + magnitudes[:-1]) / 2
+        lows = 2.0 ** (torch.arange(LOG_FLOOR * CELLS, dtype=torch.float64) / CELLS - LOG_FLOOR)
+        #: per cell, the code of its lowest value; a value above the code's upper midpoint
+        #: takes the next code
+        self.first_code = torch.bucketize(lows, midpoints).to(device)
+        self.upper = torch.cat([midpoints, midpoints.new_tensor([math.inf])]).float().to(device)
+        self.zero = int((table < 0).sum())  # index of the code 0 in ``values``
+
+    def nearest(self, normalised: Tensor) -> Tensor:
+        """Index into ``values`` of the code nearest to each element (in [-1, 1])."""
+        magnitude = normalised.abs()
+        cell = torch.log2(magnitude).add_(LOG_FLOOR).mul_(CELLS).floor_()
+        cell = cell.clamp_(0, LOG_FLOOR * CELLS - 1).long()
+        code = self.first_code[cell]
+        code += magnitude > self.upper[code]
+        if self.zero:
+            code = torch.where(normalised < 0, -code, code) + self.zero
+        return code
+
+
+_TABLES: dict[tuple[bool, torch.device], _Table] = {}
+
+
+def _table(signed: bool, device: torch.device) -> _Table:
+    """The code map on ``device``, made once."""
+    key = (signed, device)
+    table = _TABLES.get(key)
+    if table is None:
+        table = _TABLES[key] = _Table(signed, device)
+    return table
+
+
+def _blocks(flat: Tensor, block: int) -> Tensor:
+    """``flat`` as rows of ``block`` elements (the last one zero-padded)."""
+    pad = -flat.numel() % block
+    if pad:
+        flat = torch.nn.functional.pad(flat, (0, pad))
+    return flat.view(-1, block)
+
+
+def quantize_int8(value: Tensor, block: int, non_negative: bool) -> tuple[Tensor, Tensor]:
+    """``value`` (any float dtype) as (codes shaped like it, float32 per-block scales).
+
+    Works through the blocks a slice at a time, so its temporaries stay small whatever the
+    tensor's size (compact state exists to save memory)."""
+    flat = value.detach().reshape(-1)
+    rows = _blocks(flat, block)
+    table = _table(not non_negative, value.device)
+    codes = torch.empty(rows.shape, dtype=torch.uint8 if non_negative else torch.int8,
+                        device=value.device)
+    absmax = torch.empty(rows.shape[0], dtype=torch.float32, device=value.device)
+    step = max(1, SLICE_ELEMENTS // block)
+    for start in range(0, rows.shape[0], step):
+        part = rows[start:start + step].float()
+        if non_negative:
+            part = part.clamp(min=0)
+        peak = part.abs().amax(dim=1)
+        absmax[start:start + step] = peak
+        scale = torch.where(peak > 0, peak, torch.ones_like(peak))
+        nearest = table.nearest((part / scale[:, None]).clamp_(-1.0, 1.0))
+        codes[start:start + step] = nearest - table.zero if table.zero else nearest
+    return codes.reshape(-1)[: flat.numel()].view(value.shape), absmax
+
+
+def dequantize_int8(codes: Tensor, absmax: Tensor, block: int, dtype: torch.dtype) -> Tensor:
+    """The full-precision tensor (``dtype``) that ``codes`` and ``absmax`` stand for."""
+    table = _table(codes.dtype != torch.uint8, codes.device)
+    rows = _blocks(codes.reshape(-1), block)
+    out = torch.empty(rows.shape, dtype=dtype, device=codes.device)
+    step = max(1, SLICE_ELEMENTS // block)
+    for start in range(0, rows.shape[0], step):
+        index = rows[start:start + step].long()
+        if table.zero:
+            index += table.zero
+        out[start:start + step] = table.values[index] * absmax[start:start + step, None]
+    return out.reshape(-1)[: codes.numel()].view(codes.shape)
+
+
+def round_bfloat16(value: Tensor, seed: int) -> Tensor:
+    """``value`` in bfloat16 with stochastic rounding (float32 first, then the bits below
+    bfloat16's mantissa decide, with probability equal to their weight, whether to round up)."""
+    value32 = value.detach().float().contiguous()
+    generator = torch.Generator(device=value.device).manual_seed(seed)
+    noise = torch.randint(0, 1 << 16, value32.shape, generator=generator, device=value.device,
+                          dtype=torch.int32)
+    bits = value32.view(torch.int32)
+    rounded = ((bits + noise) & -65536).view(torch.float32)  # -65536: 0xFFFF0000
+    # (non-finite values and values that would carry into infinity keep their own rounding)
+    rounded = torch.where(torch.isfinite(rounded), rounded, value32)
+    return rounded.to(torch.bfloat16)
+
+
+# ---------------------------------------------------------------------------------------------
+# compacting and expanding one parameter's state
+# ---------------------------------------------------------------------------------------------
+def _tensor_entries(optimizer: Any, group: dict[str, Any]) -> list[Any]:
+    return [entry for entry in optimizer._state_spec(group) if entry.kind != "scalar"]
+
+
+def _block(group: dict[str, Any]) -> int:
+    return group.get("state_block_size") or DEFAULT_BLOCK_SIZE
+
+
+def expand(optimizer: Any, group: dict[str, Any], param: Tensor) -> None:
+    """Replace the parameter's compact tensor state by full-precision tensors, in place."""
+    state = optimizer.state.get(param)
+    if not state:
+        return
+    real_dtype = param.real.dtype if param.is_complex() else param.dtype
+    for entry in _tensor_entries(optimizer, group):
+        value = state.get(entry.name)
+        if value is None or value.dtype not in _COMPACT_DTYPES:
+            continue  # absent lazy state, or full precision (not compacted yet)
+        if group["state_dtype"] == "int8":
+            full = dequantize_int8(value, state.pop(entry.name + ABSMAX), _block(group),
+                                   real_dtype)
+        else:
+            full = value.to(real_dtype)
+        state[entry.name] = torch.view_as_complex(full) if param.is_complex() else full
+
+
+def compact(optimizer: Any, group: dict[str, Any], param: Tensor, stochastic: bool) -> None:
+    """Replace the parameter's full-precision tensor state by its compact form, in place."""
+    state = optimizer.state.get(param)
+    if not state:
+        return
+    entries = _tensor_entries(optimizer, group)
+    position = count = 0
+    if group["state_dtype"] == "bfloat16" and stochastic:
+        count = _update_count(state)
+        position = optimizer._compact_position(param)
+    for slot, entry in enumerate(entries):
+        value = state.get(entry.name)
+        if value is None or value.dtype in _COMPACT_DTYPES:
+            continue  # absent lazy state, or compact already
+        if value.is_sparse:
+            raise RuntimeError(
+                f"{type(optimizer).__name__}(state_dtype={group['state_dtype']!r}): state "
+                f"{entry.name!r} is a sparse tensor (sparse gradients), which compact state "
+                "cannot hold; use state_dtype=None for sparse gradients"
+            )
+        real = torch.view_as_real(value) if value.is_complex() else value
+        if group["state_dtype"] == "int8":
+            codes, absmax = quantize_int8(real, _block(group), entry.non_negative)
+            state[entry.name] = codes
+            state[entry.name + ABSMAX] = absmax
+        elif stochastic:
+            seed = hash((_SEED, position, slot, count)) & ((1 << 62) - 1)
+            state[entry.name] = round_bfloat16(real, seed)
+        else:
+            state[entry.name] = real.to(torch.bfloat16)
+
+
+def _update_count(state: dict[str, Any]) -> int:
+    """How many updates this parameter has had: its ``step`` state where the method keeps
+    one, else a counter of its own (:data:`ROUNDINGS`)."""
+    step = state.get("step")
+    if isinstance(step, Tensor):
+        return int(step.item())
+    count = int(state.get(ROUNDINGS, 0)) + 1
+    state[ROUNDINGS] = torch.tensor(count, dtype=torch.int64)
+    return count
+
+
+def _step_groups(optimizer: Any) -> None:
+    """``step()`` for an optimizer with compact groups (see :func:`install`)."""
+    for group in optimizer.param_groups:
+        subset = [param for param in group["params"] if param.grad is not None]
+        if not is_compact(group):
+            if subset:
+                optimizer._step_parameters(group, subset)
+            continue
+        chunk: list[Tensor] = []
+        size = 0
+        for param in subset:
+            chunk.append(param)
+            size += param.numel()
+            if size >= CHUNK_ELEMENTS:
+                step_compact(optimizer, group, chunk)
+                chunk, size = [], 0
+        if chunk:
+            step_compact(optimizer, group, chunk)
+
+
+def step_compact(optimizer: Any, group: dict[str, Any], params: list[Tensor]) -> None:
+    """One ordinary step of ``params`` on full-precision copies of their compact state."""
+    for param in params:
+        expand(optimizer, group, param)
+    try:
+        optimizer._step_parameters(group, params, compact_ok=True)
+    finally:
+        for param in params:
+            compact(optimizer, group, param, stochastic=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# state dicts
+# ---------------------------------------------------------------------------------------------
+def _saved_entry_full(value: Tensor, absmax: Tensor | None, block: int) -> Tensor:
+    if absmax is not None:
+        return dequantize_int8(value, absmax, block, torch.float32)
+    return value.float() if value.dtype == torch.bfloat16 else value
+
+
+def before_load(optimizer: Any, state_dict: Any) -> tuple[Any, dict[Any, dict[str, Any]]]:
+    """The state dict in the full-precision layout the checks and torch's loader know, plus
+    the compact entries to take over unchanged (same compact configuration on both sides).
+
+    Groups keep the *receiving* optimizer's ``state_dtype``/``state_block_size``: a layout is
+    a property of the optimizer, not of the checkpoint.
+    """
+    if not isinstance(state_dict, dict) or not isinstance(state_dict.get("param_groups"), list):
+        return state_dict, {}
+    saved_groups = state_dict["param_groups"]
+    compact_saved = any(isinstance(g, dict) and is_compact(g) for g in saved_groups)
+    if not compact_saved and not any(is_compact(g) for g in optimizer.param_groups):
+        return state_dict, {}
+    saved_state = state_dict.get("state")
+    if not isinstance(saved_state, dict):
+        return state_dict, {}
+    new_groups = []
+    new_state = dict(saved_state)
+    keep: dict[Any, dict[str, Any]] = {}
+    for index, saved in enumerate(saved_groups):
+        if not isinstance(saved, dict):
+            return state_dict, {}
+        own = optimizer.param_groups[index] if index < len(optimizer.param_groups) else {}
+        group = {k: v for k, v in saved.items() if k not in ("state_dtype", "state_block_size")}
+        for key in ("state_dtype", "state_block_size"):
+            if own.get(key) is not None:
+                group[key] = own[key]
+        new_groups.append(group)
+        saved_dtype = saved.get("state_dtype")
+        same = saved_dtype is not None and saved_dtype == own.get("state_dtype") and (
+            saved_dtype != "int8" or _block(saved) == _block(own))
+        block = _block(saved)
+        for saved_id in saved.get("params", []):
+            entries = saved_state.get(saved_id)
+            if not isinstance(entries, dict) or saved_dtype is None:
+                continue
+            full: dict[str, Any] = {}
+            taken: dict[str, Any] = {}
+            for key, value in entries.items():
+                if key.endswith(ABSMAX) and key[: -len(ABSMAX)] in entries or key == ROUNDINGS:
+                    taken[key] = value
+                    continue
+                absmax = entries.get(key + ABSMAX)
+                if isinstance(value, Tensor) and (absmax is not None
+                                                  or value.dtype == torch.bfloat16):
+                    taken[key] = value
+                    full[key] = _saved_entry_full(value, absmax, block)
+                    if full[key].dim() and full[key].shape[-1:] == (2,) and _complex_param(
+                            optimizer, index, saved, saved_id):
+                        full[key] = torch.view_as_complex(full[key].contiguous())
+                else:
+                    full[key] = value
+            new_state[saved_id] = full
+            if same:
+                keep[saved_id] = taken
+    return {**state_dict, "param_groups": new_groups, "state": new_state}, keep
+
+
+def _complex_param(optimizer: Any, index: int, saved: dict[str, Any], saved_id: Any) -> bool:
+    try:
+        position = list(saved["params"]).index(saved_id)
+        return bool(optimizer.param_groups[index]["params"][position].is_complex())
+    except (IndexError, ValueError):
+        return False
+
+
+def after_load(optimizer: Any, saved_groups: list[Any], keep: dict[Any, dict[str, Any]]) -> None:
+    """Compact what was loaded in full precision; put back compact entries taken over."""
+    install(optimizer)
+    for group, saved in zip(optimizer.param_groups, saved_groups):
+        if not is_compact(group):
+            continue
+        for saved_id, param in zip(saved["params"], group["params"]):
+            state = optimizer.state.get(param)
+            if not state:
+                continue
+            taken = keep.get(saved_id)
+            if taken:
+                for key, value in taken.items():
+                    device = param.device if key != ROUNDINGS else value.device
+                    state[key] = value.to(device)
+            else:
+                compact(optimizer, group, param, stochastic=False)
+
+
+def state_bytes(optimizer: Any) -> int:
+    """Bytes of tensor state held (scales included; scalar state such as ``step`` too)."""
+    total = 0
+    for state in optimizer.state.values():
+        for value in state.values():
+            if isinstance(value, Tensor):
+                total += value.numel() * value.element_size()
+    return total

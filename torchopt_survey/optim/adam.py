@@ -56,6 +56,14 @@ class Adam(SurveyOptimizer):
         fused (bool or None, optional): run the generated single-pass kernel (C on CPU,
             Triton on CUDA; default ``None``: never chosen automatically).
             ``torch.optim.Adam(fused=...)``.
+        state_dtype (str or None, optional): store every tensor state in compact form:
+            ``"bfloat16"`` (written back with seeded stochastic rounding) or ``"int8"``
+            (blockwise 8-bit code, one float32 scale per block; non-negative states on an
+            unsigned code). Default ``None``: the parameters' dtype, as torch.optim. See
+            :doc:`/memory`. No torch.optim counterpart.
+        state_block_size (int or None, optional): elements per ``"int8"`` block, a multiple
+            of 32 (default ``None``: 256). Only with ``state_dtype="int8"``. No torch.optim
+            counterpart.
         decoupled_weight_decay (bool, optional): shrink the parameters by
             :math:`\\alpha\\lambda\\theta` instead of adding :math:`\\lambda\\theta` to the
             gradient, which is AdamW (default ``False``).
@@ -177,6 +185,14 @@ class AdamW(Adam):
             (default ``False``). ``torch.optim.AdamW(differentiable=...)``.
         fused (bool or None, optional): run the generated single-pass kernel (default
             ``None``). ``torch.optim.AdamW(fused=...)``.
+        state_dtype (str or None, optional): store every tensor state in compact form:
+            ``"bfloat16"`` (written back with seeded stochastic rounding) or ``"int8"``
+            (blockwise 8-bit code, one float32 scale per block; non-negative states on an
+            unsigned code). Default ``None``: the parameters' dtype, as torch.optim. See
+            :doc:`/memory`. No torch.optim counterpart.
+        state_block_size (int or None, optional): elements per ``"int8"`` block, a multiple
+            of 32 (default ``None``: 256). Only with ``state_dtype="int8"``. No torch.optim
+            counterpart.
     """
 
     def __init__(
@@ -252,6 +268,14 @@ class AMSGrad(Adam):
             (default ``False``). ``torch.optim.Adam(differentiable=...)``.
         fused (bool or None, optional): run the generated single-pass kernel (default
             ``None``). ``torch.optim.Adam(fused=...)``.
+        state_dtype (str or None, optional): store every tensor state in compact form:
+            ``"bfloat16"`` (written back with seeded stochastic rounding) or ``"int8"``
+            (blockwise 8-bit code, one float32 scale per block; non-negative states on an
+            unsigned code). Default ``None``: the parameters' dtype, as torch.optim. See
+            :doc:`/memory`. No torch.optim counterpart.
+        state_block_size (int or None, optional): elements per ``"int8"`` block, a multiple
+            of 32 (default ``None``: 256). Only with ``state_dtype="int8"``. No torch.optim
+            counterpart.
         decoupled_weight_decay (bool, optional): AdamW-style decay (default ``False``).
             ``torch.optim.Adam(decoupled_weight_decay=...)``.
         bias_correction (bool, optional): survey switch; ``False`` is survey 1's AMSGrad

@@ -55,6 +55,14 @@ class RMSprop(SurveyOptimizer):
         fused (bool or None, optional): run the generated single-pass kernel (C on CPU, Triton
             on CUDA; default ``None``: never chosen automatically). ``torch.optim.RMSprop`` has
             no ``fused`` flag.
+        state_dtype (str or None, optional): store every tensor state in compact form:
+            ``"bfloat16"`` (written back with seeded stochastic rounding) or ``"int8"``
+            (blockwise 8-bit code, one float32 scale per block; non-negative states on an
+            unsigned code). Default ``None``: the parameters' dtype, as torch.optim. See
+            :doc:`/memory`. No torch.optim counterpart.
+        state_block_size (int or None, optional): elements per ``"int8"`` block, a multiple
+            of 32 (default ``None``: 256). Only with ``state_dtype="int8"``. No torch.optim
+            counterpart.
         eps_inside_sqrt (bool, optional): survey switch; ``True`` divides by :math:`\\sqrt{v_t +
             \\epsilon}`, the surveys' printed form (default ``False``). No torch.optim
             counterpart.

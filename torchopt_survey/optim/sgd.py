@@ -76,6 +76,14 @@ class SGD(SurveyOptimizer):
         fused (bool or None, optional): run the generated single-pass kernel (C on CPU,
             Triton on CUDA; default ``None``: never chosen automatically).
             ``torch.optim.SGD(fused=...)``.
+        state_dtype (str or None, optional): store every tensor state in compact form:
+            ``"bfloat16"`` (written back with seeded stochastic rounding) or ``"int8"``
+            (blockwise 8-bit code, one float32 scale per block; non-negative states on an
+            unsigned code). Default ``None``: the parameters' dtype, as torch.optim. See
+            :doc:`/memory`. No torch.optim counterpart.
+        state_block_size (int or None, optional): elements per ``"int8"`` block, a multiple
+            of 32 (default ``None``: 256). Only with ``state_dtype="int8"``. No torch.optim
+            counterpart.
         momentum_form (str, optional): survey switch; ``"torch"`` (default) or ``"survey"``
             (velocity with the learning rate inside, see :class:`Momentum`). No torch.optim
             counterpart.
@@ -211,6 +219,14 @@ class Momentum(SGD):
         fused (bool or None, optional): run the generated single-pass kernel (C on CPU,
             Triton on CUDA; default ``None``: never chosen automatically).
             ``torch.optim.SGD(fused=...)``.
+        state_dtype (str or None, optional): store every tensor state in compact form:
+            ``"bfloat16"`` (written back with seeded stochastic rounding) or ``"int8"``
+            (blockwise 8-bit code, one float32 scale per block; non-negative states on an
+            unsigned code). Default ``None``: the parameters' dtype, as torch.optim. See
+            :doc:`/memory`. No torch.optim counterpart.
+        state_block_size (int or None, optional): elements per ``"int8"`` block, a multiple
+            of 32 (default ``None``: 256). Only with ``state_dtype="int8"``. No torch.optim
+            counterpart.
         momentum_form (str, optional): survey switch; ``"torch"`` (default, torch.optim's
             buffer) or ``"survey"`` (the equations above, learning rate inside the velocity).
             No torch.optim counterpart.
@@ -289,6 +305,14 @@ class NAG(SGD):
         fused (bool or None, optional): run the generated single-pass kernel (C on CPU,
             Triton on CUDA; default ``None``: never chosen automatically).
             ``torch.optim.SGD(fused=...)``; not with ``lookahead=True``.
+        state_dtype (str or None, optional): store every tensor state in compact form:
+            ``"bfloat16"`` (written back with seeded stochastic rounding) or ``"int8"``
+            (blockwise 8-bit code, one float32 scale per block; non-negative states on an
+            unsigned code). Default ``None``: the parameters' dtype, as torch.optim. See
+            :doc:`/memory`. No torch.optim counterpart.
+        state_block_size (int or None, optional): elements per ``"int8"`` block, a multiple
+            of 32 (default ``None``: 256). Only with ``state_dtype="int8"``. No torch.optim
+            counterpart.
         lookahead (bool, optional): survey switch; ``True`` evaluates the gradient at the
             lookahead point :math:`x_t + \\mu v_t` and needs ``step(closure)`` (default
             ``False``). No torch.optim counterpart.

@@ -79,6 +79,9 @@ class StateSpec(NamedTuple):
             ``"exp_avg"``).
         kind (str): ``"scalar"``, ``"tensor"`` or ``"lazy"``, as above.
         init (float, optional): the initial fill value (default ``0.0``).
+        non_negative (bool, optional): the state never goes negative (second moments,
+            accumulators), so compact ``int8`` state may store it on an unsigned code
+            (default ``False``).
     """
 
     name: str

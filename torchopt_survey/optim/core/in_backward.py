@@ -23,6 +23,7 @@ arrives twice in one backward pass (reentrant checkpointing that reuses a parame
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import chain
 from typing import Any
 
@@ -36,7 +37,7 @@ class StepInBackward:
     """The installed hooks of :meth:`SurveyOptimizer.step_in_backward`; ``remove()`` undoes
     them (the optimizer then steps with ``step()`` again, its state unchanged)."""
 
-    def __init__(self, optimizer: Any, params: list[Tensor], accumulation_steps: int,
+    def __init__(self, optimizer: Any, params: Sequence[Tensor], accumulation_steps: int,
                  module: torch.nn.Module | None) -> None:
         self.optimizer = optimizer
         self.accumulation_steps = accumulation_steps

@@ -189,7 +189,9 @@ class CompiledStep:
         """One 0-d tensor per group holding its current lr (refilled only when it changed)."""
         groups = self.optimizer.param_groups
         if len(self._lr_inputs) != len(groups):
-            self._lr_inputs = [torch.zeros((), dtype=torch.float32, device=g["params"][0].device)
+            # float64, as the Python float that eager steps use: float64 parameters then
+            # see the same lr, and float32 ones round it where eager does
+            self._lr_inputs = [torch.zeros((), dtype=torch.float64, device=g["params"][0].device)
                                for g in groups]
             self._lr_values = [None] * len(groups)
         out: list[Tensor] = []
@@ -239,7 +241,10 @@ class CompiledStep:
         n_trained, n_frozen = len(self._trained), len(self._frozen)
         trained_names, frozen_names = self._trained_names, self._frozen_names
         groups = opt.param_groups
-        widths = [len(opt._state_spec(group)) for group in groups]
+        specs = [opt._state_spec(group) for group in groups]
+        widths = [len(spec) for spec in specs]
+        scalar_slots = [[i for i, entry in enumerate(spec) if entry.kind == "scalar"]
+                        for spec in specs]
         sizes = self._group_sizes
         hyperparameters = [
             {name: value for name, value in group.items() if name != "lr"} for group in groups]
@@ -257,13 +262,22 @@ class CompiledStep:
             states = list(args[n_trained + n_frozen:-2 - len(groups)])
             grads, loss = torch.func.grad_and_value(loss_of)(trained, frozen, x, y)
             first = first_state = 0
-            for hp, lr, size, width in zip(hyperparameters, lrs, sizes, widths):
+            for hp, lr, size, width, slots in zip(hyperparameters, lrs, sizes, widths,
+                                                  scalar_slots):
                 # capturable: scalars (step counts, lr) stay tensors, so nothing is read out
                 # as a Python number at trace time and frozen into the program
                 view = {**hp, "lr": lr, "capturable": True, "foreach": False, "fused": False}
-                params = trained[first:first + size]
-                opt._apply(view, params, list(grads[first:first + size]),
-                           states[first_state:first_state + size * width], False, False)
+                group_states = states[first_state:first_state + size * width]
+                # scalar state (a float32 step count) in float64 while the math uses it, as
+                # eager reads it into a Python float: bias corrections round as in eager
+                wide = list(group_states)
+                for index in (i * width + k for i in range(size) for k in slots):
+                    wide[index] = group_states[index].to(torch.float64)
+                opt._apply(view, trained[first:first + size], list(grads[first:first + size]),
+                           wide, False, False)
+                for index in (i * width + k for i in range(size) for k in slots):
+                    if wide[index] is not group_states[index]:
+                        group_states[index].copy_(wide[index])
                 first += size
                 first_state += size * width
             return (loss.detach(),)

@@ -24,10 +24,11 @@ ratios (robust on a shared machine). Batches are gathered with ``index_select`` 
 memory as the experiments do (random images of the same shape when MNIST is not found).
 
 Subnormal floats: at a high learning rate the softmax saturates and the gradients fill with
-subnormal numbers, which x86 arithmetic handles many times slower. ``--denormal-lr`` trains a
-copy into that state and times the eager and compiled steps with
-``torch.set_flush_denormal(False)`` (the default) and ``True``, alternating, with the share
-of subnormal values in the softmax probabilities.
+subnormal numbers, which x86 arithmetic handles many times slower. ``--denormal-optimizer``
+(Adam) at ``--denormal-lr`` (0.1) trains a copy into that state and times the eager and
+compiled steps with ``torch.set_flush_denormal(False)`` (the default) and ``True``,
+alternating, with the share of subnormal values in the softmax probabilities and in the
+gradients.
 
 Usage::
 
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gzip
 import json
 import os
 import platform
@@ -73,13 +75,22 @@ def make_model() -> nn.Sequential:
 
 
 def load_mnist(data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """The 60,000 training images as float32 in [0, 1] and their labels."""
+    """The 60,000 training images as float32 in [0, 1] and their labels, read from the raw
+    IDX files (gzipped or not) under ``DIR/MNIST/raw``."""
     root = data_dir or os.environ.get("TORCHOPT_SURVEY_DATA")
-    if root and (Path(root) / "MNIST" / "raw").is_dir():
-        from torchvision.datasets import MNIST
+    raw = Path(root or ".") / "MNIST" / "raw"
 
-        data = MNIST(root, train=True, download=False)
-        return data.data.reshape(-1, 784).float().div_(255), data.targets.clone(), "mnist"
+    def read(name: str, header: int) -> torch.Tensor | None:
+        for path, opener in ((raw / name, open), (raw / f"{name}.gz", gzip.open)):
+            if path.is_file():
+                with opener(path, "rb") as f:
+                    return torch.frombuffer(bytearray(f.read()[header:]), dtype=torch.uint8)
+        return None
+
+    images = read("train-images-idx3-ubyte", 16)
+    labels = read("train-labels-idx1-ubyte", 8)
+    if root and images is not None and labels is not None:
+        return images.reshape(-1, 784).float().div_(255), labels.long(), "mnist"
     gen = torch.Generator().manual_seed(0)
     return (torch.rand(60000, 784, generator=gen), torch.randint(0, 10, (60000,), generator=gen),
             "random")
@@ -235,11 +246,11 @@ def regime_row(regime: str, opt_name: str, x: torch.Tensor, y: torch.Tensor, rou
     }
 
 
-def subnormal_share(model: nn.Module, x: torch.Tensor) -> float:
-    with torch.no_grad():
-        p = torch.softmax(model(x), dim=1)
+def subnormal_share(tensors: list[torch.Tensor]) -> float:
+    """The share of subnormal values among all elements of ``tensors``."""
     tiny = torch.finfo(torch.float32).tiny
-    return float(((p != 0) & (p.abs() < tiny)).float().mean())
+    count = sum(int(((t != 0) & (t.abs() < tiny)).sum()) for t in tensors)
+    return count / max(1, sum(t.numel() for t in tensors))
 
 
 def denormal_rows(opt_name: str, x: torch.Tensor, y: torch.Tensor, lr: float, batch: int,
@@ -251,7 +262,13 @@ def denormal_rows(opt_name: str, x: torch.Tensor, y: torch.Tensor, lr: float, ba
     for i in range(200):  # train into saturation (both variants, off: the default)
         for variant in runs:
             variant.step(*get(i))
-    share = subnormal_share(runs[0].model, get(0)[0])
+    model = runs[0].model
+    xb, yb = get(200)
+    out = model(xb)
+    F.cross_entropy(out, yb).backward()
+    probabilities = torch.softmax(out.detach(), dim=1)
+    gradients = [p.grad for p in model.parameters() if p.grad is not None]
+    model.zero_grad(set_to_none=True)
     steps = STEPS.get(str(batch), 40)
     times: dict[str, list[float]] = {}
     for r in range(rounds):
@@ -266,7 +283,8 @@ def denormal_rows(opt_name: str, x: torch.Tensor, y: torch.Tensor, lr: float, ba
                 torch.set_flush_denormal(False)
     return {
         "lr": lr, "batch": batch, "optimizer": opt_name,
-        "subnormal_share_of_probabilities": share,
+        "subnormal_share": {"probabilities": subnormal_share([probabilities]),
+                            "gradients": subnormal_share(gradients)},
         "ms": {k: 1e3 * statistics.median(v) for k, v in times.items()},
         "speedup_flush_eager": median_ratio(times["torch.optim, flush=off"],
                                             times["torch.optim, flush=on"]),
@@ -302,8 +320,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--optimizers", nargs="+", default=["sgd"], choices=sorted(OPTIMIZERS))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--denormal-lr", type=float, default=1.0,
-                        help="the saturating lr of the subnormal measurement (0: skip it)")
+    parser.add_argument("--denormal-optimizer", default="adam", choices=sorted(OPTIMIZERS))
+    parser.add_argument("--denormal-lr", type=float, default=0.1,
+                        help="the saturating lr of the subnormal measurement (0: skip it); "
+                        "SGD at lr 1 diverges to NaN instead of saturating")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default="benchmarks/results/main-job-cpu.json")
     args = parser.parse_args(argv)
@@ -321,14 +341,15 @@ def main(argv: list[str] | None = None) -> None:
                                    3 if regime == "full" else args.rounds, bandwidths))
             print(table(rows[-1:], max(bandwidths)).splitlines()[-1], flush=True)
     bandwidth = max(bandwidths)
-    denormal = (denormal_rows(args.optimizers[0], x, y, args.denormal_lr, 64, args.rounds)
+    denormal = (denormal_rows(args.denormal_optimizer, x, y, args.denormal_lr, 64, args.rounds)
                 if args.denormal_lr > 0 else None)
     print()
     print(table(rows, bandwidth))
     if denormal:
-        print(f"\nsaturated softmax (lr {denormal['lr']}, batch 64, "
-              f"{100 * denormal['subnormal_share_of_probabilities']:.1f}% of probabilities "
-              "subnormal):")
+        share = denormal["subnormal_share"]
+        print(f"\nsaturated softmax ({denormal['optimizer']} lr {denormal['lr']}, batch 64; "
+              f"subnormal: {100 * share['probabilities']:.2f}% of probabilities, "
+              f"{100 * share['gradients']:.4f}% of gradients):")
         for key, ms in denormal["ms"].items():
             print(f"  {key}: {ms:.3f} ms/step")
         print(f"  flush-to-zero speed-up: eager {denormal['speedup_flush_eager']:.2f}x, "

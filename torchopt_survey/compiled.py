@@ -23,9 +23,11 @@ What is compiled, and when (see ``docs/compiled-step.md``):
 * the learning rate is an input of the program (one 0-d tensor per parameter group, refilled
   from ``param_group["lr"]`` before each call), so a scheduler never causes a compilation;
   other hyperparameters are compiled in as constants (changing one compiles another program);
-* Inductor's on-disk FX graph cache (``TORCHINDUCTOR_CACHE_DIR``, default
-  ``/tmp/torchinductor_$USER``) keeps the generated code, so another step object or another
-  process with the same model, optimizer settings and shapes only re-traces (under a second).
+* a step object for another model of the same architecture and optimizer settings (the next
+  run of a worker) traces the same code and reuses this process's compiled program; another
+  process finds the generated code in Inductor's on-disk FX graph cache
+  (``TORCHINDUCTOR_CACHE_DIR``, default ``/tmp/torchinductor_$USER``) and skips the C++
+  compilation.
 
 The optimizer keeps its state where it always does: ``optimizer.state_dict()``,
 ``load_state_dict`` and checkpoints work between calls unchanged. A step whose optimizer
@@ -49,6 +51,9 @@ from .optim.core.base import SurveyOptimizer
 __all__ = ["CompiledStep", "compile_step"]
 
 _aten = torch.ops.aten
+
+#: compiled programs of this process by traced code and input layout (see CompiledStep._compile)
+_SHARED_PROGRAMS: dict[tuple, Callable[..., Any]] = {}
 
 # group entries that are bookkeeping, not hyperparameters of the math
 _NOT_HYPERPARAMETERS = frozenset({"params", "param_names", "lr"})
@@ -111,7 +116,8 @@ class CompiledStep:
     """``step(x, y) -> loss``: one compiled training step (see :func:`compile_step`).
 
     Attributes:
-        compilations: programs compiled so far (one per shape/dtype/hyperparameter set).
+        compilations: programs traced so far (one per shape/dtype/hyperparameter set); each
+            is compiled, or reused from another step object of this process with the same code.
         compile_seconds: total seconds spent tracing and compiling them.
         eager_steps: steps run eagerly because the optimizer state was not complete yet.
     """
@@ -228,8 +234,17 @@ class CompiledStep:
 
         start = time.perf_counter()
         graph = make_fx(self._program_source(), tracing_mode="fake")(*args)
-        program = torch._inductor.compile(
-            graph, args, options={"post_grad_custom_post_pass": _step_graph_pass()})
+        # The traced step is a function of its inputs alone (unless it captured a tensor
+        # constant): another model of the same architecture, trained the same way -- the next
+        # run of a worker -- gets the same code and reuses the program without compiling.
+        shared = None if any(node.op == "get_attr" for node in graph.graph.nodes) else (
+            graph.code, tuple((a.shape, a.stride(), a.dtype, a.device) for a in args))
+        program = _SHARED_PROGRAMS.get(shared) if shared is not None else None
+        if program is None:
+            program = torch._inductor.compile(
+                graph, args, options={"post_grad_custom_post_pass": _step_graph_pass()})
+            if shared is not None:
+                _SHARED_PROGRAMS[shared] = program
         self._programs[key] = program
         self.compilations += 1
         self.compile_seconds += time.perf_counter() - start

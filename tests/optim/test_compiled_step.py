@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import torchopt_survey as ts
-from torchopt_survey.compiled import _rewrite
+from torchopt_survey.compiled import _SHARED_PROGRAMS, _rewrite
 
 FLOAT32_TOL = {"atol": 1e-6, "rtol": 1e-5}
 FLOAT64_TOL = {"atol": 1e-10, "rtol": 1e-10}
@@ -133,6 +133,15 @@ def test_one_program_per_batch_shape() -> None:
     step(x, y)
     step(x[:2], y[:2])
     assert step.compilations == 2
+
+
+def test_program_is_shared_by_models_of_one_architecture() -> None:
+    """The next run's model reuses the compiled program, and trains its own tensors with it."""
+    first = _compare(ts.Adam, {"lr": 0.02}, torch.float32, 4, 2, FLOAT32_TOL)
+    programs = len(_SHARED_PROGRAMS)
+    second = _compare(ts.Adam, {"lr": 0.02}, torch.float32, 4, 3, FLOAT32_TOL)
+    assert second.compilations == 1 and len(_SHARED_PROGRAMS) == programs
+    assert list(second._programs.values()) == list(first._programs.values())
 
 
 def test_checkpoint_resume_equals_uninterrupted_run(tmp_path) -> None:

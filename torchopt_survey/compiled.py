@@ -127,8 +127,16 @@ class CompiledStep:
         model: nn.Module,
         loss_fn: Callable[[Tensor, Tensor], Tensor],
         optimizer: SurveyOptimizer,
+        *,
+        grad_norms: bool = False,
     ) -> None:
         _check_arguments(model, loss_fn, optimizer)
+        if not isinstance(grad_norms, bool):
+            raise TypeError(f"grad_norms: expected True or False, got {grad_norms!r}")
+        self.grad_norms_enabled = grad_norms
+        #: the L2 norm of each trained parameter's gradient at the last step (a 1-d tensor in
+        #: the order of ``parameter_names``), with ``grad_norms=True``; else None
+        self.grad_norms: Tensor | None = None
         self.model = model
         self.loss_fn = loss_fn
         self.optimizer = optimizer
@@ -142,6 +150,8 @@ class CompiledStep:
         trained_ids = {id(p) for p in trained}
         self._trained = trained
         self._trained_names = [name_of[id(p)] for p in trained]
+        #: the model's names of the trained parameters, in the optimizer's order
+        self.parameter_names = list(self._trained_names)
         frozen = [(n, p) for n, p in model.named_parameters() if id(p) not in trained_ids]
         self._frozen = [p for _, p in frozen]
         self._frozen_names = [n for n, _ in frozen]
@@ -168,7 +178,10 @@ class CompiledStep:
         program = self._programs.get(key)
         if program is None:
             program = self._compile(key, args)
-        return program(*args)[0]
+        outputs = program(*args)
+        if self.grad_norms_enabled:
+            self.grad_norms = outputs[1]
+        return outputs[0]
 
     def _states(self) -> list[Tensor] | None:
         """Every state tensor in the optimizer's order, or None while some are still missing."""
@@ -218,15 +231,26 @@ class CompiledStep:
         return tuple(tuple(item for item in group.items() if item[0] not in _NOT_HYPERPARAMETERS)
                      for group in self.optimizer.param_groups)
 
-    def _eager_step(self, x: Tensor, y: Tensor) -> Tensor:
+    def eager(self, x: Tensor, y: Tensor) -> Tensor:
+        """One eager step (``zero_grad``, ``backward``, ``step``) that leaves the gradients in
+        ``.grad``, for code that reads them now and then (gradient histograms); the state it
+        updates is the compiled steps' own."""
         opt = self.optimizer
         opt.zero_grad(set_to_none=True)
         loss = self.loss_fn(self.model(x), y)
         loss.backward()
+        if self.grad_norms_enabled:
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p)
+                     for p in self._trained]
+            self.grad_norms = torch.stack([torch.linalg.vector_norm(g) for g in grads])
         opt.step()
-        opt.zero_grad(set_to_none=True)  # the compiled steps leave no .grad behind either
         self.eager_steps += 1
         return loss.detach()
+
+    def _eager_step(self, x: Tensor, y: Tensor) -> Tensor:
+        loss = self.eager(x, y)
+        self.optimizer.zero_grad(set_to_none=True)  # compiled steps leave no .grad either
+        return loss
 
     # ----------------------------------------------------------------------------------
     def _compile(self, key: tuple, args: list[Tensor]) -> Callable[..., Any]:
@@ -256,6 +280,7 @@ class CompiledStep:
         n_trained, n_frozen = len(self._trained), len(self._frozen)
         trained_names, frozen_names = self._trained_names, self._frozen_names
         groups = opt.param_groups
+        with_norms = self.grad_norms_enabled
         specs = [opt._state_spec(group) for group in groups]
         widths = [len(spec) for spec in specs]
         scalar_slots = [[i for i, entry in enumerate(spec) if entry.kind == "scalar"]
@@ -295,6 +320,9 @@ class CompiledStep:
                         group_states[index].copy_(wide[index])
                 first += size
                 first_state += size * width
+            if with_norms:
+                norms = torch.stack([torch.linalg.vector_norm(g) for g in grads])
+                return (loss.detach(), norms)
             return (loss.detach(),)
 
         return program
@@ -351,6 +379,8 @@ def compile_step(
     model: nn.Module,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
     optimizer: SurveyOptimizer,
+    *,
+    grad_norms: bool = False,
 ) -> CompiledStep:
     """Compile ``loss_fn(model(x), y)``, its gradient and ``optimizer``'s update into one step.
 
@@ -360,16 +390,20 @@ def compile_step(
         loss_fn: ``loss_fn(output, target) -> 0-d loss`` (e.g. ``F.cross_entropy``).
         optimizer: a torchopt_survey first-order optimizer over ``model``'s parameters
             (``fused``/``foreach`` settings are ignored: the compiled program fuses anyway).
+        grad_norms: also compute the L2 norm of every parameter's gradient in the program
+            (``step.grad_norms`` after each call; ``step.parameter_names`` names them), for
+            gradient-norm logging without gradients in ``.grad``.
 
     Returns:
         A :class:`CompiledStep`; ``step(x, y)`` trains on one batch and returns its loss
         (detached, on the device, computed before the update). The parameters' ``.grad`` is
-        not set, and optimizer step hooks are refused (they would not run).
+        not set (``step.eager(x, y)`` is one eager step that sets it), and optimizer step
+        hooks are refused (they would not run).
 
     Raises:
         TypeError: ``model``, ``loss_fn`` or ``optimizer`` of the wrong kind.
         ValueError: a model with buffers, complex/sparse parameters, per-replica
             hyperparameters, ``differentiable=True``, or an optimizer parameter not in ``model``.
     """
-    return CompiledStep(model, loss_fn, optimizer)
+    return CompiledStep(model, loss_fn, optimizer, grad_norms=grad_norms)
 

@@ -144,6 +144,24 @@ def test_program_is_shared_by_models_of_one_architecture() -> None:
     assert list(second._programs.values()) == list(first._programs.values())
 
 
+@pytest.mark.parametrize("batch", [1, 4])
+def test_gradient_norms_come_out_of_the_program(batch: int) -> None:
+    model, twin = _mlp(torch.float32), _mlp(torch.float32)
+    opt, twin_opt = ts.Adam(model.parameters(), lr=0.01), ts.Adam(twin.parameters(), lr=0.01)
+    step = ts.compile_step(model, F.cross_entropy, opt, grad_norms=True)
+    assert step.parameter_names == [name for name, _ in model.named_parameters()]
+    for x, y in _batches(3, batch, torch.float32):
+        step(x, y)
+        twin_opt.zero_grad()
+        F.cross_entropy(twin(x), y).backward()
+        expected = torch.stack([p.grad.norm() for p in twin.parameters()])
+        twin_opt.step()
+        torch.testing.assert_close(step.grad_norms, expected, **FLOAT32_TOL)
+    assert step.eager_steps == 1 and step.compilations == 1
+    step.eager(*_batches(1, batch, torch.float32)[0])  # leaves .grad for a histogram
+    assert all(p.grad is not None for p in model.parameters())
+
+
 def test_checkpoint_resume_equals_uninterrupted_run(tmp_path) -> None:
     batches = _batches(6, 4, torch.float32)
     model = _mlp(torch.float32)
@@ -211,6 +229,9 @@ def test_bad_arguments_are_refused() -> None:
         ts.compile_step(model, F.cross_entropy, ts.NewtonCG(model.parameters()))
     with pytest.raises(TypeError, match="model"):
         ts.compile_step(lambda x: x, F.cross_entropy, ts.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(TypeError, match="grad_norms"):
+        ts.compile_step(model, F.cross_entropy, ts.SGD(model.parameters(), lr=0.1),
+                        grad_norms="yes")
     with pytest.raises(TypeError, match="loss_fn"):
         ts.compile_step(model, "cross_entropy", ts.SGD(model.parameters(), lr=0.1))
     with pytest.raises(ValueError, match="buffers"):

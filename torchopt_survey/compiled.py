@@ -274,7 +274,7 @@ class CompiledStep:
         self.compile_seconds += time.perf_counter() - start
         return program
 
-    def _program_source(self) -> Callable[..., tuple[Tensor]]:
+    def _program_source(self) -> Callable[..., tuple[Tensor, ...]]:
         """The step as a function of tensors only (what is traced)."""
         opt, model, loss_fn = self.optimizer, self.model, self.loss_fn
         n_trained, n_frozen = len(self._trained), len(self._frozen)
@@ -294,7 +294,7 @@ class CompiledStep:
             tensors.update(zip(frozen_names, frozen))
             return loss_fn(torch.func.functional_call(model, tensors, (x,)), y)
 
-        def program(*args: Tensor) -> tuple[Tensor]:
+        def program(*args: Tensor) -> tuple[Tensor, ...]:
             trained = list(args[:n_trained])
             frozen = list(args[n_trained:n_trained + n_frozen])
             x, y = args[-2 - len(groups)], args[-1 - len(groups)]

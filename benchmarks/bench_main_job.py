@@ -27,11 +27,11 @@ ratios (robust on a shared machine). Batches are gathered with ``index_select`` 
 memory as the experiments do (random images of the same shape when MNIST is not found).
 
 Subnormal floats: at a high learning rate the softmax saturates and the gradients fill with
-subnormal numbers, which x86 arithmetic handles many times slower. ``--denormal-optimizer``
-(Adam) at ``--denormal-lr`` (0.1) trains a copy into that state and times the eager and
-compiled steps with ``torch.set_flush_denormal(False)`` (the default) and ``True``,
-alternating, with the share of subnormal values in the softmax probabilities and in the
-gradients.
+subnormal numbers (and Adam's squared gradients underflow into them), which x86 arithmetic
+handles many times slower. Each ``--denormal-cases`` entry ``OPTIMIZER:LR:BATCH`` trains a
+copy for a while and times the eager and compiled steps with
+``torch.set_flush_denormal(False)`` (the default) and ``True``, alternating, with the share
+of subnormal values in the softmax probabilities, the gradients and the optimizer state.
 
 Usage::
 
@@ -267,11 +267,14 @@ def denormal_rows(opt_name: str, x: torch.Tensor, y: torch.Tensor, lr: float, ba
     runs, _ = variants(opt_name, lr=lr)
     runs = [runs[0], runs[2]]
     get = batches(x, y, batch, seed=1)
-    for i in range(200):  # train into saturation (both variants, off: the default)
+    warm = 200 if batch >= 64 else 1000
+    for i in range(warm):  # train into saturation (both variants, off: the default)
         for variant in runs:
             variant.step(*get(i))
     model = runs[0].model
-    xb, yb = get(200)
+    opt_state = [v for per_param in runs[1].step.optimizer.state.values()  # type: ignore[attr-defined]
+                 for k, v in per_param.items() if k != "step"]
+    xb, yb = get(warm)
     out = model(xb)
     F.cross_entropy(out, yb).backward()
     probabilities = torch.softmax(out.detach(), dim=1)
@@ -286,13 +289,14 @@ def denormal_rows(opt_name: str, x: torch.Tensor, y: torch.Tensor, lr: float, ba
                 for variant in runs:
                     key = f"{variant.name}, flush={'on' if flush else 'off'}"
                     times.setdefault(key, []).append(
-                        time_round(variant, get, 200 + r * steps, steps))
+                        time_round(variant, get, warm + r * steps, steps))
             finally:
                 torch.set_flush_denormal(False)
     return {
         "lr": lr, "batch": batch, "optimizer": opt_name,
         "subnormal_share": {"probabilities": subnormal_share([probabilities]),
-                            "gradients": subnormal_share(gradients)},
+                            "gradients": subnormal_share(gradients),
+                            "optimizer_state": subnormal_share(opt_state)},
         "ms": {k: 1e3 * statistics.median(v) for k, v in times.items()},
         "speedup_flush_eager": median_ratio(times["torch.optim, flush=off"],
                                             times["torch.optim, flush=on"]),
@@ -310,6 +314,18 @@ def add_floors(row: dict[str, Any], bandwidth: float) -> None:
     row["compiled_to_one_pass_floor"] = compiled_ms / row["one_pass_floor_ms"]
     row["working_set_floor_ms"] = row["floor_bytes"] / row["working_set_copy_gbps"] / 1e6
     row["compiled_to_working_set_floor"] = compiled_ms / row["working_set_floor_ms"]
+
+
+def parse_case(parser: argparse.ArgumentParser, case: str) -> tuple[str, str, str]:
+    parts = case.split(":")
+    if len(parts) != 3 or parts[0] not in OPTIMIZERS or not parts[2].isdigit():
+        parser.error(f"--denormal-cases: expected OPTIMIZER:LR:BATCH with OPTIMIZER one of "
+                     f"{', '.join(sorted(OPTIMIZERS))}, got {case!r}")
+    try:
+        float(parts[1])
+    except ValueError:
+        parser.error(f"--denormal-cases: LR must be a number, got {case!r}")
+    return parts[0], parts[1], parts[2]
 
 
 def table(rows: list[dict[str, Any]], bandwidth: float) -> str:
@@ -340,16 +356,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--optimizers", nargs="+", default=["sgd"], choices=sorted(OPTIMIZERS))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--denormal-optimizer", default="adam", choices=sorted(OPTIMIZERS))
-    parser.add_argument("--denormal-lr", type=float, default=0.1,
-                        help="the saturating lr of the subnormal measurement (0: skip it); "
-                        "SGD at lr 1 diverges to NaN instead of saturating")
+    parser.add_argument("--denormal-cases", nargs="*",
+                        default=["adam:0.1:64", "adam:0.01:1", "sgd:0.01:1"],
+                        help="OPTIMIZER:LR:BATCH runs timed with flush-to-zero off and on "
+                        "(none: skip); SGD at lr 1 diverges to NaN instead of saturating")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default="benchmarks/results/main-job-cpu.json")
     args = parser.parse_args(argv)
     for regime in args.regimes:
         if regime != "full" and not regime.isdigit():
             parser.error(f"--regimes: expected batch sizes or 'full', got {regime!r}")
+    cases = [parse_case(parser, case) for case in args.denormal_cases]  # checked up front
     torch.set_num_threads(args.threads)
     kept = keep_freed_memory()
     x, y, data = load_mnist(args.data_dir)
@@ -364,19 +381,20 @@ def main(argv: list[str] | None = None) -> None:
     bandwidth = max(bandwidths)  # the best seen in the run: every floor uses it
     for row in rows:
         add_floors(row, bandwidth)
-    denormal = (denormal_rows(args.denormal_optimizer, x, y, args.denormal_lr, 64, args.rounds)
-                if args.denormal_lr > 0 else None)
+    denormal = [denormal_rows(name, x, y, float(lr), int(batch), args.rounds)
+                for name, lr, batch in cases]
     print()
     print(table(rows, bandwidth))
-    if denormal:
-        share = denormal["subnormal_share"]
-        print(f"\nsaturated softmax ({denormal['optimizer']} lr {denormal['lr']}, batch 64; "
-              f"subnormal: {100 * share['probabilities']:.2f}% of probabilities, "
-              f"{100 * share['gradients']:.4f}% of gradients):")
-        for key, ms in denormal["ms"].items():
+    for case in denormal:
+        share = case["subnormal_share"]
+        print(f"\nsubnormals: {case['optimizer']} lr {case['lr']}, batch {case['batch']} "
+              f"({100 * share['probabilities']:.2f}% of probabilities, "
+              f"{100 * share['gradients']:.4f}% of gradients, "
+              f"{100 * share['optimizer_state']:.4f}% of optimizer state subnormal):")
+        for key, ms in case["ms"].items():
             print(f"  {key}: {ms:.3f} ms/step")
-        print(f"  flush-to-zero speed-up: eager {denormal['speedup_flush_eager']:.2f}x, "
-              f"compiled {denormal['speedup_flush_compiled']:.2f}x")
+        print(f"  flush-to-zero speed-up: eager {case['speedup_flush_eager']:.2f}x, "
+              f"compiled {case['speedup_flush_compiled']:.2f}x")
     result = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "torch": torch.__version__, "threads": args.threads,

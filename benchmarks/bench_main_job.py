@@ -383,18 +383,19 @@ def main(argv: list[str] | None = None) -> None:
         add_floors(row, bandwidth)
     denormal = [denormal_rows(name, x, y, float(lr), int(batch), args.rounds)
                 for name, lr, batch in cases]
-    print()
-    print(table(rows, bandwidth))
+    report = [table(rows, bandwidth)]
     for case in denormal:
         share = case["subnormal_share"]
-        print(f"\nsubnormals: {case['optimizer']} lr {case['lr']}, batch {case['batch']} "
-              f"({100 * share['probabilities']:.2f}% of probabilities, "
-              f"{100 * share['gradients']:.4f}% of gradients, "
-              f"{100 * share['optimizer_state']:.4f}% of optimizer state subnormal):")
-        for key, ms in case["ms"].items():
-            print(f"  {key}: {ms:.3f} ms/step")
-        print(f"  flush-to-zero speed-up: eager {case['speedup_flush_eager']:.2f}x, "
-              f"compiled {case['speedup_flush_compiled']:.2f}x")
+        report.append(
+            f"\nsubnormals: {case['optimizer']} lr {case['lr']}, batch {case['batch']} "
+            f"({100 * share['probabilities']:.2f}% of probabilities, "
+            f"{100 * share['gradients']:.4f}% of gradients, "
+            f"{100 * share['optimizer_state']:.4f}% of optimizer state subnormal):\n")
+        report.extend(f"- {key}: {ms:.3f} ms/step" for key, ms in case["ms"].items())
+        report.append(f"- flush-to-zero speed-up: eager {case['speedup_flush_eager']:.2f}x, "
+                      f"compiled {case['speedup_flush_compiled']:.2f}x")
+    print()
+    print("\n".join(report))
     result = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "torch": torch.__version__, "threads": args.threads,
@@ -405,7 +406,10 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    out.with_suffix(".md").write_text(
+        f"Written by `benchmarks/bench_main_job.py` ({data} data, {args.threads} thread(s), "
+        f"torch {torch.__version__}).\n\n" + "\n".join(report) + "\n")
+    print(f"\nwrote {out} and {out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

@@ -166,6 +166,11 @@ class CompiledStep:
     # ----------------------------------------------------------------------------------
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
         """One training step on the batch ``(x, y)``; returns the loss (a detached 0-d tensor)."""
+        groups = self.optimizer.param_groups
+        if len(groups) != len(self._group_sizes) or any(
+                len(group["params"]) != size for group, size in zip(groups, self._group_sizes)):
+            raise RuntimeError("optimizer: its parameter groups changed after compile_step; "
+                               "build a new step for the new groups")
         states = self._states()
         if states is None:
             return self._eager_step(x, y)

@@ -221,6 +221,26 @@ def test_outer_product_becomes_a_broadcast_multiply() -> None:
     assert realized and all(node.meta["val"].numel() == 1 for node in realized)
 
 
+def test_deterministic_algorithms_mode_compiles() -> None:
+    """The experiments run with torch.use_deterministic_algorithms(True)."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        step = _compare(ts.SGD, {"lr": 0.1}, torch.float32, 4, 2, FLOAT32_TOL)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert step.compilations == 1
+
+
+def test_groups_added_after_compiling_are_refused() -> None:
+    model = _mlp(torch.float32)
+    opt = ts.SGD(model[0].parameters(), lr=0.1)
+    step = ts.compile_step(model, F.cross_entropy, opt)
+    opt.add_param_group({"params": model[2].parameters()})
+    with pytest.raises(RuntimeError, match="groups changed"):
+        step(*_batches(1, 4, torch.float32)[0])
+
+
 def test_bad_arguments_are_refused() -> None:
     model = _mlp(torch.float32)
     with pytest.raises(TypeError, match="optimizer"):

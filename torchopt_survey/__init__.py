@@ -4,10 +4,14 @@ fast ``torch.optim.Optimizer`` drop-ins, and the surveys' experiments.
 >>> import torch, torchopt_survey
 >>> model = torch.nn.Linear(4, 2)
 >>> opt = torchopt_survey.Adam(model.parameters(), lr=1e-3)   # same as torch.optim.Adam
+
+``compile_step(model, loss_fn, optimizer)`` compiles a whole training step into one program
+(see :mod:`torchopt_survey.compiled`).
 """
 
 from importlib import metadata as _metadata
 
+from .compiled import CompiledStep, compile_step
 from .optim import (
     NAG,
     SGD,
@@ -51,4 +55,6 @@ __all__ = [
     "Newton",
     "NewtonCG",
     "ConjugateGradient",
+    "compile_step",
+    "CompiledStep",
 ]

@@ -321,6 +321,8 @@ class SurveyOptimizer(Optimizer):
             )
         else:
             params_list = list(params) if params is not None else []
+            if params is not None:
+                param_group["params"] = params_list  # (a generator is used up by list())
         params_list = _split_names(param_group, params_list)
         for index, param in enumerate(params_list):
             if not isinstance(param, Tensor):

@@ -23,6 +23,7 @@ arrives twice in one backward pass (reentrant checkpointing that reuses a parame
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from itertools import chain
 from typing import Any
@@ -212,6 +213,12 @@ def install(optimizer: Any, model_or_params: Any, accumulation_steps: int,
         if id(param) in seen:
             raise ValueError(f"model_or_params: parameter {index} is listed twice")
         seen.add(id(param))
+        if _is_dtensor(param):
+            raise RuntimeError(
+                f"model_or_params: parameter {index} is a DTensor (sharded by FSDP2): its "
+                "gradient arrives through FSDP's reduce-scatter after autograd's hooks, so a "
+                "step inside backward would update nothing. Use step() after backward()"
+            )
         if group.get("differentiable"):
             raise ValueError(
                 f"{name}(differentiable=True) cannot step inside backward: the update "
@@ -222,3 +229,9 @@ def install(optimizer: Any, model_or_params: Any, accumulation_steps: int,
     handle = StepInBackward(optimizer, params, accumulation_steps, module)
     optimizer._in_backward = handle
     return handle
+
+
+def _is_dtensor(tensor: Tensor) -> bool:
+    """Whether ``tensor`` is a DTensor (without importing torch.distributed when it is not)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(tensor, module.DTensor)

@@ -41,7 +41,7 @@ import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -113,7 +113,15 @@ def _numel(node: torch.fx.Node) -> int:
 
 
 class CompiledStep:
-    """``step(x, y) -> loss``: one compiled training step (see :func:`compile_step`).
+    """``step(x, y) -> loss``: one compiled training step (see :func:`compile_step`, which
+    builds it).
+
+    Args:
+        model (torch.nn.Module): the network, as for :func:`compile_step`.
+        loss_fn (callable): ``loss_fn(output, target) -> 0-d loss``.
+        optimizer (SurveyOptimizer): a first-order optimizer over ``model``'s parameters.
+        grad_norms (bool, optional): also compute each parameter's gradient norm in the
+            program (default ``False``).
 
     Attributes:
         compilations: programs traced so far (one per shape/dtype/hyperparameter set); each
@@ -239,7 +247,15 @@ class CompiledStep:
     def eager(self, x: Tensor, y: Tensor) -> Tensor:
         """One eager step (``zero_grad``, ``backward``, ``step``) that leaves the gradients in
         ``.grad``, for code that reads them now and then (gradient histograms); the state it
-        updates is the compiled steps' own."""
+        updates is the compiled steps' own.
+
+        Args:
+            x (Tensor): the batch's inputs.
+            y (Tensor): the batch's targets.
+
+        Returns:
+            The loss (computed before the update).
+        """
         opt = self.optimizer
         opt.zero_grad(set_to_none=True)
         loss = self.loss_fn(self.model(x), y)
@@ -270,8 +286,10 @@ class CompiledStep:
             graph.code, tuple((a.shape, a.stride(), a.dtype, a.device) for a in args))
         program = _SHARED_PROGRAMS.get(shared) if shared is not None else None
         if program is None:
-            program = torch._inductor.compile(
-                graph, args, options={"post_grad_custom_post_pass": _step_graph_pass()})
+            # (Inductor returns a callable whose declared type is a private output class)
+            program = cast(Callable[..., Any], torch._inductor.compile(
+                graph, cast(list[Any], args),
+                options={"post_grad_custom_post_pass": _step_graph_pass()}))
             if shared is not None:
                 _SHARED_PROGRAMS[shared] = program
         self._programs[key] = program
@@ -315,14 +333,15 @@ class CompiledStep:
                 group_states = states[first_state:first_state + size * width]
                 # scalar state (a float32 step count) in float64 while the math uses it, as
                 # eager reads it into a Python float: bias corrections round as in eager
-                wide = list(group_states)
+                wide: list[Tensor | None] = list(group_states)
                 for index in (i * width + k for i in range(size) for k in slots):
                     wide[index] = group_states[index].to(torch.float64)
                 opt._apply(view, trained[first:first + size], list(grads[first:first + size]),
                            wide, False, False)
                 for index in (i * width + k for i in range(size) for k in slots):
-                    if wide[index] is not group_states[index]:
-                        group_states[index].copy_(wide[index])
+                    widened = wide[index]
+                    if widened is not None and widened is not group_states[index]:
+                        group_states[index].copy_(widened)
                 first += size
                 first_state += size * width
             if with_norms:

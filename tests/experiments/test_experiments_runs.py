@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,34 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from experiments_helpers import cli as _cli
+from experiments_helpers import data_env as make_data_env
+from experiments_helpers import raw_scalars as _raw_scalars
 
 from torchopt_survey.experiments.runtime.files import load_checkpoint
-from torchopt_survey.experiments.tasks.data import write_synthetic_mnist
-
-ROOT = Path(__file__).resolve().parents[2]
-SHARED = os.environ.get("TORCHOPT_SURVEY_DATA")
-HAVE_SHARED = bool(SHARED and (Path(SHARED) / "MNIST" / "raw").is_dir())
 
 
 @pytest.fixture(scope="module")
 def data_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Environment for CLI subprocesses: the shared MNIST copy when present (subset), else a
-    tiny synthetic IDX set; a private cache; one thread."""
-    tmp = tmp_path_factory.mktemp("data")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHOPT_SURVEY")}
-    env["TORCHOPT_SURVEY_CACHE"] = str(tmp / "cache")
-    env["TORCHOPT_SURVEY_DATA"] = (
-        SHARED
-        if HAVE_SHARED
-        else str(write_synthetic_mnist(tmp / "synthetic", n_train=3000, n_test=500))
-    )
-    env["OMP_NUM_THREADS"] = "1"
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "torchopt_survey.experiments", *args]
+    return make_data_env(tmp_path_factory.mktemp("data"))
 
 
 def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -48,25 +29,6 @@ def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     acc = EventAccumulator(str(run_dir))
     acc.Reload()
     return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
-
-
-def _raw_scalars(run_dir: Path) -> list[tuple[str, int, float]]:
-    """Every scalar event on disk, file by file in the order written: no de-duplication and no
-    purge logic of a reader (TensorBoard's EventAccumulator would hide leftovers)."""
-    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
-    from tensorboard.compat.proto import event_pb2
-
-    files = []
-    for path in run_dir.glob("events.out.tfevents.*"):
-        events = [event_pb2.Event.FromString(r) for r in RawEventFileLoader(str(path)).Load()]
-        files.append(events)
-    out = []
-    for events in sorted(files, key=lambda evs: evs[0].wall_time):
-        for event in events:
-            for v in event.summary.value:
-                if v.WhichOneof("value") == "simple_value":
-                    out.append((v.tag, event.step, v.simple_value))
-    return out
 
 
 def _hparams(run_dir: Path) -> dict[str, object]:

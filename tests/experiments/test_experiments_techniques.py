@@ -294,6 +294,12 @@ class _ScriptedTask:
     def hparams(self) -> dict[str, Any]:
         return {"x": 1}
 
+    def hparam_metrics(self) -> list[str]:
+        return ["test/accuracy"]
+
+    def histograms(self) -> dict[str, torch.Tensor]:
+        return {}
+
     def train_epoch(self, epoch: int, losses: torch.Tensor, progress: Any) -> dict[str, float]:
         self.epoch = epoch
         with torch.no_grad():

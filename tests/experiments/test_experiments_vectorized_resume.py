@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,11 +21,13 @@ from torchopt_survey.experiments.runs.folder import CHECKPOINT, PENDING
 from torchopt_survey.experiments.runs.writer import settle_pending
 from torchopt_survey.experiments.runtime.files import load_checkpoint, save_checkpoint
 
-EPOCHS = 6
+EPOCHS = 5
 #: 2 optimizers x 2 lrs x 2 seeds: two vectorised programs of 4 replicas
 SWEEP = ["sweep", "--experiment", "mnist", "--optimizers", "sgd", "adam",
          "--lr-grid", "1e-2:1e-1:2", "--seeds", "0", "1", "--epochs", str(EPOCHS),
-         "--train-subset", "2400", "--test-subset", "400", "--threads", "1", "--quiet"]  # fmt: skip
+         "--train-subset", "1800", "--test-subset", "300", "--threads", "1", "--quiet"]  # fmt: skip
+#: the folder of the program that runs second (the sweep runs its groups in spec order)
+SECOND = "mnist-minibatch-val_split0.16666666666666666/adam"
 TABLES = ("sweep_best.md", "sweep_settings.csv", "sweep_runs.md", "sweep_claims.md")
 
 
@@ -69,7 +72,27 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return data_env(tmp_path_factory.mktemp("data"))
 
 
-def test_vectorised_sweep_killed_twice_resumes_to_the_same_sweep(
+# The CLI with save_checkpoint wrapped: SIGKILL in the middle of a vectorised program's group
+# commit of epoch KILL_EPOCH, as the second replica's checkpoint is about to be written (the
+# first replica's is written, the second's events are flushed): the commit must be undone and
+# those events purged.
+_KILL_MID_COMMIT = """
+import os, signal, sys
+from torchopt_survey.experiments import cli
+from torchopt_survey.experiments.runs import writer
+real, seen = writer.save_checkpoint, []
+def save_or_die(path, state):
+    if str(path).endswith(".pending") and state["epoch"] == int(os.environ["KILL_EPOCH"]):
+        seen.append(path)
+        if len(seen) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+    real(path, state)
+writer.save_checkpoint = save_or_die
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_vectorised_sweep_killed_three_times_resumes_to_the_same_sweep(
     tmp_path: Path, env: dict[str, str]
 ) -> None:
     seed = int(os.environ.get("KILL_SEED", time.time_ns() % 1_000_000))
@@ -78,14 +101,19 @@ def test_vectorised_sweep_killed_twice_resumes_to_the_same_sweep(
     ref = subprocess.run(_sweep(ref_dir), env=env, capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr
 
-    # kill 1: just after the first checkpoint exists; kill 2: mid-way through the epochs
+    # 1: a random moment just after the first checkpoint exists
     proc = subprocess.Popen(_sweep(cut_dir), env=env, stderr=subprocess.DEVNULL)
     killed = [_kill_when(proc, lambda: bool(_checkpoint_epochs(cut_dir)), rng.uniform(0, 0.3))]
+    # 2: inside the first program's commit of its next-to-last epoch
+    mid = subprocess.run([sys.executable, "-c", _KILL_MID_COMMIT, *SWEEP, "--logdir",
+                          str(cut_dir), "--resume"], env={**env, "KILL_EPOCH": str(EPOCHS - 1)},
+                         capture_output=True, text=True)
+    killed.append(mid.returncode == -signal.SIGKILL)
+    # 3: a random moment in the second program, once it has checkpoints
     proc = subprocess.Popen(_sweep(cut_dir, "--resume"), env=env, stderr=subprocess.DEVNULL)
     killed.append(_kill_when(
-        proc, lambda: max(_checkpoint_epochs(cut_dir), default=0) >= EPOCHS // 2,
-        rng.uniform(0, 0.3)))
-    assert killed[0], f"KILL_SEED={seed}: the sweep ended before the first kill"
+        proc, lambda: bool(_checkpoint_epochs(cut_dir / "mnist" / SECOND)), rng.uniform(0, 0.3)))
+    assert killed[:2] == [True, True], f"KILL_SEED={seed}: killed={killed} {mid.stderr}"
     done = subprocess.run(_sweep(cut_dir, "--resume"), env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     where = f"KILL_SEED={seed}, killed={killed}"
@@ -111,8 +139,8 @@ def test_vectorised_sweep_killed_twice_resumes_to_the_same_sweep(
         seq_ref = [e for e in raw_scalars(ref_dir / run) if not e[0].startswith("time/")]
         seq_cut = [e for e in raw_scalars(cut_dir / run) if not e[0].startswith("time/")]
         assert seq_cut == seq_ref, (where, run)
-    # the runs of the last program alive when killed resumed (the other may have finished)
-    assert resumed >= 4, where
+    # the first program was killed twice, the second once if killed[2]
+    assert resumed == (8 if killed[2] else 4), where
 
 
 def _replica_dirs(tmp_path: Path, epochs: list[int], pending: list[int | None]) -> list[Path]:

@@ -153,8 +153,8 @@ def test_sweep_tunes_on_validation_and_marks_failures(tmp_path: Path, data_dir: 
     """In process, Adam's runs crash (a patched optimizer factory): they are marked failed
     with their error, SGD's runs finish, and the tuned choice comes from validation."""
     from torchopt_survey.experiments import cli
-    from torchopt_survey.experiments.tasks import mnist_vectorized as vectorized
     from torchopt_survey.experiments.tasks import optimizers as registry
+    from torchopt_survey.experiments.tasks import stacking as vectorized
 
     real = registry.build_optimizer
 

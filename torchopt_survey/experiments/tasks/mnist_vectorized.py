@@ -11,21 +11,17 @@ rounding: the batched matmuls sum in another order).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
 from .mnist import MnistTask
-from .optimizers import SECOND_ORDER_NAMES, build_optimizer
-from .stacking import float_hparams, stacked_hparams
+from .optimizers import SECOND_ORDER_NAMES
+from .stacking import StackedReplicas
+from .stacking import group_key as stacked_group_key
 from .techniques import option, technique_defaults, val_split_indices
-
-#: spec keys that may differ between the replicas of one program (besides float hparams)
-_PER_REPLICA_KEYS = ("seed", "optimizer_kwargs", "variant", "sweep")  # (labels)
 
 
 def _techniques(spec: dict[str, Any]) -> list[str]:
@@ -48,13 +44,7 @@ def why_not(spec: dict[str, Any]) -> str | None:
 
 def group_key(spec: dict[str, Any]) -> tuple[Any, ...] | None:
     """What runs must share to be one program (None: this run cannot be vectorised)."""
-    if why_not(spec) is not None:
-        return None
-    shared = {k: v for k, v in spec.items() if k not in _PER_REPLICA_KEYS}
-    kwargs = spec["optimizer_kwargs"]
-    fixed = {k: v for k, v in kwargs.items() if k not in float_hparams(kwargs)}
-    return (repr(sorted(shared.items())), repr(sorted(fixed.items())),
-            tuple(sorted(float_hparams(kwargs))))
+    return None if why_not(spec) is not None else stacked_group_key(spec)
 
 
 def _is_mlp(model: torch.nn.Module) -> bool:
@@ -64,18 +54,16 @@ def _is_mlp(model: torch.nn.Module) -> bool:
         model[1].parameters())
 
 
-class VectorMnist:
+class VectorMnist(StackedReplicas):
     """N MNIST runs (same architecture, regime and optimizer) trained as one program."""
 
     def __init__(self, specs: Sequence[dict[str, Any]], device: torch.device,
                  data_dir: str | None) -> None:
 
-        self.specs = list(specs)
-        self.n = len(specs)
         # each replica's model exactly as its separate run builds it (seeded init); their
         # copies of the split data are dropped: the program gathers from the shared set
         singles = []
-        for spec in self.specs:
+        for spec in specs:
             task = MnistTask(spec, device, data_dir)
             task.x_train = task.y_train = task.x_val = task.y_val = None  # type: ignore[assignment]
             singles.append(task)
@@ -84,29 +72,15 @@ class VectorMnist:
         self.batch_size = singles[0].batch_size
         self.steps_per_epoch = singles[0].steps_per_epoch
         n_all = self.data.x_train.shape[0]
-        frac = option(self.specs[0], "val_split")
+        frac = option(specs[0], "val_split")
         # per replica, indices into the shared training set: its seed's train/val split
         self.train_idx: torch.Tensor | None = None
         self.val_idx: torch.Tensor | None = None
         if frac is not None:
-            splits = [val_split_indices(n_all, float(frac), s["seed"]) for s in self.specs]
+            splits = [val_split_indices(n_all, float(frac), s["seed"]) for s in specs]
             self.train_idx = torch.stack([tr for tr, _ in splits]).to(device)
             self.val_idx = torch.stack([va for _, va in splits]).to(device)
-        self.skeleton = copy.deepcopy(singles[0].model).to("meta")
-        params, buffers = stack_module_state([t.model for t in singles])
-        self.params = {k: v.detach().requires_grad_() for k, v in params.items()}
-        self.buffers = buffers
-        dtype = next(iter(self.params.values())).dtype
-        self.optimizer = build_optimizer(
-            self.specs[0]["optimizer"], list(self.params.values()),
-            stacked_hparams(self.specs, dtype),
-        )
-
-        def one(p: dict[str, Any], b: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
-            return functional_call(self.skeleton, (p, b), (x,))
-
-        self._forward = vmap(one, in_dims=(0, 0, 0))
-        self._forward_shared = vmap(one, in_dims=(0, 0, None))
+        super().__init__(specs, [t.model for t in singles])
         if _is_mlp(self.skeleton):
             # The same math as batched matmuls ordered so that every weight gradient comes
             # out in the weight's own [N, out, in] layout (vmap's linear produces [N, in,
@@ -119,7 +93,7 @@ class VectorMnist:
                 out = torch.matmul(p["2.weight"], h) + p["2.bias"].unsqueeze(-1)
                 return out.transpose(-1, -2)  # [N, B, classes]
 
-            self._forward = self._forward_shared = mlp
+            self.forward = self.forward_shared = mlp
 
     # -- training
     def train_epoch(self, epoch: int,
@@ -148,7 +122,7 @@ class VectorMnist:
                     idx = torch.gather(self.train_idx, 1, idx)
                 xb, yb = x[idx], y[idx]
             self.optimizer.zero_grad(set_to_none=True)
-            out = self._forward(self.params, self.buffers, xb)
+            out = self.forward(self.params, self.buffers, xb)
             per = F.cross_entropy(out.flatten(0, 1), yb.flatten(), reduction="none")
             per = per.view(reps, -1).mean(1)  # each replica's own mean loss
             per.sum().backward()  # replicas are independent: each gets its own gradient
@@ -167,7 +141,7 @@ class VectorMnist:
         correct = torch.zeros(self.n, dtype=torch.long, device=x.device)
         loss_sum = torch.zeros(self.n, dtype=torch.float64, device=x.device)
         for i in range(0, x.shape[0], step):
-            out = self._forward_shared(self.params, self.buffers, x[i : i + step])
+            out = self.forward_shared(self.params, self.buffers, x[i : i + step])
             yb = y[i : i + step]
             ce = F.cross_entropy(out.flatten(0, 1), yb.repeat(self.n), reduction="none")
             loss_sum += ce.view(self.n, -1).double().sum(1)
@@ -180,7 +154,7 @@ class VectorMnist:
             chunk = max(1, step // self.n)
             for i in range(0, self.val_idx.shape[1], chunk):
                 idx = self.val_idx[:, i : i + chunk]
-                out = self._forward(self.params, self.buffers, x[idx])
+                out = self.forward(self.params, self.buffers, x[idx])
                 yb = y[idx]
                 ce = F.cross_entropy(out.flatten(0, 1), yb.flatten(), reduction="none")
                 loss_sum += ce.view(self.n, -1).double().sum(1)
@@ -194,48 +168,5 @@ class VectorMnist:
             out_metrics.append(metrics)
         return out_metrics
 
-    # -- one replica as a separate run's task state (what a single run checkpoints)
     def replica_state(self, r: int) -> dict[str, Any]:
-        model = {k: v[r].detach().clone() for k, v in self.params.items()}
-        model.update({k: v[r].clone() for k, v in self.buffers.items()})
-        full = self.optimizer.state_dict()
-        state = {i: {k: (v[r].clone() if isinstance(v, torch.Tensor) and v.dim() > 0
-                         else (v.clone() if isinstance(v, torch.Tensor) else v))
-                     for k, v in entries.items()} for i, entries in full["state"].items()}
-
-        def one(value: Any) -> Any:
-            if isinstance(value, torch.Tensor) and value.dim() == 1 and value.numel() == self.n:
-                return float(value[r])
-            if isinstance(value, tuple):
-                return tuple(one(v) for v in value)
-            return value
-
-        own = self.specs[r]["optimizer_kwargs"]  # the run's own values, not float32 copies
-
-        def value_of(key: str, value: Any) -> Any:
-            if key == "params" or key not in own:
-                return value
-            if not any(isinstance(v, torch.Tensor) and v.dim() == 1 and v.numel() == self.n
-                       for v in (value if isinstance(value, tuple) else (value,))):
-                return value
-            return tuple(own[key]) if isinstance(value, tuple) else own[key]
-
-        groups = [{k: value_of(k, v) for k, v in g.items()} for g in full["param_groups"]]
-        return {"model": model, "optimizer": {"state": state, "param_groups": groups},
-                "techniques": self.singles[r].tech.state_dict()}
-
-    def load_replica_states(self, states: Sequence[dict[str, Any]]) -> None:
-        with torch.no_grad():
-            for k, v in self.params.items():
-                v.copy_(torch.stack([s["model"][k] for s in states]))
-        full = self.optimizer.state_dict()
-        first = states[0]["optimizer"]["state"]
-        stacked = {}
-        for i, entries in first.items():
-            stacked[i] = {}
-            for k, v in entries.items():
-                if isinstance(v, torch.Tensor) and v.dim() > 0:
-                    stacked[i][k] = torch.stack([s["optimizer"]["state"][i][k] for s in states])
-                else:
-                    stacked[i][k] = v
-        self.optimizer.load_state_dict({"state": stacked, "param_groups": full["param_groups"]})
+        return {**super().replica_state(r), "techniques": self.singles[r].tech.state_dict()}

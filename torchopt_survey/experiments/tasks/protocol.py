@@ -1,14 +1,111 @@
-"""Checkpointable state of a task that owns a model and an optimizer."""
+"""The public ``Task`` protocol: what a task provides so the harness can study it.
+
+A task is an object with the attributes and methods of :class:`Task` (no base class needed):
+its data, a model per seed, the loss, its metrics and defaults, and what it supports. The
+harness does the rest for it, as for the built-in MNIST and Karate tasks: the training loop
+(mini-batches in a seeded order, or full-batch closures for the second-order methods),
+evaluation, TensorBoard (scalars, HParams, gradient norms), per-epoch checkpoints and
+``--resume``, worker processes, ``torchrun`` sharding, Ray trials, the §V technique options
+that apply to any model (L1/L2, clipping, early stopping, schedulers), sweeps (vectorised
+replicas where the model stacks) and report verdicts (Welch's t-test over seeds).
+
+Run one with ``python -m torchopt_survey.experiments run --task package.module:Class`` (or
+``sweep --task ...``); see ``docs/experiments-tasks.md``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
+from torch import nn
 
 
-class ModelOptimizerState:
+@dataclass
+class TaskData:
+    """A task's examples as tensors (inputs ``x_*``, targets ``y_*``; first dimension: the
+    examples). The validation split is what sweeps select on and early stopping watches."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric evaluated on the validation and test sets after every epoch.
+
+    ``fn(outputs, targets)`` returns a number (a float or a 0-d tensor) for one whole set; it
+    is logged as ``val/<name>`` and ``test/<name>``. The loss is always logged too
+    (``val/loss``, ``test/loss``; lower is better)."""
+
+    name: str
+    fn: Callable[[torch.Tensor, torch.Tensor], float | torch.Tensor]
+    higher_is_better: bool = True
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """The task's default training settings (flags and ``--set`` override them)."""
+
+    epochs: int = 10
+    #: examples per step; None: the whole training set (full batch, one step per epoch)
+    batch_size: int | None = None
+    seeds: tuple[int, ...] = (0,)
+    #: learning rate for every optimizer; None: each optimizer's paper default (0.01)
+    lr: float | None = None
+    optimizers: tuple[str, ...] = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the task supports beyond plain mini-batch training."""
+
+    #: the second-order methods (Newton, NewtonCG, CG) as full-batch closures
+    full_batch_closures: bool = True
+    #: several seeds/learning rates trained as one program (torch.func stacked replicas);
+    #: models with buffers that training updates (batch norm) cannot be stacked
+    stacked_replicas: bool = True
+    #: under torchrun, each global batch sharded over the ranks (DDP)
+    torchrun_sharding: bool = True
+
+
+@runtime_checkable
+class Task(Protocol):
+    """What a task provides. Attributes may be class attributes.
+
+    ``name``: a short identifier (letters, digits, ``_``): the first part of every run id.
+    ``metrics``: evaluated every epoch; ``select``: the name of the one sweeps tune on (its
+    validation value) and report (its test value). ``defaults`` and ``capabilities``: see
+    :class:`Defaults` and :class:`Capabilities`.
+    """
+
+    name: str
+    metrics: Sequence[Metric]
+    select: str
+    defaults: Defaults
+    capabilities: Capabilities
+
+    def data(self, device: torch.device) -> TaskData:
+        """The task's examples on ``device`` (called once per run, and once per vectorised
+        program)."""
+        ...
+
+    def model(self, seed: int) -> nn.Module:
+        """A fresh model for ``seed`` (torch's RNG is already seeded with it)."""
+        ...
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The mean loss of a batch: a 0-d tensor that ``backward()`` differentiates."""
+        ...
+
+
+class ModelOptimizerState:  # (a helper of the built-in tasks)
     """``state_dict``/``load_state_dict`` of a task that owns ``model`` and ``optimizer``."""
 
     model: torch.nn.Module

@@ -9,15 +9,15 @@ from ..runs.folder import run_id
 from ..tasks.config import (
     EXPERIMENTS,
     apply_override,
-    default_config,
     load_config_file,
     merge,
     parse_override,
 )
-from ..tasks.config import validate as validate_config
 from ..tasks.data import DATASETS
 from ..tasks.models import ACTIVATIONS, LINK_MODELS
 from ..tasks.optimizers import OPTIMIZER_NAMES, SECOND_ORDER_NAMES
+from ..tasks.registry import default_config
+from ..tasks.registry import validate as validate_config
 
 
 def add_config_flags(p: argparse.ArgumentParser, experiments: tuple[str, ...]) -> None:
@@ -147,6 +147,8 @@ def _flag_overrides(args: argparse.Namespace, exp: str, cfg: dict[str, Any]) -> 
         upd["lr"] = getattr(args, "lr", None)
     if args.fused:
         upd["fused"] = True
+    if getattr(args, "batch_size", None) is not None:
+        upd["batch_size"] = args.batch_size
     if exp == "mnist":
         for key in ("dataset", "activation", "train_subset", "test_subset"):
             if getattr(args, key, None) is not None:
@@ -171,7 +173,7 @@ def _flag_overrides(args: argparse.Namespace, exp: str, cfg: dict[str, Any]) -> 
             regimes[r] = spec
         cfg = {**cfg, "regimes": {}}  # replace, not merge, the regime table
         upd["regimes"] = regimes
-    else:
+    elif exp == "karate":
         if getattr(args, "models", None):
             upd["models"] = list(args.models)
         if getattr(args, "edge_list", None) is not None:

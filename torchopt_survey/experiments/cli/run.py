@@ -19,6 +19,7 @@ from ..runtime import distributed
 from ..runtime.process import RunOptions, resolve_device
 from ..tasks.config import EXPERIMENTS
 from ..tasks.registry import check_data, expand
+from ..tasks.registry import load as load_task
 from .options import (
     RunBar,
     add_config_flags,
@@ -30,6 +31,7 @@ from .options import (
 )
 
 HELP = {
+    "run": "every run of a task defined outside the package (--task package.module:Class)",
     "mnist": "the MNIST MLP in the paper's three regimes (GD, SGD, mini-batch), every optimizer",
     "karate": "link prediction on Zachary's Karate Club (or --edge-list), every optimizer",
     "all": "mnist and karate",
@@ -37,16 +39,31 @@ HELP = {
 
 
 def add_parsers(sub: Any) -> None:
-    for name in (*EXPERIMENTS, "all"):
+    for name in ("run", *EXPERIMENTS, "all"):
         p = sub.add_parser(name, help=HELP[name], description=HELP[name], allow_abbrev=False)
+        if name == "run":
+            p.add_argument("--task", required=True, metavar="MODULE:CLASS",
+                           help="the task: an object of the Task protocol "
+                           "(torchopt_survey.experiments.tasks.protocol), importable from here")
         add_config_flags(p, tuple(EXPERIMENTS) if name == "all" else (name,))
         p.add_argument("--lr", type=float, help="learning rate for every optimizer (paper: 0.01)")
+        if name == "run":
+            p.add_argument("--batch-size", type=int, metavar="N",
+                           help="examples per step (default: the task's)")
         add_run_flags(p)
         p.set_defaults(handler=main)
 
 
+def experiments_of(args: argparse.Namespace) -> list[str]:
+    """What the command runs: the task of ``--task`` (loaded and checked), both built-in
+    experiments for ``all``, else the one the command names."""
+    if args.command == "run":
+        return [load_task(args.task)]
+    return list(EXPERIMENTS) if args.command == "all" else [args.command]
+
+
 def main(args: argparse.Namespace) -> int:
-    cfgs = build_configs(args)
+    cfgs = build_configs(args, experiments_of(args))
     resolve_device(args.device)  # bad device: ValueError -> exit 2 before any work
     check_workers(args)
     if not distributed.launched():

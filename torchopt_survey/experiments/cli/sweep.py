@@ -13,9 +13,11 @@ from ..runtime.process import RunOptions, resolve_device
 from ..sweep.execute import run_sweep
 from ..sweep.grid import MNIST_VAL_SPLIT, check_grid, expand_sweep, parse_grid, parse_lr_grid
 from ..sweep.tables import write_tables
-from ..tasks.config import EXPERIMENTS, validate
+from ..tasks.config import EXPERIMENTS
 from ..tasks.optimizers import resolve_optimizer_names
 from ..tasks.registry import check_data, expand
+from ..tasks.registry import load as load_task
+from ..tasks.registry import validate as validate_config
 from .options import add_config_flags, add_run_flags, build_configs, check_workers
 
 HELP = "tune each optimizer's learning rate (and more) on validation, over seeds"
@@ -23,7 +25,10 @@ HELP = "tune each optimizer's learning rate (and more) on validation, over seeds
 
 def add_parsers(sub: Any) -> None:
     p = sub.add_parser("sweep", help=HELP, description=HELP, allow_abbrev=False)
-    p.add_argument("--experiment", choices=EXPERIMENTS, help="what to tune (required)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--experiment", choices=EXPERIMENTS, help="what to tune (this or --task)")
+    what.add_argument("--task", metavar="MODULE:CLASS",
+                      help="a task defined outside the package (the Task protocol)")
     add_config_flags(p, tuple(EXPERIMENTS))
     add_run_flags(p)
     g = p.add_argument_group("sweep")
@@ -48,8 +53,8 @@ def add_parsers(sub: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.experiment is None:
-        raise ValueError("sweep: --experiment mnist|karate is required")
+    if args.experiment is None and args.task is None:
+        raise ValueError("sweep: --experiment mnist|karate or --task MODULE:CLASS is required")
     if args.lr_grid is None:
         raise ValueError("sweep: --lr-grid LO:HI:N is required")
     lrs = parse_lr_grid(args.lr_grid)
@@ -61,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
         from ..sweep.ray_backend import require_ray  # (Ray: an optional extra)
 
         require_ray()
-    exp = args.experiment
+    exp = args.experiment or load_task(args.task)
     regimes = args.regimes
     if exp == "mnist" and not regimes:
         regimes = ["minibatch"]  # the issue's protocol: mini-batch 64
@@ -71,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
             cfg["val_split"] = args.val_split
         elif cfg.get("val_split") is None:
             cfg["val_split"] = MNIST_VAL_SPLIT
-        cfg = validate(cfg)
+        cfg = validate_config(cfg)
     if exp == "mnist":
         optimizers = [o for r in cfg["regimes"].values() for o in r["optimizers"]]
     else:

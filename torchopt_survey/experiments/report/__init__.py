@@ -9,10 +9,13 @@ sections and puts a report together.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..runs.folder import RESULT
 from ..runtime.files import save_text
+from ..tasks.protocol import Claim
+from ..tasks.registry import entry
 from . import techniques
 from .results import (
     claims_markdown,
@@ -29,16 +32,21 @@ from .sweep import write_sweep_report
 __all__ = ["write_report", "write_sweep_report"]
 
 
-def write_report(logdir: str | os.PathLike[str], out: str | os.PathLike[str]) -> list[Path]:
+def write_report(logdir: str | os.PathLike[str], out: str | os.PathLike[str],
+                 claims: Sequence[Claim] = ()) -> list[Path]:
     """Write figures, ``results.md``, ``results.csv`` and ``claims.md`` into ``out``; for a
-    sweep under ``logdir`` also its sensitivity figures, two-protocol claims and targets."""
+    sweep under ``logdir`` also its sensitivity figures, two-protocol claims and targets.
+    ``claims``: the user's own comparisons, tested beside each task's claims."""
     outp = Path(out)
+    every = load_results(logdir)
+    for r in every:  # tasks defined outside the package: loaded from the path runs record
+        entry(r["spec"]["experiment"], r["spec"].get("task"))
     sweep_paths: list[Path] = []
     sweep_json = Path(logdir) / "sweep" / "sweep.json"
     if sweep_json.is_file():
-        sweep_paths = write_sweep_report(sweep_json, outp)
+        sweep_paths = write_sweep_report(sweep_json, outp, claims)
     # (a sweep's runs are summarised by the sweep's own tables, not one row per setting)
-    results = [r for r in load_results(logdir) if "sweep" not in r["spec"]]
+    results = [r for r in every if "sweep" not in r["spec"]]
     if not results:
         if sweep_paths:
             return sweep_paths
@@ -48,7 +56,7 @@ def write_report(logdir: str | os.PathLike[str], out: str | os.PathLike[str]) ->
     groups = group_runs(r for r in results if not techniques.is_technique_run(r))
     rows = summarize(groups)
     paths = sweep_paths + write_figures(groups, outp)
-    texts = [("claims.md", (claims_markdown(rows) if rows else "") + tech_claims)]
+    texts = [("claims.md", (claims_markdown(rows, claims) if rows else "") + tech_claims)]
     if rows:
         texts = [("results.csv", table_csv(rows)), ("results.md", table_markdown(rows)), *texts]
     for name, text in texts:

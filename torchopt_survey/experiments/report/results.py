@@ -14,7 +14,8 @@ from typing import Any
 from ..runs.folder import RESULT, normalise
 from ..runtime.files import load_json
 from ..tasks.optimizers import OPTIMIZER_NAMES
-from ..tasks.registry import task_class
+from ..tasks.protocol import Claim
+from ..tasks.registry import entry
 from .plotting import figure
 from .stats import ALPHA, TEST_NAME, claim_verdict, mean_std, pm
 
@@ -69,7 +70,7 @@ def summarize(groups: Group) -> list[dict[str, Any]]:
             "seeds": len(runs),
             "epochs": runs[0]["spec"]["epochs"],
         }
-        for metric in task_class(exp).report_metrics:
+        for metric in entry(exp).report_metrics:
             label, tag = metric.key, metric.tag
             final = [r["history"][tag][-1] for r in runs]
             best = [max(r["history"][tag]) for r in runs]
@@ -95,11 +96,14 @@ CSV_FIELDS = (
 
 
 def table_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """The summary rows as CSV: the built-in tasks' columns, then any other task's metrics."""
+    extra = [k for r in rows for k in r if k not in CSV_FIELDS]
+    fields = [*CSV_FIELDS, *dict.fromkeys(extra)]
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
     for row in rows:
-        w.writerow({k: row.get(k, "") for k in CSV_FIELDS})
+        w.writerow({k: row.get(k, "") for k in fields})
     return buf.getvalue()
 
 
@@ -117,7 +121,7 @@ def table_markdown(rows: Sequence[dict[str, Any]]) -> str:
     for (exp, variant), vrows in by_variant.items():
         seeds = sorted({r["seeds"] for r in vrows})
         lines.append(f"### {exp}: {variant} ({'/'.join(map(str, seeds))} seeds, mean ± std)\n")
-        metrics = task_class(exp).report_metrics
+        metrics = entry(exp).report_metrics
         head = "| optimizer |" + "".join(f" final {m.label} % | best {m.label} % |"
                                          for m in metrics)
         sep = "|---|" + "---:|---:|" * len(metrics)
@@ -134,17 +138,20 @@ def table_markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def claims_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """One verdict row per survey claim and data set (see :func:`claim_verdict` for the rule)."""
+def claims_markdown(rows: Sequence[dict[str, Any]], extra: Sequence[Claim] = ()) -> str:
+    """One verdict row per claim and data set (see :func:`claim_verdict` for the rule): each
+    task's own claims, then ``extra`` (the user's comparisons) on every task."""
     out = ["| claim | data | metric (seed mean, %) | verdict | evidence |", "|---|---|---|---|---|"]
     by_variant: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_variant[(r["experiment"], r["variant"])].append(r)
     for (exp, variant), vrows in by_variant.items():
-        for claim in task_class(exp).claims:
+        task = entry(exp)
+        for claim in (*task.claims, *extra):
             if not variant.endswith(claim.variant_suffix):
                 continue
-            for key, label in claim.metrics:
+            for key, label in claim.metrics or [(f"final_{m.key}", f"final {m.label}")
+                                                for m in task.report_metrics]:
                 res = claim_verdict(vrows, claim.winners, claim.losers, key)
                 if res is not None:
                     out.append(f"| {claim.text} | {exp} {variant} | {label} | **{res[0]}** | "
@@ -164,12 +171,6 @@ def write_figures(groups: Group, out: Path) -> list[Path]:
     variants: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = defaultdict(dict)
     for (exp, variant, opt), runs in groups.items():
         variants[(exp, variant)][opt] = runs
-    mnist_panels = [("train/loss", "training loss"), ("test/accuracy", "test accuracy")]
-    karate_panels = [
-        ("train/loss_epoch", "training loss"),
-        ("test/accuracy", "test accuracy"),
-        ("test/auc", "test ROC-AUC"),
-    ]
     # Fig. 1: the GD / SGD / mini-batch regimes of plain SGD.
     datasets = sorted({v.rsplit("-", 1)[0] for (e, v) in variants if e == "mnist"})
     for ds in datasets:
@@ -185,31 +186,16 @@ def write_figures(groups: Group, out: Path) -> list[Path]:
         if series:
             name = "fig1_mnist_regimes.png" if ds == "mnist" else f"fig1_{ds}_regimes.png"
             p = out / name
-            figure(p, f"{ds}: gradient descent regimes (SGD optimizer)", series, mnist_panels)
+            figure(p, f"{ds}: gradient descent regimes (SGD optimizer)", series,
+                   entry("mnist").figures.panels)
             paths.append(p)
     for (exp, variant), by_opt in sorted(variants.items()):
         series = [(o, by_opt[o]) for o in sorted(by_opt, key=opt_order)]
-        if exp == "mnist":
-            regime = variant.rsplit("-", 1)[1]
-            if regime in ("gd", "sgd"):
-                if len(series) == 1 and series[0][0] == "sgd":
-                    continue  # already in Fig. 1
-            name = (
-                "fig2_mnist_optimizers.png"
-                if variant == "mnist-minibatch"
-                else f"fig_{variant}.png"
-            )
-            title = f"{variant}: optimizers"
-            panels = mnist_panels
-        else:
-            standard = {
-                "karate-paper": "fig3_karate_paper.png",
-                "karate-gcn": "fig4_karate_gcn.png",
-            }
-            name = standard.get(variant, f"fig_{variant}.png")
-            title = f"link prediction {variant}: optimizers"
-            panels = karate_panels
-        p = out / name
-        figure(p, title, series, panels)
+        if exp == "mnist" and variant.rsplit("-", 1)[1] in ("gd", "sgd") and \
+                len(series) == 1 and series[0][0] == "sgd":
+            continue  # already in Fig. 1
+        look = entry(exp).figures
+        p = out / look.names.get(variant, f"fig_{variant}.png")
+        figure(p, look.title.format(variant=variant), series, look.panels)
         paths.append(p)
     return paths

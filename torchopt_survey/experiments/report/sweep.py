@@ -12,7 +12,8 @@ from typing import Any
 
 from ..runtime.files import load_json
 from ..tasks.optimizers import OPTIMIZERS, PAPER_LR
-from ..tasks.registry import sweep_metric, task_class
+from ..tasks.protocol import Claim
+from ..tasks.registry import entry, sweep_metric
 from .plotting import color, pyplot, save_figure
 from .stats import ALPHA, TEST_NAME, claim_verdict, fmt, mean_std
 
@@ -31,7 +32,7 @@ def _claim_rows(best: Sequence[dict[str, Any]], prefix: str) -> list[dict[str, A
     return rows
 
 
-def claims_two_protocols(best: Sequence[dict[str, Any]]) -> str:
+def claims_two_protocols(best: Sequence[dict[str, Any]], extra: Sequence[Claim] = ()) -> str:
     """The first survey's claims at the paper's lr 0.01 and at each optimizer's tuned setting,
     with the report's Welch-test verdicts."""
     out = ["| claim | data | protocol | verdict | evidence (test, seed mean %) |",
@@ -40,7 +41,7 @@ def claims_two_protocols(best: Sequence[dict[str, Any]]) -> str:
     for b in best:
         by[(b["experiment"], b["base"])].append(b)
     for (exp, base), rows in sorted(by.items()):
-        for claim in task_class(exp).claims:
+        for claim in (*entry(exp).claims, *extra):
             for label, prefix in (("paper (lr 0.01)", "paper_test"),
                                   ("tuned on validation", "test")):
                 res = claim_verdict(_claim_rows(rows, prefix), claim.winners, claim.losers,
@@ -118,13 +119,13 @@ def sensitivity_figure(rows: Sequence[dict[str, Any]], out: Path) -> list[Path]:
     return paths
 
 
-def write_sweep_report(sweep_json: Path, out: Path) -> list[Path]:
+def write_sweep_report(sweep_json: Path, out: Path, claims: Sequence[Claim] = ()) -> list[Path]:
     """Figures and tables of a finished sweep (``LOGDIR/sweep/sweep.json``) into ``out``."""
     data = load_json(sweep_json)
     rows, best = data["rows"], data["best"]
     out.mkdir(parents=True, exist_ok=True)
     paths = sensitivity_figure(rows, out)
-    for name, text in (("sweep_claims.md", claims_two_protocols(best)),
+    for name, text in (("sweep_claims.md", claims_two_protocols(best, claims)),
                        ("sweep_targets.md", target_table(rows, best))):
         (out / name).write_text(text)
         paths.append(out / name)

@@ -88,7 +88,7 @@ def execute_vectorized(
         prog.load_replica_states([start.state["task"] for _, start in todo if start.state])
     try:
         for r, writer in enumerate(writers):
-            writer.log_hparams(prog.singles[r].hparams(), prog.singles[r].hparam_metrics())
+            writer.log_hparams(prog.hparams(r), prog.hparam_metrics())
         for epoch in range(first + 1, epochs + 1):
             t0 = time.perf_counter()
             losses = prog.train_epoch(epoch)

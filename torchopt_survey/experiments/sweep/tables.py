@@ -11,6 +11,7 @@ from typing import Any
 from ..report.stats import fmt, mean_std, pm
 from ..runtime.files import save_json
 from ..tasks.optimizers import OPTIMIZERS, PAPER_LR
+from ..tasks.registry import BUILTIN, sweep_metric
 
 
 def settings_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -116,8 +117,10 @@ def write_tables(rows: Sequence[dict[str, Any]], timing: dict[str, Any], out: Pa
                   f"{_pm(b.get('test_mean'), b.get('test_std'))} | "
                   f"{_pm(b.get('paper_test_mean'), b.get('paper_test_std'))} |")
     md.append("")
-    md.append("Metric: MNIST accuracy (val/accuracy selects), Karate ROC-AUC (val/auc selects). "
-              "Settings with a failed seed are not eligible.")
+    tasks = dict.fromkeys([*BUILTIN, *(r["experiment"] for r in rows)])
+    metrics = ", ".join(f"{m.description} ({m.val_tag} selects)"
+                        for m in map(sweep_metric, tasks))
+    md.append(f"Metric: {metrics}. Settings with a failed seed are not eligible.")
     write("sweep_best.md", "\n".join(md) + "\n")
     save_json(out / "sweep.json", {"timing": timing, "rows": rows, "best": best})
     paths.append(out / "sweep.json")

@@ -162,33 +162,9 @@ def _check_choice(key: str, value: Any, choices: tuple[str, ...] | list[str]) ->
 
 def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     """Check every value and normalise lists; returns the (copied) config."""
-    cfg = copy.deepcopy(cfg)
     exp = cfg.get("experiment")
     _check_choice("experiment", exp, EXPERIMENTS)
-    cfg["optimizers"] = resolve_optimizer_names(cfg["optimizers"])
-    seeds = cfg["seeds"]
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
-        seeds = [seeds]
-    if (
-        not isinstance(seeds, list)
-        or not seeds
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
-    ):
-        raise ValueError(f"seeds: expected a non-empty list of integers >= 0, got {cfg['seeds']!r}")
-    cfg["seeds"] = list(dict.fromkeys(seeds))
-    _check_int(cfg, "epochs")
-    if cfg["lr"] is not None and (not isinstance(cfg["lr"], int | float) or cfg["lr"] <= 0):
-        raise ValueError(f"lr: expected a positive number or null, got {cfg['lr']!r}")
-    okw = cfg["optimizer_kwargs"] or {}
-    if not isinstance(okw, dict):
-        raise ValueError("optimizer_kwargs: expected a mapping {optimizer: {kwarg: value}}")
-    for name, kw in okw.items():
-        _check_choice("optimizer_kwargs", name, ALL_OPTIMIZER_NAMES)
-        if not isinstance(kw, dict):
-            raise ValueError(f"optimizer_kwargs.{name}: expected a mapping of keyword arguments")
-    cfg["optimizer_kwargs"] = okw
-    if not isinstance(cfg["fused"], bool):
-        raise ValueError(f"fused: expected true or false, got {cfg['fused']!r}")
+    cfg = validate_common(cfg)
     if exp == "mnist":
         # torchvision's spelling too: FashionMNIST, Fashion-MNIST, KMNIST ...
         dataset = str(cfg["dataset"]).lower().replace("-", "").replace("_", "")
@@ -244,4 +220,35 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         if cfg["edge_list"] is not None:
             cfg["edge_list"] = str(cfg["edge_list"])
     validate_techniques(cfg)
+    return cfg
+
+
+def validate_common(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Check the keys every task's config has (optimizers, seeds, epochs, lr, optimizer
+    arguments, fused); returns a normalised copy."""
+    cfg = copy.deepcopy(cfg)
+    cfg["optimizers"] = resolve_optimizer_names(cfg["optimizers"])
+    seeds = cfg["seeds"]
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    ):
+        raise ValueError(f"seeds: expected a non-empty list of integers >= 0, got {cfg['seeds']!r}")
+    cfg["seeds"] = list(dict.fromkeys(seeds))
+    _check_int(cfg, "epochs")
+    if cfg["lr"] is not None and (not isinstance(cfg["lr"], int | float) or cfg["lr"] <= 0):
+        raise ValueError(f"lr: expected a positive number or null, got {cfg['lr']!r}")
+    okw = cfg["optimizer_kwargs"] or {}
+    if not isinstance(okw, dict):
+        raise ValueError("optimizer_kwargs: expected a mapping {optimizer: {kwarg: value}}")
+    for name, kw in okw.items():
+        _check_choice("optimizer_kwargs", name, ALL_OPTIMIZER_NAMES)
+        if not isinstance(kw, dict):
+            raise ValueError(f"optimizer_kwargs.{name}: expected a mapping of keyword arguments")
+    cfg["optimizer_kwargs"] = okw
+    if not isinstance(cfg["fused"], bool):
+        raise ValueError(f"fused: expected true or false, got {cfg['fused']!r}")
     return cfg

@@ -16,7 +16,7 @@ from .closure_step import closure_step, needs_closure, refuse_closure_optimizers
 from .data import load_graph
 from .models import GCNLinkModel, PaperLinkModel
 from .optimizers import build_optimizer, optimizer_hparams
-from .protocol import Claim, ModelOptimizerState, ReportMetric, SweepMetric
+from .protocol import Claim, Figures, ModelOptimizerState, ReportMetric, SweepMetric
 from .techniques import (
     TechniqueHooks,
     Techniques,
@@ -104,7 +104,12 @@ def split_edges(data: Any, seed: int, val_ratio: float, test_ratio: float) -> tu
 class KarateTask(TechniqueHooks, ModelOptimizerState):
     """One link-prediction run (full-batch: one optimizer step per epoch)."""
 
-    sweep_metric = SweepMetric("auc", "ROC-AUC", target=0.80)
+    sweep_metric = SweepMetric("auc", "ROC-AUC", target=0.80, description="Karate ROC-AUC")
+    figures = Figures((("train/loss_epoch", "training loss"), ("test/accuracy", "test accuracy"),
+                       ("test/auc", "test ROC-AUC")),
+                      title="link prediction {variant}: optimizers",
+                      names={"karate-paper": "fig3_karate_paper.png",
+                             "karate-gcn": "fig4_karate_gcn.png"})
     report_metrics = (ReportMetric("test_accuracy", "test/accuracy", "test acc"),
                       ReportMetric("test_auc", "test/auc", "test AUC"))
     claims = (

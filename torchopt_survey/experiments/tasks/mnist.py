@@ -14,7 +14,7 @@ from .closure_step import closure_step, needs_closure, refuse_closure_optimizers
 from .data import ImageData, load_image_dataset
 from .models import build_mlp
 from .optimizers import build_optimizer, optimizer_hparams
-from .protocol import Claim, ModelOptimizerState, ReportMetric, SweepMetric
+from .protocol import Claim, Figures, ModelOptimizerState, ReportMetric, SweepMetric
 from .techniques import (
     TechniqueHooks,
     Techniques,
@@ -79,7 +79,9 @@ def expand(cfg: dict[str, Any]) -> list[dict[str, Any]]:
 class MnistTask(TechniqueHooks, ModelOptimizerState):
     """One training run: model, optimizer and the epoch loop over in-memory tensors."""
 
-    sweep_metric = SweepMetric("accuracy", "accuracy", target=0.90)
+    sweep_metric = SweepMetric("accuracy", "accuracy", target=0.90, description="MNIST accuracy")
+    figures = Figures((("train/loss", "training loss"), ("test/accuracy", "test accuracy")),
+                      names={"mnist-minibatch": "fig2_mnist_optimizers.png"})
     report_metrics = (ReportMetric("test_accuracy", "test/accuracy", "test acc"),)
     claims = (
         Claim("Adagrad/AMSGrad/Adam beat Momentum/NAG/RMSProp on MNIST",

@@ -168,5 +168,11 @@ class VectorMnist(StackedReplicas):
             out_metrics.append(metrics)
         return out_metrics
 
+    def hparams(self, r: int) -> dict[str, Any]:
+        return self.singles[r].hparams()
+
+    def hparam_metrics(self) -> list[str]:
+        return self.singles[0].hparam_metrics()
+
     def replica_state(self, r: int) -> dict[str, Any]:
         return {**super().replica_state(r), "techniques": self.singles[r].tech.state_dict()}

@@ -16,7 +16,7 @@ Run one with ``python -m torchopt_survey.experiments run --task package.module:C
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -129,6 +129,8 @@ class SweepMetric:
     label: str
     #: validation value for the steps/time-to-target columns (AlgoPerf style)
     target: float
+    #: how the sweep's tables name the task's metric
+    description: str = ""
 
     @property
     def val_tag(self) -> str:
@@ -155,6 +157,18 @@ class Claim:
     variant_suffix: str = ""
     #: how a sweep's claims table names it (tested there on the sweep's metric)
     sweep_text: str = ""
+
+
+@dataclass(frozen=True)
+class Figures:
+    """How the report draws a task's runs: one figure per variant, one panel per tag."""
+
+    #: (TensorBoard tag, axis label) per panel; ``train/loss`` is the per-step loss curve
+    panels: tuple[tuple[str, str], ...]
+    #: the figure's title, ``{variant}`` filled in
+    title: str = "{variant}: optimizers"
+    #: file names of some variants' figures (others: ``fig_<variant>.png``)
+    names: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

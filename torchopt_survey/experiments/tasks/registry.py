@@ -1,79 +1,155 @@
-"""The built-in tasks by name: the one place that maps an experiment name to its code."""
+"""The tasks by name: the one place that maps an experiment name to its code.
+
+The built-in tasks are registered here; a task of the public :class:`.protocol.Task` protocol
+defined outside the package is registered when it is loaded (:func:`load`), from its module
+path (``package.module:Class``), which run specs and results record so that a later process
+(``report``, ``--resume``, a worker) finds it again.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from . import karate, mnist, mnist_vectorized
-from .protocol import SweepMetric
+from . import config as builtin_config
+from . import custom, karate, mnist, mnist_vectorized
+from .protocol import Claim, Figures, ReportMetric, SweepMetric
 
-#: experiment name -> (task class, config expansion into run specs)
-TASKS: dict[str, tuple[type[Any], Callable[[dict[str, Any]], list[dict[str, Any]]]]] = {
-    "mnist": (mnist.MnistTask, mnist.expand),
-    "karate": (karate.KarateTask, karate.expand),
+Spec = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What the harness needs of a task, by experiment name."""
+
+    #: the object that trains one run: ``make(spec, device, data_dir)``
+    make: Callable[[Spec, torch.device, str | None], Any]
+    #: a validated config -> its run specs
+    expand: Callable[[dict[str, Any]], list[Spec]]
+    #: read the data of a config once (a missing file stops the command before any run)
+    check_data: Callable[[dict[str, Any], str | None], None]
+    #: a run's rough relative cost (the pool starts the longest first)
+    expected_cost: Callable[[Spec], float]
+    sweep_metric: SweepMetric
+    report_metrics: tuple[ReportMetric, ...]
+    claims: tuple[Claim, ...]
+    figures: Figures
+    #: the stacked program of several runs: ``stacked(specs, device, data_dir)``, or None
+    stacked: Callable[[list[Spec], torch.device, str | None], Any] | None = None
+    #: what runs must share to be one stacked program (None: the run trains alone)
+    group_key: Callable[[Spec], tuple[Any, ...] | None] | None = None
+    #: why a run trains alone
+    why_not: Callable[[Spec], str | None] = lambda spec: None
+    #: the task's config defaults and their validation (None: the built-in config schema)
+    config: custom.CustomConfig | None = None
+
+
+def _builtin(cls: Any, expand: Callable[[dict[str, Any]], list[Spec]], **more: Any) -> Entry:
+    return Entry(make=cls, expand=expand, check_data=cls.check_data,
+                 expected_cost=cls.expected_cost, sweep_metric=cls.sweep_metric,
+                 report_metrics=cls.report_metrics, claims=cls.claims, figures=cls.figures,
+                 **more)
+
+
+TASKS: dict[str, Entry] = {
+    "mnist": _builtin(mnist.MnistTask, mnist.expand, stacked=mnist_vectorized.VectorMnist,
+                      group_key=mnist_vectorized.group_key, why_not=mnist_vectorized.why_not),
+    "karate": _builtin(karate.KarateTask, karate.expand,
+                       why_not=lambda spec: "karate runs are not vectorised (graph models: PyG "
+                       "message passing)"),
 }
 
-#: experiment name -> (stacked program class, its replica group key, why a run is not one)
-STACKED: dict[str, tuple[type[Any], Callable[[dict[str, Any]], tuple[Any, ...] | None],
-                         Callable[[dict[str, Any]], str | None]]] = {
-    "mnist": (mnist_vectorized.VectorMnist, mnist_vectorized.group_key,
-              mnist_vectorized.why_not),
-}
-#: why a task without stacked replicas trains its runs one by one
-NOT_STACKED = {"karate": "graph models: PyG message passing"}
+
+def load(path: str) -> str:
+    """Load the task at ``package.module:Class`` (checked against the protocol; ValueError
+    naming the task and the problem) and register it; returns its experiment name."""
+    task = custom.load_task(path)
+    entry = TASKS.get(task.name)
+    if entry is not None and (entry.config is None or entry.config.path != path):
+        raise ValueError(f"--task {path}: its name {task.name!r} is already taken by another "
+                         "task; give it another name")
+    config = custom.CustomConfig(task, path)
+    TASKS[task.name] = Entry(
+        make=config.make_run, expand=config.expand, check_data=config.check_data,
+        expected_cost=config.expected_cost, sweep_metric=config.sweep_metric(),
+        report_metrics=config.report_metrics(), claims=tuple(getattr(task, "claims", ())),
+        figures=config.figures(),
+        stacked=config.make_stacked, group_key=config.group_key, why_not=config.why_not,
+        config=config)
+    return task.name
 
 
-def make_task(spec: dict[str, Any], device: torch.device, data_dir: str | None) -> Any:
-    """The task object that trains the run of ``spec``."""
-    return TASKS[spec["experiment"]][0](spec, device, data_dir)
+def entry(experiment: str, task_path: str | None = None) -> Entry:
+    """The registered task of ``experiment`` (loading ``task_path`` if not yet loaded)."""
+    if experiment not in TASKS and task_path:
+        load(task_path)
+    if experiment not in TASKS:
+        raise ValueError(f"experiment {experiment!r}: no such task; built-in tasks: "
+                         f"{', '.join(BUILTIN)}; or give a task's module path (--task)")
+    return TASKS[experiment]
 
 
-def expand(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+BUILTIN = tuple(TASKS)
+
+
+def of(spec: Spec) -> Entry:
+    """The task of a run spec (or a config)."""
+    return entry(spec["experiment"], spec.get("task"))
+
+
+def make_task(spec: Spec, device: torch.device, data_dir: str | None) -> Any:
+    """The object that trains the run of ``spec``."""
+    return of(spec).make(spec, device, data_dir)
+
+
+def expand(cfg: dict[str, Any]) -> list[Spec]:
     """One run spec per run of a validated config."""
-    return TASKS[cfg["experiment"]][1](cfg)
+    return of(cfg).expand(cfg)
 
 
-def replica_group(spec: dict[str, Any]) -> tuple[Any, ...] | None:
+def check_data(cfg: dict[str, Any], data_dir: str | None) -> None:
+    of(cfg).check_data(cfg, data_dir)
+
+
+def expected_cost(spec: Spec) -> float:
+    return of(spec).expected_cost(spec)
+
+
+def replica_group(spec: Spec) -> tuple[Any, ...] | None:
     """What runs must share to train as stacked replicas of one program (None: it trains
     alone)."""
-    if spec["experiment"] not in STACKED:
-        return None
-    return STACKED[spec["experiment"]][1](spec)
+    e = of(spec)
+    return None if e.group_key is None or e.stacked is None else e.group_key(spec)
 
 
-def why_not_stacked(spec: dict[str, Any]) -> str:
+def why_not_stacked(spec: Spec) -> str:
     """Why the run of ``spec`` trains alone, for the sweep's message."""
-    exp = spec["experiment"]
-    if exp not in STACKED:
-        return f"{exp} runs are not vectorised ({NOT_STACKED.get(exp, 'no stacked model')})"
-    return STACKED[exp][2](spec) or "not vectorised"
+    return of(spec).why_not(spec) or "not vectorised"
 
 
-def make_stacked(specs: list[dict[str, Any]], device: torch.device,
-                 data_dir: str | None) -> Any:
+def make_stacked(specs: list[Spec], device: torch.device, data_dir: str | None) -> Any:
     """The program that trains the runs of ``specs`` (one :func:`replica_group`) together."""
-    return STACKED[specs[0]["experiment"]][0](specs, device, data_dir)
-
-
-def expected_cost(spec: dict[str, Any]) -> float:
-    """A run's rough relative cost (for scheduling the longest first)."""
-    return TASKS[spec["experiment"]][0].expected_cost(spec)
+    stacked = of(specs[0]).stacked
+    assert stacked is not None
+    return stacked(specs, device, data_dir)
 
 
 def sweep_metric(experiment: str) -> SweepMetric:
     """The metric sweeps of ``experiment`` tune on and report."""
-    return TASKS[experiment][0].sweep_metric
+    return entry(experiment).sweep_metric
 
 
-def check_data(cfg: dict[str, Any], data_dir: str | None) -> None:
-    """Load what the runs of ``cfg`` read, once, so a missing or corrupt file stops the
-    command before any run folder exists."""
-    TASKS[cfg["experiment"]][0].check_data(cfg, data_dir)
+def default_config(experiment: str) -> dict[str, Any]:
+    """A fresh copy of the default configuration of ``experiment``."""
+    config = entry(experiment).config
+    return builtin_config.default_config(experiment) if config is None else \
+        config.default_config()
 
 
-def task_class(experiment: str) -> Any:
-    """The task class of ``experiment`` (its metrics, claims and defaults)."""
-    return TASKS[experiment][0]
+def validate(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Check every value of a config (ValueError naming the key); returns a normalised copy."""
+    config = of(cfg).config
+    return builtin_config.validate(cfg) if config is None else config.validate(cfg)

@@ -9,6 +9,7 @@ import torch
 
 from torchopt_survey.experiments import cli
 from torchopt_survey.experiments.tasks.config import (
+    PRESETS,
     default_config,
     load_config_file,
     merge,
@@ -59,7 +60,7 @@ def test_resolve_optimizer_names() -> None:
 
 def test_paper_configs_match_builtin_defaults() -> None:
     for exp in ("mnist", "karate"):
-        data = load_config_file(ROOT / "configs" / f"{exp}_paper.yaml")
+        data = load_config_file(PRESETS / f"{exp}_paper.yaml")
         base = default_config(exp)
         if "regimes" in data:
             base["regimes"] = {}
@@ -113,9 +114,26 @@ def test_cli_bad_input_exits_2_with_choices(
     assert not (tmp_path / "runs").exists()
 
 
+def test_presets_ship_in_the_package_and_load_by_name_or_path(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            ) -> None:
+    monkeypatch.chdir(tmp_path)  # not the repository: only the package's copy can answer
+    deep = load_config_file(PRESETS / "mnist_deep.yaml")
+    assert PRESETS.parent.name == "experiments" and deep["experiment"] == "mnist"
+    for spelling in ("mnist_deep", "mnist_deep.yaml", "configs/mnist_deep.yaml"):
+        assert load_config_file(spelling) == deep, spelling
+    (cfg,) = cli.build_configs(_args("mnist", "--config", "mnist_deep"))
+    assert cfg["hidden"] == deep["hidden"]
+    mine = tmp_path / "mnist_deep.yaml"  # a file of the user's wins over the preset
+    mine.write_text("experiment: mnist\nhidden: 7\n")
+    assert load_config_file("mnist_deep.yaml")["hidden"] == 7
+    with pytest.raises(ValueError, match="packaged presets: karate_paper, .*mnist_deep"):
+        load_config_file("no_such_preset")
+
+
 def test_config_file_of_wrong_experiment_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'karate' config"):
-        cli.build_configs(_args("mnist", "--config", str(ROOT / "configs" / "karate_paper.yaml")))
+        cli.build_configs(_args("mnist", "--config", str(PRESETS / "karate_paper.yaml")))
     bad = tmp_path / "bad.yaml"
     bad.write_text("experiment: mnist\nlearning_rate: 0.1\n")
     with pytest.raises(ValueError, match="unknown key 'learning_rate'"):

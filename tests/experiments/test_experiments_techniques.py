@@ -19,7 +19,7 @@ from torchopt_survey.experiments import cli
 from torchopt_survey.experiments.runs.single import execute_run
 from torchopt_survey.experiments.runtime.process import RunOptions
 from torchopt_survey.experiments.tasks import karate, mnist
-from torchopt_survey.experiments.tasks.config import default_config, merge, validate
+from torchopt_survey.experiments.tasks.config import PRESETS, default_config, merge, validate
 from torchopt_survey.experiments.tasks.data import write_synthetic_mnist
 from torchopt_survey.experiments.tasks.models import build_mlp
 from torchopt_survey.experiments.tasks.techniques import (
@@ -399,7 +399,7 @@ def test_dataset_accepts_torchvision_spelling() -> None:
 
 def test_options_reach_the_spec_and_distinct_run_ids() -> None:
     args = cli.build_parser().parse_args(
-        ["mnist", "--config", str(ROOT / "configs" / "mnist_deep.yaml"), "--set", "norm=batch"]
+        ["mnist", "--config", str(PRESETS / "mnist_deep.yaml"), "--set", "norm=batch"]
     )
     (cfg,) = cli.build_configs(args)
     specs = mnist.expand(cfg)

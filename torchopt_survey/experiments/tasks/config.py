@@ -93,11 +93,31 @@ def default_config(experiment: str) -> dict[str, Any]:
     return copy.deepcopy(DEFAULTS[experiment])
 
 
-def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a YAML config file (a mapping with an ``experiment`` key)."""
+#: the presets shipped with the package (``--config NAME``)
+PRESETS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def presets() -> list[str]:
+    """Names of the packaged presets."""
+    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
+
+
+def resolve_config(path: str | os.PathLike[str]) -> Path:
+    """A config file: an existing path, else a packaged preset by name (``mnist_deep``, or
+    ``configs/mnist_deep.yaml`` as the repository's command lines spell it)."""
     p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"--config: file not found: {p}")
+    if p.is_file():
+        return p
+    name = p.name.removesuffix(".yaml")
+    if (PRESETS / f"{name}.yaml").is_file() and (p.parent == Path(".")
+                                                 or p.parent.name == "configs"):
+        return PRESETS / f"{name}.yaml"
+    raise ValueError(f"--config: file not found: {p}; packaged presets: {', '.join(presets())}")
+
+
+def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML config file or packaged preset (a mapping with an ``experiment`` key)."""
+    p = resolve_config(path)
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:

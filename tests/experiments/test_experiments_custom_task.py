@@ -157,3 +157,20 @@ def test_a_task_that_breaks_its_contract_exits_2_before_any_run(
         assert code == 2, err
         assert needle in err, err
         assert not (tmp_path / "r").exists()
+
+
+def test_the_python_api_does_what_the_cli_does(tmp_path: Path, env: dict[str, str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchopt_survey.experiments import api
+
+    for folder in env["PYTHONPATH"].split(os.pathsep):
+        monkeypatch.syspath_prepend(folder)
+    logdir = str(tmp_path / "runs")
+    results = api.run(TASK, logdir=logdir, optimizers=["sgd", "adam"], seeds=[0, 1], epochs=2,
+                      threads=1, quiet=True)
+    assert sorted(r["run_id"] for r in results) == [
+        f"regression/regression/{o}/seed{s}" for o in ("adam", "sgd") for s in (0, 1)]
+    files = api.report(logdir, claim=["adam>sgd"])
+    assert "adam beat sgd" in next(p for p in files if p.name == "claims.md").read_text()
+    with pytest.raises(ValueError, match="epochs: expected an integer >= 1"):
+        api.run(TASK, logdir=logdir, epochs=0, quiet=True)

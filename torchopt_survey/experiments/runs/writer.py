@@ -28,7 +28,6 @@ from .folder import (
     RESULT,
     clear_run_dir,
     downsample,
-    normalise,
     purge_events_after,
     run_id,
     set_aside,

@@ -13,10 +13,8 @@ from ..tasks.config import (
     merge,
     parse_override,
 )
-from ..tasks.data import DATASETS
-from ..tasks.models import ACTIVATIONS, LINK_MODELS
 from ..tasks.optimizers import OPTIMIZER_NAMES, SECOND_ORDER_NAMES
-from ..tasks.registry import default_config
+from ..tasks.registry import default_config, entry
 from ..tasks.registry import validate as validate_config
 
 
@@ -46,42 +44,8 @@ def add_config_flags(p: argparse.ArgumentParser, experiments: tuple[str, ...]) -
         help="use torchopt_survey's fused optimizer kernels (same update rule, faster; "
         "CPU needs a C compiler)",
     )
-    if "mnist" in experiments:
-        g = p.add_argument_group("mnist")
-        g.add_argument(
-            "--dataset",
-            choices=tuple(DATASETS),
-            # torchvision's class names work too (FashionMNIST, KMNIST), in any case.
-            type=lambda s: s.lower().replace("-", "").replace("_", ""),
-            help="MNIST-format torchvision dataset (default mnist; FashionMNIST spelling works "
-            "too)",
-        )
-        g.add_argument(
-            "--regimes",
-            nargs="+",
-            metavar="NAME",
-            help="subset of the config's regimes (paper: gd = full batch, sgd = batch 1, "
-            "minibatch = 64)",
-        )
-        g.add_argument(
-            "--activation",
-            choices=tuple(ACTIVATIONS),
-            help="hidden activation (paper: linear, which makes the MLP a linear classifier)",
-        )
-        g.add_argument("--train-subset", type=int, metavar="N",
-                       help="use the first N training images")
-        g.add_argument("--test-subset", type=int, metavar="N", help="use the first N test images")
-    if "karate" in experiments:
-        g = p.add_argument_group("karate")
-        g.add_argument(
-            "--models", nargs="+", metavar="NAME", help="link models: " + ", ".join(LINK_MODELS)
-        )
-        g.add_argument(
-            "--edge-list",
-            metavar="FILE",
-            help="run link prediction on this undirected graph (two node ids per line) "
-            "instead of Karate",
-        )
+    for name in experiments:
+        entry(name).add_flags(p)
 
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -149,35 +113,7 @@ def _flag_overrides(args: argparse.Namespace, exp: str, cfg: dict[str, Any]) -> 
         upd["fused"] = True
     if getattr(args, "batch_size", None) is not None:
         upd["batch_size"] = args.batch_size
-    if exp == "mnist":
-        for key in ("dataset", "activation", "train_subset", "test_subset"):
-            if getattr(args, key, None) is not None:
-                upd[key] = getattr(args, key)
-        regimes = dict(cfg["regimes"])
-        if getattr(args, "regimes", None):
-            unknown = [r for r in args.regimes if r not in regimes]
-            if unknown:
-                raise ValueError(
-                    f"--regimes: unknown regime {unknown[0]!r}; valid choices: {', '.join(regimes)}"
-                )
-            regimes = {r: regimes[r] for r in args.regimes}
-        # Flags apply to every regime, overriding per-regime values from the config.
-        for r, spec in regimes.items():
-            spec = dict(spec)
-            if args.optimizers:
-                spec["optimizers"] = list(args.optimizers)
-            if args.epochs is not None:
-                spec.pop("epochs", None)
-            if getattr(args, "lr", None) is not None:
-                spec.pop("lr", None)
-            regimes[r] = spec
-        cfg = {**cfg, "regimes": {}}  # replace, not merge, the regime table
-        upd["regimes"] = regimes
-    elif exp == "karate":
-        if getattr(args, "models", None):
-            upd["models"] = list(args.models)
-        if getattr(args, "edge_list", None) is not None:
-            upd["edge_list"] = args.edge_list
+    cfg = entry(exp).apply_flags(args, cfg, upd)
     return merge(cfg, upd)
 
 

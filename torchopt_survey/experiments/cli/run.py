@@ -45,7 +45,8 @@ def add_parsers(sub: Any) -> None:
             p.add_argument("--task", required=True, metavar="MODULE:CLASS",
                            help="the task: an object of the Task protocol "
                            "(torchopt_survey.experiments.tasks.protocol), importable from here")
-        add_config_flags(p, tuple(EXPERIMENTS) if name == "all" else (name,))
+        own = {"run": (), "all": tuple(EXPERIMENTS)}.get(name, (name,))
+        add_config_flags(p, own)
         p.add_argument("--lr", type=float, help="learning rate for every optimizer (paper: 0.01)")
         if name == "run":
             p.add_argument("--batch-size", type=int, metavar="N",

@@ -11,11 +11,11 @@ from typing import Any
 from ..report import write_sweep_report
 from ..runtime.process import RunOptions, resolve_device
 from ..sweep.execute import run_sweep
-from ..sweep.grid import MNIST_VAL_SPLIT, check_grid, expand_sweep, parse_grid, parse_lr_grid
+from ..sweep.grid import check_grid, expand_sweep, parse_grid, parse_lr_grid
 from ..sweep.tables import write_tables
 from ..tasks.config import EXPERIMENTS
 from ..tasks.optimizers import resolve_optimizer_names
-from ..tasks.registry import check_data, expand
+from ..tasks.registry import check_data, entry, expand
 from ..tasks.registry import load as load_task
 from ..tasks.registry import validate as validate_config
 from .options import add_config_flags, add_run_flags, build_configs, check_workers
@@ -67,21 +67,10 @@ def main(args: argparse.Namespace) -> int:
 
         require_ray()
     exp = args.experiment or load_task(args.task)
-    regimes = args.regimes
-    if exp == "mnist" and not regimes:
-        regimes = ["minibatch"]  # the issue's protocol: mini-batch 64
-    (cfg,) = build_configs(argparse.Namespace(**{**vars(args), "regimes": regimes}), [exp])
-    if exp == "mnist":  # the techniques' val_split: a seeded fraction per run
-        if args.val_split is not None:
-            cfg["val_split"] = args.val_split
-        elif cfg.get("val_split") is None:
-            cfg["val_split"] = MNIST_VAL_SPLIT
-        cfg = validate_config(cfg)
-    if exp == "mnist":
-        optimizers = [o for r in cfg["regimes"].values() for o in r["optimizers"]]
-    else:
-        optimizers = list(cfg["optimizers"])
-    check_grid(resolve_optimizer_names(optimizers), grid)
+    task = entry(exp)
+    (cfg,) = build_configs(argparse.Namespace(**{**vars(args), **task.sweep_flags(args)}), [exp])
+    cfg = validate_config(task.prepare_sweep(cfg, args.val_split))
+    check_grid(resolve_optimizer_names(task.optimizers_of(cfg)), grid)
     resolve_device(args.device)
     base = expand(cfg)
     specs = expand_sweep(base, lrs, grid)

@@ -11,10 +11,6 @@ from typing import Any
 
 from ..tasks.optimizers import OPTIMIZERS
 
-#: default validation fraction of an MNIST sweep (10,000 of the 60,000 training images; the
-#: paper has no validation split)
-MNIST_VAL_SPLIT = 1 / 6
-
 
 def parse_lr_grid(text: str) -> list[float]:
     """``LO:HI:N`` -> N values evenly spaced in log scale from LO to HI (both included)."""

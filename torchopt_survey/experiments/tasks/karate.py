@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,7 +15,7 @@ from torch.nn import functional as F
 from ..runtime.distributed import DistContext, all_reduce_sum, wrap_ddp
 from .closure_step import closure_step, needs_closure, refuse_closure_optimizers
 from .data import load_graph
-from .models import GCNLinkModel, PaperLinkModel
+from .models import LINK_MODELS, GCNLinkModel, PaperLinkModel
 from .optimizers import build_optimizer, optimizer_hparams
 from .protocol import Claim, Figures, ModelOptimizerState, ReportMetric, SweepMetric
 from .techniques import (
@@ -262,3 +263,29 @@ class KarateTask(TechniqueHooks, ModelOptimizerState):
             out[f"{name}/accuracy"] = float(((logits > 0).float() == labels).float().mean())
             out[f"{name}/auc"] = roc_auc(logits.cpu(), labels.cpu())
         return out
+
+# ----------------------------------------------------------------------------- its CLI
+
+
+def add_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of this task's commands (``karate``, ``all``, ``sweep``)."""
+    g = p.add_argument_group("karate")
+    g.add_argument(
+        "--models", nargs="+", metavar="NAME", help="link models: " + ", ".join(LINK_MODELS)
+    )
+    g.add_argument(
+        "--edge-list",
+        metavar="FILE",
+        help="run link prediction on this undirected graph (two node ids per line) "
+        "instead of Karate",
+    )
+
+
+def apply_flags(args: argparse.Namespace, cfg: dict[str, Any], upd: dict[str, Any],
+                ) -> dict[str, Any]:
+    """Put this task's flags into ``upd``; returns ``cfg`` to merge it into."""
+    if getattr(args, "models", None):
+        upd["models"] = list(args.models)
+    if getattr(args, "edge_list", None) is not None:
+        upd["edge_list"] = args.edge_list
+    return cfg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Callable
 from typing import Any
@@ -11,8 +12,8 @@ from torch.nn import functional as F
 
 from ..runtime.distributed import DistContext, all_reduce_sum, wrap_ddp
 from .closure_step import closure_step, needs_closure, refuse_closure_optimizers
-from .data import ImageData, load_image_dataset
-from .models import build_mlp
+from .data import DATASETS, ImageData, load_image_dataset
+from .models import ACTIVATIONS, build_mlp
 from .optimizers import build_optimizer, optimizer_hparams
 from .protocol import Claim, Figures, ModelOptimizerState, ReportMetric, SweepMetric
 from .techniques import (
@@ -311,3 +312,82 @@ class MnistTask(TechniqueHooks, ModelOptimizerState):
             correct += (out.argmax(1) == y[i : i + step]).sum()
         n = x.shape[0]
         return {f"{name}/accuracy": float(correct) / n, f"{name}/loss": float(loss_sum) / n}
+
+# ----------------------------------------------------------------------------- its CLI
+
+
+def add_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of this task's commands (``mnist``, ``all``, ``sweep``)."""
+    g = p.add_argument_group("mnist")
+    g.add_argument(
+        "--dataset",
+        choices=tuple(DATASETS),
+        # torchvision's class names work too (FashionMNIST, KMNIST), in any case.
+        type=lambda s: s.lower().replace("-", "").replace("_", ""),
+        help="MNIST-format torchvision dataset (default mnist; FashionMNIST spelling works too)",
+    )
+    g.add_argument(
+        "--regimes",
+        nargs="+",
+        metavar="NAME",
+        help="subset of the config's regimes (paper: gd = full batch, sgd = batch 1, "
+        "minibatch = 64)",
+    )
+    g.add_argument(
+        "--activation",
+        choices=tuple(ACTIVATIONS),
+        help="hidden activation (paper: linear, which makes the MLP a linear classifier)",
+    )
+    g.add_argument("--train-subset", type=int, metavar="N", help="use the first N training images")
+    g.add_argument("--test-subset", type=int, metavar="N", help="use the first N test images")
+
+
+def apply_flags(args: argparse.Namespace, cfg: dict[str, Any], upd: dict[str, Any],
+                ) -> dict[str, Any]:
+    """Put this task's flags into ``upd``; returns ``cfg`` to merge it into (the regime table
+    is replaced, not merged). Flags apply to every regime, over per-regime config values."""
+    for key in ("dataset", "activation", "train_subset", "test_subset"):
+        if getattr(args, key, None) is not None:
+            upd[key] = getattr(args, key)
+    regimes = dict(cfg["regimes"])
+    chosen = getattr(args, "regimes", None)
+    if chosen:
+        unknown = [r for r in chosen if r not in regimes]
+        if unknown:
+            raise ValueError(
+                f"--regimes: unknown regime {unknown[0]!r}; valid choices: {', '.join(regimes)}"
+            )
+        regimes = {r: regimes[r] for r in chosen}
+    for r, spec in regimes.items():
+        spec = dict(spec)
+        if args.optimizers:
+            spec["optimizers"] = list(args.optimizers)
+        if args.epochs is not None:
+            spec.pop("epochs", None)
+        if getattr(args, "lr", None) is not None:
+            spec.pop("lr", None)
+        regimes[r] = spec
+    upd["regimes"] = regimes
+    return {**cfg, "regimes": {}}
+
+
+#: default validation fraction of an MNIST sweep (10,000 of the 60,000 training images; the
+#: paper has no validation split)
+SWEEP_VAL_SPLIT = 1 / 6
+
+
+def sweep_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The sweep's protocol: the mini-batch-64 regime unless ``--regimes`` says otherwise."""
+    return {} if getattr(args, "regimes", None) else {"regimes": ["minibatch"]}
+
+
+def prepare_sweep(cfg: dict[str, Any], val_split: float | None) -> dict[str, Any]:
+    """A sweep selects on validation: a seeded ``val_split`` per run (1/6 by default)."""
+    if val_split is not None:
+        return {**cfg, "val_split": val_split}
+    return cfg if cfg.get("val_split") is not None else {**cfg, "val_split": SWEEP_VAL_SPLIT}
+
+
+def optimizers_of(cfg: dict[str, Any]) -> list[str]:
+    """Every optimizer a validated config runs (over its regimes)."""
+    return [o for r in cfg["regimes"].values() for o in r["optimizers"]]

@@ -8,6 +8,7 @@ path (``package.module:Class``), which run specs and results record so that a la
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,17 @@ class Entry:
     why_not: Callable[[Spec], str | None] = lambda spec: None
     #: the task's config defaults and their validation (None: the built-in config schema)
     config: custom.CustomConfig | None = None
+    #: the task's own flags on its commands, and how they enter its config
+    add_flags: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+    apply_flags: Callable[[argparse.Namespace, dict[str, Any], dict[str, Any]],
+                          dict[str, Any]] = lambda args, cfg, upd: cfg
+    #: a sweep's defaults for the task's flags, and its config turned into a sweep's
+    #: (``prepare_sweep(cfg, --val-split)``)
+    sweep_flags: Callable[[argparse.Namespace], dict[str, Any]] = lambda args: {}
+    prepare_sweep: Callable[[dict[str, Any], float | None], dict[str, Any]] = \
+        lambda cfg, val_split: cfg
+    #: every optimizer a validated config runs
+    optimizers_of: Callable[[dict[str, Any]], list[str]] = lambda cfg: list(cfg["optimizers"])
 
 
 def _builtin(cls: Any, expand: Callable[[dict[str, Any]], list[Spec]], **more: Any) -> Entry:
@@ -56,10 +68,14 @@ def _builtin(cls: Any, expand: Callable[[dict[str, Any]], list[Spec]], **more: A
 
 TASKS: dict[str, Entry] = {
     "mnist": _builtin(mnist.MnistTask, mnist.expand, stacked=mnist_vectorized.VectorMnist,
-                      group_key=mnist_vectorized.group_key, why_not=mnist_vectorized.why_not),
+                      group_key=mnist_vectorized.group_key, why_not=mnist_vectorized.why_not,
+                      add_flags=mnist.add_flags, apply_flags=mnist.apply_flags,
+                      sweep_flags=mnist.sweep_flags, prepare_sweep=mnist.prepare_sweep,
+                      optimizers_of=mnist.optimizers_of),
     "karate": _builtin(karate.KarateTask, karate.expand,
                        why_not=lambda spec: "karate runs are not vectorised (graph models: PyG "
-                       "message passing)"),
+                       "message passing)",
+                       add_flags=karate.add_flags, apply_flags=karate.apply_flags),
 }
 
 

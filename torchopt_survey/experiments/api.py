@@ -16,6 +16,7 @@ from typing import Any
 
 from .cli import build_parser
 from .report.results import load_results
+from .tasks.registry import BUILTIN
 
 #: flags that may be given several times (a list: one flag per value)
 _REPEATED = ("config", "set", "grid", "claim")
@@ -56,7 +57,7 @@ def run(task: str, logdir: str = "runs", **options: Any) -> list[dict[str, Any]]
     """Every run of ``task`` (``package.module:Class``, or ``mnist``/``karate``/``all``) with
     the options of ``python -m torchopt_survey.experiments run``; returns the results under
     ``logdir``."""
-    if task in ("mnist", "karate", "all"):
+    if task in (*BUILTIN, "all"):
         _call(task, {**options, "logdir": logdir})
     else:
         _call("run", {"task": task, **options, "logdir": logdir})
@@ -67,7 +68,7 @@ def sweep(task: str, lr_grid: str, logdir: str = "runs", **options: Any,
           ) -> list[dict[str, Any]]:
     """``sweep --task`` (or ``--experiment`` for a built-in task); returns the sweep's rows
     (``LOGDIR/sweep/sweep.json``)."""
-    what = {"experiment": task} if task in ("mnist", "karate") else {"task": task}
+    what = {"experiment": task} if task in BUILTIN else {"task": task}
     _call("sweep", {**what, "lr_grid": lr_grid, **options, "logdir": logdir})
     return json.loads((Path(logdir) / "sweep" / "sweep.json").read_text())["rows"]
 

@@ -18,7 +18,7 @@ from ..runs.pool import run_many
 from ..runtime import distributed
 from ..runtime.process import RunOptions, resolve_device
 from ..tasks.config import EXPERIMENTS
-from ..tasks.registry import check_data, expand
+from ..tasks.registry import check_data, entry, expand
 from ..tasks.registry import load as load_task
 from .options import (
     RunBar,
@@ -32,9 +32,8 @@ from .options import (
 
 HELP = {
     "run": "every run of a task defined outside the package (--task package.module:Class)",
-    "mnist": "the MNIST MLP in the paper's three regimes (GD, SGD, mini-batch), every optimizer",
-    "karate": "link prediction on Zachary's Karate Club (or --edge-list), every optimizer",
-    "all": "mnist and karate",
+    **{name: entry(name).help for name in EXPERIMENTS},
+    "all": " and ".join(EXPERIMENTS),
 }
 
 

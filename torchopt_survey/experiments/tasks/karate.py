@@ -266,6 +266,8 @@ class KarateTask(TechniqueHooks, ModelOptimizerState):
 
 # ----------------------------------------------------------------------------- its CLI
 
+HELP = "link prediction on Zachary's Karate Club (or --edge-list), every optimizer"
+
 
 def add_flags(p: argparse.ArgumentParser) -> None:
     """The flags of this task's commands (``karate``, ``all``, ``sweep``)."""

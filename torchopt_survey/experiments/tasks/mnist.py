@@ -315,6 +315,8 @@ class MnistTask(TechniqueHooks, ModelOptimizerState):
 
 # ----------------------------------------------------------------------------- its CLI
 
+HELP = "the MNIST MLP in the paper's three regimes (GD, SGD, mini-batch), every optimizer"
+
 
 def add_flags(p: argparse.ArgumentParser) -> None:
     """The flags of this task's commands (``mnist``, ``all``, ``sweep``)."""

@@ -55,6 +55,8 @@ class Entry:
     sweep_flags: Callable[[argparse.Namespace], dict[str, Any]] = lambda args: {}
     prepare_sweep: Callable[[dict[str, Any], float | None], dict[str, Any]] = \
         lambda cfg, val_split: cfg
+    #: what the task's command does (its --help)
+    help: str = ""
     #: every optimizer a validated config runs
     optimizers_of: Callable[[dict[str, Any]], list[str]] = lambda cfg: list(cfg["optimizers"])
 
@@ -71,11 +73,12 @@ TASKS: dict[str, Entry] = {
                       group_key=mnist_vectorized.group_key, why_not=mnist_vectorized.why_not,
                       add_flags=mnist.add_flags, apply_flags=mnist.apply_flags,
                       sweep_flags=mnist.sweep_flags, prepare_sweep=mnist.prepare_sweep,
-                      optimizers_of=mnist.optimizers_of),
+                      optimizers_of=mnist.optimizers_of, help=mnist.HELP),
     "karate": _builtin(karate.KarateTask, karate.expand,
                        why_not=lambda spec: "karate runs are not vectorised (graph models: PyG "
                        "message passing)",
-                       add_flags=karate.add_flags, apply_flags=karate.apply_flags),
+                       add_flags=karate.add_flags, apply_flags=karate.apply_flags,
+                       help=karate.HELP),
 }
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+ROOT = HERE.parents[1]
 
 
 def test_triton_kernels_under_interpreter() -> None:

@@ -12,6 +12,7 @@ from ..report import write_sweep_report
 from ..runtime.process import RunOptions, resolve_device
 from ..sweep.execute import run_sweep
 from ..sweep.grid import check_grid, expand_sweep, parse_grid, parse_lr_grid
+from ..sweep.ray_backend import require_ray, run_sweep_ray
 from ..sweep.tables import write_tables
 from ..tasks.config import EXPERIMENTS
 from ..tasks.optimizers import resolve_optimizer_names
@@ -63,8 +64,6 @@ def main(args: argparse.Namespace) -> int:
     if args.ray_address is not None and args.backend != "ray":
         raise ValueError("--ray-address: only with --backend ray")
     if args.backend == "ray":
-        from ..sweep.ray_backend import require_ray  # (Ray: an optional extra)
-
         require_ray()
     exp = args.experiment or load_task(args.task)
     task = entry(exp)
@@ -94,8 +93,6 @@ def main(args: argparse.Namespace) -> int:
         f"{max(1, len(specs) // max(1, len(base) * len(lrs)))} grid points x {len(base)} "
         f"optimizer/seed/model runs) -> {args.logdir} (backend {args.backend})")
     if args.backend == "ray":
-        from ..sweep.ray_backend import run_sweep_ray
-
         rows, timing = run_sweep_ray(specs, opts, args.vectorize, args.workers,
                                      args.ray_address, log)
     else:

@@ -81,7 +81,7 @@ class VectorMnist(StackedReplicas):
             self.train_idx = torch.stack([tr for tr, _ in splits]).to(device)
             self.val_idx = torch.stack([va for _, va in splits]).to(device)
         super().__init__(specs, [t.model for t in singles])
-        if _is_mlp(self.skeleton):
+        if isinstance(self.skeleton, torch.nn.Sequential) and _is_mlp(self.skeleton):
             # The same math as batched matmuls ordered so that every weight gradient comes
             # out in the weight's own [N, out, in] layout (vmap's linear produces [N, in,
             # out] and autograd then copies it: a third of a step on one CPU thread).

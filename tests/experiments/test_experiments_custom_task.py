@@ -56,6 +56,11 @@ class MissingMetric(Regression):
 
 class NoLoss:
     name = "no_loss"
+
+
+class FullBatch(Regression):
+    name = "full_batch"
+    defaults = Regression.defaults.__class__(epochs=3, batch_size=None, seeds=(0,))
 '''
 
 
@@ -174,3 +179,20 @@ def test_the_python_api_does_what_the_cli_does(tmp_path: Path, env: dict[str, st
     assert "adam beat sgd" in next(p for p in files if p.name == "claims.md").read_text()
     with pytest.raises(ValueError, match="epochs: expected an integer >= 1"):
         api.run(TASK, logdir=logdir, epochs=0, quiet=True)
+
+
+def test_full_batch_and_the_second_order_methods_on_a_custom_task(
+    tmp_path: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torchopt_survey.experiments import api
+
+    for folder in env["PYTHONPATH"].split(os.pathsep):
+        monkeypatch.syspath_prepend(folder)
+    results = {r["spec"]["optimizer"]: r for r in api.run(
+        "broken_tasks:FullBatch", logdir=str(tmp_path), optimizers=["sgd", "newton_cg"],
+        threads=1, quiet=True)}
+    assert {r["loss_curve"]["steps_per_epoch"] for r in results.values()} == {1}  # full batch
+    newton = results["newton_cg"]["history"]
+    assert newton["opt/func_evals"][-1] >= 3 and newton["opt/hvp_evals"][-1] > 0  # closures
+    # three Newton-CG iterations fit far better than three full-batch gradient steps
+    assert newton["test/r2"][-1] > results["sgd"]["history"]["test/r2"][-1] + 0.2

@@ -20,9 +20,9 @@ from .optimizers import build_optimizer, optimizer_hparams
 from .protocol import Claim, Figures, ModelOptimizerState, ReportMetric, SweepMetric
 from .techniques import (
     TechniqueHooks,
+    TechniqueOptions,
     Techniques,
     init_weights,
-    option,
     technique_spec,
     variant_suffix,
 )
@@ -131,7 +131,8 @@ class KarateTask(TechniqueHooks, ModelOptimizerState):
         self.num_nodes = int(graph.num_nodes)
         self.steps_per_epoch = 1
         torch.manual_seed(spec["seed"])
-        dropout = float(option(spec, "dropout"))
+        opts = TechniqueOptions.of(spec)
+        dropout = float(opts.dropout)
         if spec["model"] == "paper":
             self.model: torch.nn.Module = PaperLinkModel(
                 self.num_nodes, spec["embedding_dim"], spec["channels"], dropout
@@ -141,7 +142,7 @@ class KarateTask(TechniqueHooks, ModelOptimizerState):
                 graph.num_features, spec["hidden"], spec["embedding_dim"], spec["decoder"], dropout
             )
         # Both models use ReLU between layers.
-        init_weights(self.model, option(spec, "init"), "relu", float(option(spec, "init_gain")))
+        init_weights(self.model, opts.init, "relu", float(opts.init_gain))
         self.model.to(device)
         self.optimizer = build_optimizer(
             spec["optimizer"], self.model.parameters(), spec["optimizer_kwargs"]

@@ -18,9 +18,9 @@ from .optimizers import build_optimizer, optimizer_hparams
 from .protocol import Claim, Figures, ModelOptimizerState, ReportMetric, SweepMetric
 from .techniques import (
     TechniqueHooks,
+    TechniqueOptions,
     Techniques,
     init_weights,
-    option,
     technique_spec,
     val_split_indices,
     variant_suffix,
@@ -93,6 +93,7 @@ class MnistTask(TechniqueHooks, ModelOptimizerState):
 
     def __init__(self, spec: dict[str, Any], device: torch.device, data_dir: str | None) -> None:
         self.spec = spec
+        self.opts = TechniqueOptions.of(spec)
         self.device = device
         self.data = get_data(spec, data_dir, device)
         self._split_and_scale()
@@ -101,16 +102,17 @@ class MnistTask(TechniqueHooks, ModelOptimizerState):
         self.batch_size = n if bs == "full" or bs >= n else int(bs)
         self.steps_per_epoch = math.ceil(n / self.batch_size)
         torch.manual_seed(spec["seed"])
+        opts = self.opts
         self.model = build_mlp(
             self.data.num_features,
             spec["hidden"],
             self.data.num_classes,
             spec["activation"],
-            option(spec, "norm"),
-            float(option(spec, "dropout")),
+            opts.norm,
+            float(opts.dropout),
         )
         init_weights(
-            self.model, option(spec, "init"), spec["activation"], float(option(spec, "init_gain"))
+            self.model, opts.init, spec["activation"], float(opts.init_gain)
         )
         self.model.to(device)
         self.optimizer = build_optimizer(
@@ -167,14 +169,14 @@ class MnistTask(TechniqueHooks, ModelOptimizerState):
         self.x_train, self.y_train = d.x_train, d.y_train
         self.x_val: torch.Tensor | None = None
         self.y_val: torch.Tensor | None = None
-        frac = option(self.spec, "val_split")
+        frac = self.opts.val_split
         if frac is not None:
             tr, va = val_split_indices(d.x_train.shape[0], float(frac), self.spec["seed"])
             tr, va = tr.to(d.x_train.device), va.to(d.x_train.device)
             self.x_train, self.y_train = d.x_train[tr], d.y_train[tr]
             self.x_val, self.y_val = d.x_train[va], d.y_train[va]
         self.x_test = d.x_test
-        if option(self.spec, "normalize_inputs"):
+        if self.opts.normalize_inputs:
             mean, std = self.x_train.mean(), self.x_train.std()
             self.x_train = (self.x_train - mean) / std
             self.x_test = (self.x_test - mean) / std
@@ -296,7 +298,7 @@ class MnistTask(TechniqueHooks, ModelOptimizerState):
         out = self._evaluate_set("test", self.x_test, self.data.y_test)
         if self.x_val is not None and self.y_val is not None:
             out.update(self._evaluate_set("val", self.x_val, self.y_val))
-        if option(self.spec, "eval_train"):
+        if self.opts.eval_train:
             out.update(self._evaluate_set("train", self.x_train, self.y_train))
         return out
 

@@ -21,7 +21,7 @@ from .mnist import MnistTask
 from .optimizers import SECOND_ORDER_NAMES
 from .stacking import StackedReplicas
 from .stacking import group_key as stacked_group_key
-from .techniques import option, technique_defaults, val_split_indices
+from .techniques import TechniqueOptions, technique_defaults, val_split_indices
 
 
 def _techniques(spec: dict[str, Any]) -> list[str]:
@@ -72,7 +72,7 @@ class VectorMnist(StackedReplicas):
         self.batch_size = singles[0].batch_size
         self.steps_per_epoch = singles[0].steps_per_epoch
         n_all = self.data.x_train.shape[0]
-        frac = option(specs[0], "val_split")
+        frac = TechniqueOptions.of(specs[0]).val_split
         # per replica, indices into the shared training set: its seed's train/val split
         self.train_idx: torch.Tensor | None = None
         self.val_idx: torch.Tensor | None = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -23,26 +24,40 @@ from .models import NORMS
 
 INITS = ("default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal")
 
-# Keys both experiments take (defaults = no technique, i.e. the paper's setting).
-COMMON_DEFAULTS: dict[str, Any] = {
-    "name": None,  # label appended to the run's variant, so option sets get separate run ids
-    "init": "default",
-    "init_gain": 1.0,  # extra factor on the matched gain (> 1: the exploding-gradient demo)
-    "dropout": 0.0,
-    "l1": 0.0,
-    "l2": 0.0,
-    "clip_grad_norm": None,
-    "clip_grad_value": None,
-    "early_stopping": None,  # patience in epochs on validation loss
-    "scheduler": None,  # {"name": "StepLR", **kwargs} or a class name
-    "log_grad_norms": "auto",
-}
-MNIST_EXTRA: dict[str, Any] = {
-    "norm": "none",
-    "val_split": None,  # fraction of the training set held out for validation
-    "normalize_inputs": False,
-    "eval_train": False,  # also evaluate (eval mode) on the training set: train-test gap
-}
+@dataclass(frozen=True)
+class TechniqueOptions:
+    """A run's §V options, typed; each default (no technique: the paper's setting) is
+    written here once. A run spec holds only the options that differ from it."""
+
+    name: str | None = None  # label appended to the run's variant: option sets get own run ids
+    init: str = "default"
+    init_gain: float = 1.0  # extra factor on the matched gain (> 1: the exploding-gradient demo)
+    dropout: float = 0.0
+    l1: float = 0.0
+    l2: float = 0.0
+    clip_grad_norm: float | None = None
+    clip_grad_value: float | None = None
+    early_stopping: int | None = None  # patience in epochs on validation loss
+    scheduler: Any = None  # {"name": "StepLR", **kwargs} or a class name
+    log_grad_norms: bool | str = "auto"
+    # the image classification task's (MNIST) own
+    norm: str = "none"
+    val_split: float | None = None  # fraction of the training set held out for validation
+    normalize_inputs: bool = False
+    eval_train: bool = False  # also evaluate (eval mode) on the training set: train-test gap
+
+    @classmethod
+    def of(cls, spec: Mapping[str, Any]) -> TechniqueOptions:
+        """The options of a run spec (absent keys: their defaults)."""
+        return cls(**{f.name: spec[f.name] for f in fields(cls) if f.name in spec})
+
+
+_MNIST_ONLY = ("norm", "val_split", "normalize_inputs", "eval_train")
+# Keys every task takes, and the image classification task's (defaults: TechniqueOptions).
+COMMON_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(TechniqueOptions)
+                                   if f.name not in _MNIST_ONLY}
+MNIST_EXTRA: dict[str, Any] = {f.name: f.default for f in fields(TechniqueOptions)
+                               if f.name in _MNIST_ONLY}
 MNIST_TECHNIQUE_DEFAULTS = {**COMMON_DEFAULTS, **MNIST_EXTRA}
 KARATE_TECHNIQUE_DEFAULTS = dict(COMMON_DEFAULTS)
 
@@ -57,11 +72,6 @@ def technique_spec(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The technique keys of a validated config that differ from their defaults."""
     defaults = technique_defaults(cfg["experiment"])
     return {k: copy.deepcopy(cfg[k]) for k, d in defaults.items() if cfg.get(k, d) != d}
-
-
-def option(spec: Mapping[str, Any], key: str) -> Any:
-    """A technique option of a run spec (absent = default)."""
-    return spec.get(key, technique_defaults(spec["experiment"])[key])
 
 
 # Options that change what is trained (the rest only change what is measured).
@@ -341,11 +351,11 @@ class GradNormTracker:
 def grad_norms_enabled(spec: Mapping[str, Any]) -> bool:
     """``auto``: on except for tiny batches (batch 1: a norm per step would cost about as
     much as the step itself)."""
-    v = option(spec, "log_grad_norms")
+    v = TechniqueOptions.of(spec).log_grad_norms
     if v != "auto":
         return bool(v)
     bs = spec.get("batch_size", "full")
-    return bs == "full" or int(bs) >= 16
+    return bs in ("full", None) or int(bs) >= 16
 
 
 # ----------------------------------------------------------------------------- validation split
@@ -420,12 +430,13 @@ class Techniques:
     def __init__(self, spec: Mapping[str, Any], model: nn.Module, optimizer: Any) -> None:
         self.spec = spec
         self.model = model
-        self.l1, self.l2 = float(option(spec, "l1")), float(option(spec, "l2"))
-        self.clip_norm = option(spec, "clip_grad_norm")
-        self.clip_value = option(spec, "clip_grad_value")
+        opts = TechniqueOptions.of(spec)
+        self.l1, self.l2 = float(opts.l1), float(opts.l2)
+        self.clip_norm = opts.clip_grad_norm
+        self.clip_value = opts.clip_grad_value
         self.tracker = GradNormTracker(model) if grad_norms_enabled(spec) else None
-        self.scheduler = build_scheduler(option(spec, "scheduler"), optimizer)
-        es = option(spec, "early_stopping")
+        self.scheduler = build_scheduler(opts.scheduler, optimizer)
+        es = opts.early_stopping
         self.early = EarlyStopping(int(es)) if es is not None else None
 
     @property
@@ -493,9 +504,10 @@ class Techniques:
 
 def hparams(spec: Mapping[str, Any]) -> dict[str, Any]:
     """Every technique option of a run (defaults included) for the HParams dashboard."""
+    opts = TechniqueOptions.of(spec)
     out = {}
     for k in technique_defaults(spec["experiment"]):
-        v = option(spec, k)
+        v = getattr(opts, k)
         out[k] = "none" if v is None else v
     return out
 

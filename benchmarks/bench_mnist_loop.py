@@ -31,16 +31,16 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from torchopt_survey.experiments.data import _prepare_root, _tv_class, resolve_data_dir
-from torchopt_survey.experiments.mnist import MnistTask
-from torchopt_survey.experiments.models import make_mlp
-from torchopt_survey.experiments.registry import resolve_optimizer_names
+from torchopt_survey.experiments.tasks.data import _prepare_root, _tv_class, resolve_data_dir
+from torchopt_survey.experiments.tasks.mnist import MnistTask
+from torchopt_survey.experiments.tasks.models import make_mlp
+from torchopt_survey.experiments.tasks.optimizers import resolve_optimizer_names
 
 
 def _spec(
     optimizer: str, batch_size: int | str, train_subset: int | None, fused: bool = False
 ) -> dict[str, Any]:
-    from torchopt_survey.experiments.registry import optimizer_hparams
+    from torchopt_survey.experiments.tasks.optimizers import optimizer_hparams
 
     kwargs = optimizer_hparams(optimizer, {"fused": True} if fused else None)
     return {

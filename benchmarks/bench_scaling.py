@@ -106,7 +106,7 @@ def main() -> None:
     if args.data_dir:
         env["TORCHOPT_SURVEY_DATA"] = args.data_dir
     elif not os.environ.get("TORCHOPT_SURVEY_DATA"):
-        from torchopt_survey.experiments.data import write_synthetic_mnist
+        from torchopt_survey.experiments.tasks.data import write_synthetic_mnist
 
         tmp = tempfile.TemporaryDirectory(prefix="bench-scaling-data-")
         env["TORCHOPT_SURVEY_DATA"] = str(

@@ -40,9 +40,9 @@ Problem = dict[str, Any]
 
 
 def karate_problem(model_name: str) -> Problem:
-    from torchopt_survey.experiments.data import load_graph
-    from torchopt_survey.experiments.karate import seeded, split_edges
-    from torchopt_survey.experiments.models import GCNLinkModel, PaperLinkModel
+    from torchopt_survey.experiments.tasks.data import load_graph
+    from torchopt_survey.experiments.tasks.karate import seeded, split_edges
+    from torchopt_survey.experiments.tasks.models import GCNLinkModel, PaperLinkModel
 
     graph = load_graph(None)
     train, _, _ = split_edges(graph, 0, 0.1, 0.2)
@@ -69,8 +69,8 @@ def karate_problem(model_name: str) -> Problem:
 
 
 def mnist_problem(n: int | None, data_dir: str | None) -> Problem:
-    from torchopt_survey.experiments.data import load_image_dataset
-    from torchopt_survey.experiments.models import make_mlp
+    from torchopt_survey.experiments.tasks.data import load_image_dataset
+    from torchopt_survey.experiments.tasks.models import make_mlp
 
     data = load_image_dataset("mnist", data_dir, "cpu", n, 100)
     x, y = data.x_train, data.y_train

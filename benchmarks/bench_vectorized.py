@@ -1,8 +1,9 @@
 """N MNIST runs vectorised (one program) against the same N runs one after another.
 
-The code the CLI runs on both sides: :class:`~torchopt_survey.experiments.vectorized.VectorMnist`
+The code the CLI runs on both sides:
+:class:`~torchopt_survey.experiments.tasks.mnist_vectorized.VectorMnist`
 (stacked replicas, vmap forward/backward, one optimizer step with per-replica learning rates)
-against N :class:`~torchopt_survey.experiments.mnist.MnistTask` epochs. The survey's MLP
+against N :class:`~torchopt_survey.experiments.tasks.mnist.MnistTask` epochs. The survey's MLP
 (784-500-10), mini-batch ``--batch-size`` (64), ``--steps`` training steps per run (one
 epoch of a training subset of ``batch * steps`` images), each run its own seed and learning
 rate; the time of the fastest of ``--repeat`` measurements is kept. Threads pinned (default
@@ -38,10 +39,10 @@ from typing import Any
 
 import torch
 
-from torchopt_survey.experiments import config as C
-from torchopt_survey.experiments import mnist
-from torchopt_survey.experiments.host_memory import keep_freed_memory
-from torchopt_survey.experiments.vectorized import VectorMnist
+from torchopt_survey.experiments.runtime.host_memory import keep_freed_memory
+from torchopt_survey.experiments.tasks import config as C
+from torchopt_survey.experiments.tasks import mnist
+from torchopt_survey.experiments.tasks.mnist_vectorized import VectorMnist
 
 
 def _specs(optimizer: str, n: int, steps: int, fused: bool = False,
@@ -85,7 +86,7 @@ def arithmetic_floor(task: mnist.MnistTask, optimizer: str, steps: int, repeat: 
     operands: the bound holds only as long as the runs' own values are normal floats
     (subnormals make x86 arithmetic many times slower, which would raise the floor).
     """
-    from torchopt_survey.experiments.registry import build_optimizer
+    from torchopt_survey.experiments.tasks.optimizers import build_optimizer
 
     w1, w2 = (task.model[i].weight.detach() for i in (0, 2))
     hidden, features = w1.shape
@@ -126,10 +127,9 @@ def bench(optimizer: str, n: int, steps: int, data_dir: str | None, repeat: int,
             task.train_epoch(1, losses, lambda done, loss: None)
 
     prog = VectorMnist(specs, device, data_dir)
-    vlosses = torch.empty(n, prog.steps_per_epoch, device=device)
 
     def vectorised() -> None:
-        prog.train_epoch(1, vlosses)
+        prog.train_epoch(1)
 
     vectorised()  # warm-up (first-step allocations)
     separate()

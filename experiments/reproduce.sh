@@ -5,8 +5,8 @@
 #   bash experiments/reproduce.sh            # 2 worker processes, 1 thread each
 #   WORKERS=1 bash experiments/reproduce.sh  # one core
 #
-# MNIST: configs/mnist_paper.yaml with seeds 0 1 2 (GD, batch-1 SGD and batch-64 for every
-# optimizer); Karate: configs/karate_paper.yaml (10 seeds = 10 edge splits, both models).
+# MNIST: preset `mnist_paper` with seeds 0 1 2 (GD, batch-1 SGD and batch-64 for every
+# optimizer); Karate: preset `karate_paper` (10 seeds = 10 edge splits, both models).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
@@ -14,7 +14,7 @@ LOGDIR=${LOGDIR:-runs/paper}
 WORKERS=${WORKERS:-2}
 start=$SECONDS
 python -m torchopt_survey.experiments all \
-  --config configs/mnist_paper.yaml --config configs/karate_paper.yaml \
+  --config mnist_paper --config karate_paper \
   --set mnist.seeds=[0,1,2] --workers "$WORKERS" --threads 1 --logdir "$LOGDIR" --resume "$@"
 echo "suite wall time: $((SECONDS - start)) s with $WORKERS workers" | tee "$LOGDIR/suite_time.txt"
 python -m torchopt_survey.experiments report --logdir "$LOGDIR" --out experiments/results

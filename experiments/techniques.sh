@@ -10,9 +10,9 @@ run() {
     python -m torchopt_survey.experiments mnist --quiet --resume --workers "$WORKERS" \
         --threads 1 --logdir "$LOGDIR" "$@"
 }
-# §V.A vanishing gradients: deep narrow tanh and sigmoid MLPs (configs/mnist_deep.yaml).
+# §V.A vanishing gradients: deep narrow tanh and sigmoid MLPs (preset `mnist_deep`).
 for act in tanh sigmoid; do
-    deep=(--config configs/mnist_deep.yaml --set activation=$act)
+    deep=(--config mnist_deep --set activation=$act)
     run "${deep[@]}" --set name=deep-$act-default
     run "${deep[@]}" --set name=deep-$act-xavier --set init=xavier_normal
     run "${deep[@]}" --set name=deep-$act-he --set init=kaiming_normal
@@ -20,14 +20,14 @@ for act in tanh sigmoid; do
     run "${deep[@]}" --set name=deep-$act-layernorm --set norm=layer
 done
 # Exploding gradients: the same depth with ReLU and He init at twice the gain.
-explode=(--config configs/mnist_deep.yaml --set activation=relu --set init=kaiming_normal
+explode=(--config mnist_deep --set activation=relu --set init=kaiming_normal
          --set init_gain=2.0)
 run "${explode[@]}" --set name=explode-noclip
 run "${explode[@]}" --set name=explode-clip --set clip_grad_norm=1.0
 run "${explode[@]}" --set name=explode-batchnorm --set norm=batch
 run "${explode[@]}" --set name=explode-layernorm --set norm=layer
-# §V.C overfitting: small training set, wide ReLU MLP (configs/mnist_overfit.yaml).
-over=(--config configs/mnist_overfit.yaml)
+# §V.C overfitting: small training set, wide ReLU MLP (preset `mnist_overfit`).
+over=(--config mnist_overfit)
 run "${over[@]}" --set name=overfit-none
 run "${over[@]}" --set name=overfit-l1 --set l1=1e-4
 run "${over[@]}" --set name=overfit-l1-strong --set l1=1e-3

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from .emit import Dialect, walk
 from .kernel_cache import COMPILE_LOG, cache_dir, check_loadable, write_private
-from .tracing import Traced, _is_ref
+from .tracing import Traced, _is_ref, hp_values
 
 #: elements per program and loop: one program covers ``BLOCK * ITERS`` elements of one tensor
 BLOCK = 1024
@@ -343,8 +343,6 @@ def run_triton(
     ``ptrs`` holds each parameter's row of addresses (param, grad, states in spec order; 0 for
     an absent lazy state), ``dtypes`` the row's dtypes, ``numels`` each parameter's size.
     """
-    from .fused import hp_values
-
     values = hp_values(traced, group)
     tensor_hp = tuple(v.dtype if isinstance(v, Tensor) else None for v in values)
     replica_hp = tuple(isinstance(v, Tensor) and v.dim() == 1 and v.numel() > 1

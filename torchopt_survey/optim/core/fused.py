@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from .tracing import StructureMemo, Traced, structure_key, trace_update
+from .tracing import StructureMemo, Traced, hp_values, structure_key, trace_update
 
 if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor
@@ -59,12 +59,6 @@ def get_trace(opt: Any, spec: list[Any], group: dict[str, Any],
         traced = trace_update(type(opt), spec, group, lazy_present)
         _TRACES[key] = traced
     return traced
-
-
-def hp_values(traced: Traced, group: dict[str, Any]) -> list[Any]:
-    """The group's current value of each traced hyperparameter (floats or tensors)."""
-    return [group[key] if index is None else group[key][index]
-            for key, index in traced.graph.hp_leaves]
 
 
 def _as_real(t: Tensor) -> Tensor:

@@ -427,6 +427,12 @@ class Traced:
         return found
 
 
+def hp_values(traced: Traced, group: dict[str, Any]) -> list[Any]:
+    """The group's current value of each traced hyperparameter (floats or tensors)."""
+    return [group[key] if index is None else group[key][index]
+            for key, index in traced.graph.hp_leaves]
+
+
 def trace_update(
     opt_cls: type, spec: list[Any], group: dict[str, Any], lazy_present: tuple[bool, ...]
 ) -> Traced:

@@ -1,0 +1,258 @@
+"""One rank of the distributed integration checks (started by ``tests/optim/test_distributed.py``).
+
+``python tests/optim/dist_worker.py SCENARIO[,SCENARIO...] OUT_DIR`` with torchrun's environment
+variables (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``). Every optimizer
+configuration of ``tests/optim/optim_infos.py`` is trained for a few float64 steps under the
+scenario and compared with the same steps in one plain process on the whole batch; each rank writes
+``OUT_DIR/<scenario>-rank<R>.json`` (one record per check: the largest absolute parameter
+difference, or the error raised). Scenarios:
+
+* ``ddp`` -- ``DistributedDataParallel``: each rank takes its half of every global batch.
+* ``zero`` -- ``ZeroRedundancyOptimizer(optimizer_class=...)`` over a DDP model.
+* ``fsdp`` -- FSDP2 (``fully_shard``; parameters are DTensors, the last layer's shard is empty
+  on rank 1) with the forloop, foreach and fused paths.
+* ``dcp`` -- ``torch.distributed.checkpoint`` with ``get/set_optimizer_state_dict`` on the FSDP2
+  model: save on 2 ranks after 3 steps, load into fresh objects on 2 ranks and continue; and a
+  fresh optimizer whose state dict is read before its first step must train exactly as one
+  that never was (the checkpoint helper's state-initialisation step may not change it).
+* ``dcp-load1`` (one process): load the ``dcp`` checkpoint into an unsharded model and continue.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from optim_infos import OPTIMS, OptimInfo  # noqa: E402
+
+STEPS = 4
+#: the whole batch; rank r of W takes rows [r * n / W, (r + 1) * n / W)
+X = torch.linspace(-1, 1, 8 * 6, dtype=torch.float64).reshape(8, 6).sin()
+Y = torch.linspace(-1, 1, 8, dtype=torch.float64).reshape(8, 1).cos()
+
+PATHS: dict[str, dict[str, bool]] = {
+    "forloop": {"foreach": False},
+    "foreach": {"foreach": True},
+    "fused": {"fused": True},
+}
+
+
+def make_model() -> nn.Module:
+    torch.manual_seed(0)
+    # the last Linear's weight (1, 3) and bias (1,) leave rank 1 of 2 an empty FSDP2 shard
+    return nn.Sequential(
+        nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3), nn.Tanh(), nn.Linear(3, 1)
+    ).double()
+
+
+def batch(rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    n = X.shape[0] // world
+    return X[rank * n:(rank + 1) * n], Y[rank * n:(rank + 1) * n]
+
+
+def train(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+          steps: int = STEPS) -> None:
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+
+
+def full_params(model: nn.Module) -> torch.Tensor:
+    """All parameters, unsharded (a collective for DTensor parameters)."""
+    out = []
+    for p in model.parameters():
+        t = p.detach()
+        if hasattr(t, "full_tensor"):
+            t = t.full_tensor()
+        out.append(t.reshape(-1))
+    return torch.cat(out)
+
+
+def reference(info: OptimInfo, kwargs: dict[str, Any], steps: int = STEPS) -> torch.Tensor:
+    model = make_model()
+    train(model, info.cls(model.parameters(), **kwargs), X, Y, steps)
+    return full_params(model)
+
+
+def configs() -> list[tuple[OptimInfo, str, dict[str, Any]]]:
+    return [(info, case_id, {**info.base, **config})
+            for info in OPTIMS for config, case_id in zip(info.configs, info.ids())]
+
+
+def check(records: list[dict[str, Any]], name: str, fn: Callable[[], float]) -> None:
+    try:
+        records.append({"check": name, "diff": float(fn())})
+    except Exception as exc:  # reported by the test, with the traceback
+        records.append({"check": name, "error": f"{type(exc).__name__}: {exc}",
+                        "traceback": traceback.format_exc()})
+
+
+def shard(model: nn.Module) -> nn.Module:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
+
+
+def scenario_ddp(rank: int, world: int, records: list[dict[str, Any]]) -> None:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    x, y = batch(rank, world)
+    for info, case_id, kwargs in configs():
+        def run(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs) -> float:
+            model = DDP(make_model())
+            train(model, info.cls(model.parameters(), **kwargs), x, y)
+            return (full_params(model.module) - reference(info, kwargs)).abs().max().item()
+        check(records, f"ddp/{case_id}", run)
+
+
+def scenario_zero(rank: int, world: int, records: list[dict[str, Any]]) -> None:
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    x, y = batch(rank, world)
+    for info, case_id, kwargs in configs():
+        def run(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs) -> float:
+            model = DDP(make_model())
+            opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=info.cls, **kwargs)
+            train(model, opt, x, y)
+            return (full_params(model.module) - reference(info, kwargs)).abs().max().item()
+        check(records, f"zero/{case_id}", run)
+
+
+def scenario_fsdp(rank: int, world: int, records: list[dict[str, Any]]) -> None:
+    x, y = batch(rank, world)
+    for info, case_id, kwargs in configs():
+        for path, flags in PATHS.items():
+            def run(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs,
+                    flags: dict[str, bool] = flags) -> float:
+                model = shard(make_model())
+                train(model, info.cls(model.parameters(), **kwargs, **DCP_FLAGS), x, y)
+                return (full_params(model) - reference(info, kwargs)).abs().max().item()
+            check(records, f"fsdp-{path}/{case_id}", run)
+
+
+def _dcp_state(model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+
+
+def _dcp_load(model: nn.Module, opt: torch.optim.Optimizer, path: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    state = _dcp_state(model, opt)  # templates: the checkpoint is read into these
+    dcp.load(state, checkpoint_id=str(path))
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, opt, state["optim"])
+
+
+#: the checkpoint scenarios run the foreach path (the FSDP2 scenario covers the others)
+DCP_FLAGS = {"foreach": True}
+
+
+def dcp_cases() -> list[tuple[OptimInfo, str, dict[str, Any]]]:
+    # every configuration: lazily created state differs between them (momentum buffers, steps)
+    return configs()
+
+
+def scenario_dcp(rank: int, world: int, records: list[dict[str, Any]], out: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    x, y = batch(rank, world)
+    continued: dict[str, list[float]] = {}
+    for info, case_id, kwargs in dcp_cases():
+        def lazy(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs) -> float:
+            model = shard(make_model())
+            opt = info.cls(model.parameters(), **kwargs, **DCP_FLAGS)
+            _dcp_state(model, opt)  # before the first step: must not change what follows
+            train(model, opt, x, y)
+            return (full_params(model) - reference(info, kwargs)).abs().max().item()
+        check(records, f"dcp-lazy/{case_id}", lazy)
+
+        def round_trip(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs,
+                       case_id: str = case_id) -> float:
+            path = out / "ckpt" / case_id
+            model = shard(make_model())
+            opt = info.cls(model.parameters(), **kwargs, **DCP_FLAGS)
+            train(model, opt, x, y, 3)
+            dcp.save(_dcp_state(model, opt), checkpoint_id=str(path))
+            train(model, opt, x, y, 3)
+            want = full_params(model)
+            continued[case_id] = want.tolist()
+            # a fresh model and optimizer on 2 ranks, loaded from the checkpoint
+            model = shard(make_model())
+            opt = info.cls(model.parameters(), **kwargs, **DCP_FLAGS)
+            _dcp_load(model, opt, path)
+            train(model, opt, x, y, 3)
+            return (full_params(model) - want).abs().max().item()
+        check(records, f"dcp-2to2/{case_id}", round_trip)
+    if rank == 0:
+        (out / "dcp-continued.json").write_text(json.dumps(continued))
+
+
+def scenario_dcp_load1(records: list[dict[str, Any]], out: Path) -> None:
+    """One plain process loads the 2-rank checkpoints (DCP reshards) and continues."""
+    continued = json.loads((out / "dcp-continued.json").read_text())
+    for info, case_id, kwargs in dcp_cases():
+        def run(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs,
+                case_id: str = case_id) -> float:
+            model = make_model()
+            opt = info.cls(model.parameters(), **kwargs, **DCP_FLAGS)
+            _dcp_load(model, opt, out / "ckpt" / case_id)
+            train(model, opt, X, Y, 3)
+            want = torch.tensor(continued[case_id], dtype=torch.float64)
+            return (full_params(model) - want).abs().max().item()
+        check(records, f"dcp-2to1/{case_id}", run)
+
+
+SCENARIOS = {"ddp": scenario_ddp, "zero": scenario_zero, "fsdp": scenario_fsdp}
+
+
+def main() -> None:
+    scenarios, out = sys.argv[1].split(","), Path(sys.argv[2])
+    torch.set_num_threads(1)
+    if scenarios == ["dcp-load1"]:
+        records: list[dict[str, Any]] = []
+        scenario_dcp_load1(records, out)
+        (out / "dcp-load1-rank0.json").write_text(json.dumps(records))
+        return
+    # a rank whose partner died fails its next collective within this time instead of hanging
+    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+    rank, world = dist.get_rank(), dist.get_world_size()
+    try:
+        for scenario in scenarios:
+            records = []
+            if scenario == "dcp":
+                scenario_dcp(rank, world, records, out)
+            else:
+                SCENARIOS[scenario](rank, world, records)
+            (out / f"{scenario}-rank{rank}.json").write_text(json.dumps(records))
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

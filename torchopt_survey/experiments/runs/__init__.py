@@ -1,0 +1,1 @@
+"""Runs: the run folder, the one run writer, single and vectorised execution, one pool."""

@@ -1,0 +1,102 @@
+"""A sweep's grid: learning rates in log scale, other constructor arguments, and one run spec
+per (base run, grid point)."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from ..tasks.optimizers import OPTIMIZERS
+
+
+def parse_lr_grid(text: str) -> list[float]:
+    """``LO:HI:N`` -> N values evenly spaced in log scale from LO to HI (both included)."""
+    parts = text.split(":")
+    if len(parts) != 3:
+        raise ValueError(f"--lr-grid: expected LO:HI:N (e.g. 1e-4:1:7), got {text!r}")
+    try:
+        lo, hi, n = float(parts[0]), float(parts[1]), int(parts[2])
+    except ValueError:
+        raise ValueError(f"--lr-grid: expected LO:HI:N with numbers, got {text!r}") from None
+    if n < 1:
+        raise ValueError(f"--lr-grid: N must be >= 1 (an empty grid), got {text!r}")
+    if not (lo > 0 and hi > 0 and math.isfinite(lo) and math.isfinite(hi)) or hi < lo:
+        raise ValueError(f"--lr-grid: expected 0 < LO <= HI, got {text!r}")
+    if n == 1:
+        return [lo]
+    step = (math.log10(hi) - math.log10(lo)) / (n - 1)
+    # rounded to 6 significant digits: run folders and tables show them exactly
+    return [float(f"{10 ** (math.log10(lo) + i * step):.6g}") for i in range(n)]
+
+
+def _number_or_word(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    raise ValueError(text)
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
+    """``KEY=V1,V2,...`` (repeatable) -> {key: values}."""
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--grid: expected KEY=V1,V2,..., got {item!r}")
+        if key == "lr":
+            raise ValueError("--grid: give learning rates with --lr-grid, not --grid lr=...")
+        raw = [v.strip() for v in values.split(",") if v.strip()]
+        if not raw:
+            raise ValueError(f"--grid {key}: empty list of values in {item!r}")
+        parsed = []
+        for v in raw:
+            try:
+                parsed.append(_number_or_word(v))
+            except ValueError:
+                raise ValueError(
+                    f"--grid {key}: cannot parse value {v!r} (numbers or true/false)"
+                ) from None
+        grid[key] = parsed
+    return grid
+
+
+def check_grid(optimizers: Sequence[str], grid: dict[str, list[Any]]) -> None:
+    """Every grid key must be a constructor argument of every optimizer swept."""
+    for name in optimizers:
+        cls = OPTIMIZERS[name][0]
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "params"}
+        for key in grid:
+            if key not in accepted:
+                raise ValueError(
+                    f"--grid {key}: optimizer {name!r} ({cls.__name__}) takes no {key!r}; "
+                    f"it takes {', '.join(sorted(accepted))}"
+                )
+
+
+def setting_label(hp: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in hp.items())
+
+
+def expand_sweep(base_specs: Sequence[dict[str, Any]], lrs: Sequence[float],
+                 grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """One spec per (base spec, grid point): the setting is part of the run's variant."""
+    keys = list(grid)
+    points = [dict(zip(keys, combo)) for combo in itertools.product(*grid.values())] or [{}]
+    specs = []
+    for spec in base_specs:
+        for lr in lrs:
+            for point in points:
+                hp = {"lr": lr, **point}
+                kwargs = {**spec["optimizer_kwargs"], **hp}
+                specs.append({**spec, "optimizer_kwargs": kwargs,
+                              "variant": f"{spec['variant']}-sweep~{setting_label(hp)}",
+                              "sweep": {"base": spec["variant"], "setting": hp}})
+    return specs

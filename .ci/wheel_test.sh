@@ -102,10 +102,8 @@ phase "imported, stepped, --help"
 
 # 4. a one-epoch experiment on the MNIST copy
 if [ -n "${TORCHOPT_SURVEY_DATA:-}" ] && [ -d "$TORCHOPT_SURVEY_DATA/MNIST/raw" ]; then
-  # TODO(merge): once presets ship in the package, run from a packaged preset instead:
-  #   "$WORK/venv/bin/python" -m torchopt_survey.experiments mnist --config mnist_paper \
-  #     --optimizers sgd --regimes minibatch --epochs 1 --train-subset 2000 --test-subset 500 ...
-  "$WORK/venv/bin/python" -m torchopt_survey.experiments mnist \
+  # the paper's preset, by name: it must ship inside the wheel
+  "$WORK/venv/bin/python" -m torchopt_survey.experiments mnist --config mnist_paper \
     --optimizers sgd --regimes minibatch --epochs 1 --train-subset 2000 --test-subset 500 \
     --seeds 0 --device cpu --threads 1 --quiet \
     --data-dir "$TORCHOPT_SURVEY_DATA" --logdir "$WORK/runs"

@@ -101,12 +101,8 @@ def load_mnist(data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor, str]:
 
 def keep_freed_memory() -> bool:
     """The experiments' allocator setting (freed blocks kept), so eager pays what it pays there."""
-    try:
-        from torchopt_survey.experiments.host_memory import keep_freed_memory as keep
-    except ImportError:  # the module's later home
-        from torchopt_survey.experiments.runtime.host_memory import (  # type: ignore[no-redef]
-            keep_freed_memory as keep,
-        )
+    from torchopt_survey.experiments.runtime.host_memory import keep_freed_memory as keep
+
     return keep()
 
 

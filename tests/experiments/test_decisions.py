@@ -14,41 +14,50 @@ from typing import Any
 import pytest
 import torch
 
-from torchopt_survey.experiments import cli, karate
-from torchopt_survey.experiments import runner as runner_module
-from torchopt_survey.experiments import vectorized as vectorized_module
-from torchopt_survey.experiments.checkpoint import (
-    load_checkpoint,
-    save_checkpoint,
-    save_json,
-)
-from torchopt_survey.experiments.report import (
-    _pair_test,
+from torchopt_survey.experiments import cli
+from torchopt_survey.experiments.report.results import (
     claims_markdown,
     group_runs,
     load_results,
     summarize,
 )
-from torchopt_survey.experiments.report_second_order import claims as second_order_claims
-from torchopt_survey.experiments.report_second_order import summarize_to_target
-from torchopt_survey.experiments.runner import (
-    RunOptions,
-    _clear_run_dir,
-    _downsample,
-    _set_aside,
-    execute_run,
-    run_id,
-)
-from torchopt_survey.experiments.sweep import (
-    _steps_to_target,
-    best_table,
+from torchopt_survey.experiments.report.second_order import claims as second_order_claims
+from torchopt_survey.experiments.report.second_order import summarize_to_target
+from torchopt_survey.experiments.report.stats import pair_test as _pair_test
+from torchopt_survey.experiments.report.sweep import (
     claims_two_protocols,
-    plan_units,
-    run_unit,
     sensitivity_figure,
-    settings_table,
     target_table,
 )
+from torchopt_survey.experiments.runs import folder as runner_module
+from torchopt_survey.experiments.runs import pool as pool_module
+from torchopt_survey.experiments.runs.folder import (
+    clear_run_dir as _clear_run_dir,
+)
+from torchopt_survey.experiments.runs.folder import (
+    downsample as _downsample,
+)
+from torchopt_survey.experiments.runs.folder import (
+    run_id,
+)
+from torchopt_survey.experiments.runs.folder import (
+    set_aside as _set_aside,
+)
+from torchopt_survey.experiments.runs.single import execute_run
+from torchopt_survey.experiments.runtime.files import (
+    load_checkpoint,
+    save_checkpoint,
+    save_json,
+)
+from torchopt_survey.experiments.runtime.process import RunOptions
+from torchopt_survey.experiments.sweep import execute as sweep_execute
+from torchopt_survey.experiments.sweep.execute import (
+    _steps_to_target,
+    plan_units,
+    run_unit,
+)
+from torchopt_survey.experiments.sweep.tables import best_table, settings_table
+from torchopt_survey.experiments.tasks import karate
 
 # --------------------------------------------------------------------------- sweep rows
 
@@ -217,8 +226,8 @@ def test_a_failed_vectorised_program_falls_back_to_separate_runs(
             raise ValueError("diverged for the test")
         return _fake_result(spec)
 
-    monkeypatch.setattr(vectorized_module, "execute_vectorized", vectorised)
-    monkeypatch.setattr(runner_module, "execute_run", separately)
+    monkeypatch.setattr(sweep_execute, "execute_vectorized", vectorised)
+    monkeypatch.setattr(pool_module, "execute_run", separately)
     messages: list[str] = []
     rows = run_unit(unit, None, messages.append)
     assert alone == [1, 2]  # only the runs the program did not finish

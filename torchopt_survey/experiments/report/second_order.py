@@ -210,7 +210,7 @@ def claims(variants: dict[tuple[str, str], tuple[float, list[dict[str, Any]]]],
                     f"{name} {_fmt(mine['loss_at_k'], 3)} vs {best_k['optimizer']} "
                     f"{_fmt(best_k['loss_at_k'], 3)} |"
                 )
-        if "cg" in by and best_s is not None:
+        if "cg" in by and best_s is not None and best_it is not None:
             ok = _cost(by["cg"], "seconds") < _cost(best_s, "seconds")
             fewer = _cost(by["cg"], "iterations") < _cost(best_it, "iterations")
             out.append(

@@ -34,7 +34,7 @@ def welch_p(a: list[float], b: list[float]) -> float:
         # Near-identical seeds (a run stuck at chance) only make scipy warn about precision.
         warnings.simplefilter("ignore", RuntimeWarning)
         res = ttest_ind(a, b, equal_var=False)
-    return float(res.pvalue)
+    return float(res.pvalue)  # pyright: ignore[reportAttributeAccessIssue]  # scipy: runtime field
 
 
 def pair_test(a: dict[str, Any], b: dict[str, Any], key: str) -> tuple[int, float]:

@@ -161,7 +161,8 @@ def _label(t: dict[str, Any]) -> str:
     }
     parts = []
     if "init" in t:
-        parts.append(names.get(t["init"], t["init"]) + " init")
+        init: str = t["init"]
+        parts.append(names.get(init, init) + " init")
     if "init_gain" in t:
         parts.append(f"× gain {t['init_gain']:g}")
     if "norm" in t:

@@ -76,10 +76,11 @@ def purge_events_after(run_dir: Path, until: float) -> int:
     from tensorboard.compat.proto import event_pb2
     from tensorboard.summary.writer.record_writer import RecordWriter
 
+    Event = event_pb2.Event  # pyright: ignore[reportAttributeAccessIssue]  # protobuf: runtime
     dropped = 0
     for path in sorted(run_dir.glob("events.out.tfevents.*")):
         records = list(RawEventFileLoader(str(path)).Load())  # a torn last record is skipped
-        keep = [r for r in records if event_pb2.Event.FromString(r).wall_time <= until]
+        keep = [r for r in records if Event.FromString(r).wall_time <= until]
         dropped += len(records) - len(keep)
         if not keep:
             path.unlink()

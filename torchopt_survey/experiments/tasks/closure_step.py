@@ -11,6 +11,7 @@ and returns the loss at the start of the step plus the optimizer's cumulative co
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 
@@ -51,7 +52,8 @@ def closure_step(
         loss.backward()
         return (loss, outputs) if gauss_newton else loss
 
-    loss = optimizer.step(closure)
+    # torch types the closure's result as float; optimizers take the loss tensor as it is
+    loss = optimizer.step(cast(Callable[[], float], closure))
     if isinstance(optimizer, ClosureOptimizer):
         state = optimizer._state()
         counters = {

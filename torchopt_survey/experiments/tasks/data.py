@@ -19,6 +19,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -204,7 +205,8 @@ def load_graph(edge_list: str | os.PathLike[str] | None = None):
     if edge_list is None:
         from torch_geometric.datasets import KarateClub
 
-        data = KarateClub()[0]
+        # an int index gives one graph; PyG's __getitem__ is typed for slices too
+        data = cast(Data, KarateClub()[0])
         return Data(x=data.x, edge_index=data.edge_index, num_nodes=data.num_nodes)
     path = Path(edge_list)
     if not path.is_file():

@@ -128,7 +128,10 @@ class KarateTask(TechniqueHooks, ModelOptimizerState):
         graph = load_graph(spec["edge_list"])
         train, val, test = split_edges(graph, spec["seed"], spec["val_ratio"], spec["test_ratio"])
         self.train, self.val, self.test = (d.to(device) for d in (train, val, test))
-        self.num_nodes = int(graph.num_nodes)
+        num_nodes = graph.num_nodes  # PyG types it optional; load_graph always sets it
+        if num_nodes is None:
+            raise ValueError("edge_list: the graph has no node count")
+        self.num_nodes = int(num_nodes)
         self.steps_per_epoch = 1
         torch.manual_seed(spec["seed"])
         opts = TechniqueOptions.of(spec)

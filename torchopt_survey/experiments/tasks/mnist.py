@@ -253,7 +253,9 @@ class MnistTask(TechniqueHooks, ModelOptimizerState):
         for i in range(self.steps_per_epoch):
             xb, yb = x[i * bs : (i + 1) * bs], y[i * bs : (i + 1) * bs]
 
-            def compute(xb: torch.Tensor = xb, yb: torch.Tensor = yb) -> tuple[torch.Tensor, ...]:
+            def compute(
+                xb: torch.Tensor = xb, yb: torch.Tensor = yb
+            ) -> tuple[torch.Tensor, torch.Tensor]:
                 out = self._forward(xb)
                 return F.cross_entropy(out, yb), out
 

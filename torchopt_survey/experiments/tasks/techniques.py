@@ -15,7 +15,7 @@ import copy
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -225,7 +225,10 @@ def validate_techniques(cfg: dict[str, Any]) -> None:
 
 
 # torch.nn.init's name for each activation of models.ACTIVATIONS.
-_NONLINEARITY = {"linear": "linear", "relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid"}
+_Nonlinearity = Literal["linear", "relu", "tanh", "sigmoid"]
+_NONLINEARITY: dict[str, _Nonlinearity] = {
+    "linear": "linear", "relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid"
+}
 
 
 def init_weights(model: nn.Module, init: str, activation: str, gain: float = 1.0) -> nn.Module:
@@ -308,8 +311,8 @@ class GradNormTracker:
         self.last: dict[str, torch.Tensor] = {}
 
     def record(self) -> None:
-        grads = [p.grad for _, p in self.named]
-        if any(g is None for g in grads):  # e.g. an unused embedding row set: skip the step
+        grads = [p.grad for _, p in self.named if p.grad is not None]
+        if len(grads) < len(self.named):  # e.g. an unused embedding row set: skip the step
             return
         norms = torch.stack(torch._foreach_norm(grads)).detach()
         # Mean over the steps with a finite norm: a run that diverges mid-epoch still shows

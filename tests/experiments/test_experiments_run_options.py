@@ -187,6 +187,8 @@ def test_step_in_backward_run_equals_the_ordinary_run(synth: str, tmp_path: Path
     spec = _spec("adam", 16, step_in_backward=True)
     task = mnist.MnistTask(spec, torch.device("cpu"), synth)
     assert task.in_backward is not None and task.compiled is None
+    task.train_epoch(1, torch.zeros(task.steps_per_epoch), lambda *_: None)
+    assert all(p.grad is None for p in task.model.parameters())  # each freed by its hook
     hooked = _run(spec, tmp_path / "h", synth)
     plain = _run(_spec("adam", 16, compile=False), tmp_path / "p", synth)
     assert hooked["spec"]["step_in_backward"] is True and "step_in_backward" in hooked["run_id"]

@@ -11,6 +11,7 @@ import torch
 from torch.nn import functional as F
 
 from ...compiled import CompiledStep, compile_step
+from ...optim import SurveyOptimizer
 from ..runtime.distributed import DistContext, all_reduce_sum, wrap_ddp
 from .closure_step import closure_step, needs_closure, refuse_closure_optimizers
 from .data import DATASETS, ImageData, load_image_dataset
@@ -161,7 +162,7 @@ class MnistTask(TechniqueHooks, ModelOptimizerState):
         #: the compiled training step, or None (eager) with the reason in ``compile_why_not``
         self.compiled: CompiledStep | None = None
         self.compile_why_not = compile_why_not(spec, device, self.batch_size >= n, self.opts)
-        if self.compile_why_not is None:
+        if self.compile_why_not is None and isinstance(self.optimizer, SurveyOptimizer):
             try:
                 self.compiled = compile_step(self.model, F.cross_entropy, self.optimizer,
                                              grad_norms=self.tech.tracker is not None)

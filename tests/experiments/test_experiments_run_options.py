@@ -221,3 +221,9 @@ def test_karate_takes_the_memory_options(tmp_path: Path) -> None:
     assert any(not torch.equal(a, p) for a, p in zip(before, task.model.parameters(), strict=True))
     assert all(p.grad is None for p in task.model.parameters())  # freed by the hooks
     assert {s["exp_avg"].dtype for s in task.optimizer.state.values()} == {torch.bfloat16}
+
+
+def test_a_hand_made_spec_with_clipping_in_backward_is_refused(synth: str) -> None:
+    spec = {**_spec("sgd", 16, step_in_backward=True), "clip_grad_value": 1.0}  # not validated
+    with pytest.raises(ValueError, match="step_in_backward: .*clipping"):
+        mnist.MnistTask(spec, torch.device("cpu"), synth)

@@ -299,8 +299,12 @@ def optimizer_arguments(spec: Mapping[str, Any]) -> dict[str, Any]:
 def attach_step_in_backward(spec: Mapping[str, Any], model: nn.Module, optimizer: Any) -> Any:
     """With ``step_in_backward``, make ``optimizer`` update each parameter of ``model`` from its
     gradient hook (its ``step()`` then does nothing); returns the hooks' handle, else None."""
-    if not TechniqueOptions.of(spec).step_in_backward:
+    opts = TechniqueOptions.of(spec)
+    if not opts.step_in_backward:
         return None
+    if opts.clip_grad_norm is not None or opts.clip_grad_value is not None:
+        raise ValueError("step_in_backward: cannot be combined with gradient clipping (the "
+                         "gradients are gone when backward returns); set step_in_backward=false")
     if not callable(getattr(optimizer, "step_in_backward", None)):
         raise ValueError(
             f"step_in_backward: {type(optimizer).__name__} cannot step inside backward "

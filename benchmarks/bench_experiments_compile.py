@@ -51,7 +51,7 @@ def run_once(mode: str, subset: int, data_dir: str | None, logdir: Path) -> dict
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--train-subset", type=int, default=20000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--data-dir", default=os.environ.get("TORCHOPT_SURVEY_DATA"))

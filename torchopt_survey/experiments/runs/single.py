@@ -10,10 +10,10 @@ from typing import Any
 import torch
 
 from ..runtime import distributed
-from ..runtime.process import RunOptions, prepare_process
+from ..runtime.process import RunOptions, flush_denormal, prepare_process
 from ..tasks.registry import make_task
 from .folder import normalise, run_id
-from .writer import RunWriter, inspect, settle_pending
+from .writer import RunWriter, Start, inspect, settle_pending
 
 
 def execute_run(
@@ -38,6 +38,12 @@ def execute_run(
     if start.finished is not None:
         return start.finished
     device = prepare_process(opts)
+    with flush_denormal(bool(spec.get("flush_denormal", False))):
+        return _train(spec, opts, start, device, on_progress, main)
+
+
+def _train(spec: dict[str, Any], opts: RunOptions, start: Start, device: torch.device,
+           on_progress: Callable[[dict[str, Any]], None] | None, main: bool) -> dict[str, Any]:
     # Build the task (loads data) before touching the run folder: a data error leaves nothing.
     task = make_task(spec, device, opts.data_dir)
     ctx = distributed.context()

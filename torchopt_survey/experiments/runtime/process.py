@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +54,28 @@ def prepare_process(opts: RunOptions) -> torch.device:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     return device
+
+
+def flushing_denormals() -> bool:
+    """Whether this thread's CPU flushes subnormal floats to zero now (x86 FTZ/DAZ)."""
+    tiny = torch.tensor([1e-40], dtype=torch.float32)  # a float32 subnormal
+    return float(tiny * 2) == 0.0
+
+
+@contextmanager
+def flush_denormal(on: bool) -> Iterator[None]:
+    """``torch.set_flush_denormal(on)`` while the block runs, the earlier setting after: a
+    run's choice does not leak into the next run of the same worker process."""
+    before = flushing_denormals()
+    if on and not torch.set_flush_denormal(True):
+        warnings.warn("flush_denormal: this CPU cannot flush subnormals (needs SSE3); "
+                      "the run computes with them", stacklevel=2)
+    elif not on:
+        torch.set_flush_denormal(False)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
 
 
 def quiet_import_noise() -> None:

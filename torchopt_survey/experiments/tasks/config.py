@@ -16,7 +16,7 @@ import yaml
 
 from .data import DATASETS
 from .models import ACTIVATIONS, LINK_MODELS
-from .optimizers import ALL_OPTIMIZER_NAMES, resolve_optimizer_names
+from .optimizers import ALL_OPTIMIZER_NAMES, SECOND_ORDER_NAMES, resolve_optimizer_names
 from .techniques import (
     KARATE_TECHNIQUE_DEFAULTS,
     MNIST_TECHNIQUE_DEFAULTS,
@@ -49,7 +49,10 @@ MNIST_DEFAULTS: dict[str, Any] = {
     "train_subset": None,
     "test_subset": None,
     "eval_batch_size": 10000,
-    "compile": False,
+    # the compiled training step (torchopt_survey.compile_step): "auto" where it was measured
+    # to win (CPU, batches smaller than the training set), true wherever the run allows it,
+    # false: eager everywhere
+    "compile": "auto",
     # Regimes of the first survey, all with the same optimizer options: batch_size "full" is
     # full-batch gradient descent (one step per epoch).
     "regimes": {
@@ -196,8 +199,11 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         for key in ("train_subset", "test_subset"):
             if cfg[key] is not None:
                 _check_int(cfg, key)
-        if not isinstance(cfg["compile"], bool):
-            raise ValueError(f"compile: expected true or false, got {cfg['compile']!r}")
+        if not (isinstance(cfg["compile"], bool) or cfg["compile"] == "auto"):
+            raise ValueError(f"compile: expected auto, true or false, got {cfg['compile']!r}")
+        if cfg["compile"] is True and cfg["step_in_backward"]:
+            raise ValueError("compile: the compiled step cannot run the update inside backward "
+                             "(step_in_backward=true); set compile=false or compile=auto")
         regimes = cfg["regimes"]
         if not isinstance(regimes, dict) or not regimes:
             raise ValueError("regimes: expected a non-empty mapping {name: {batch_size: ...}}")
@@ -240,7 +246,21 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         if cfg["edge_list"] is not None:
             cfg["edge_list"] = str(cfg["edge_list"])
     validate_techniques(cfg)
+    _check_memory_options(cfg)
     return cfg
+
+
+def _check_memory_options(cfg: dict[str, Any]) -> None:
+    """``step_in_backward`` and ``state_dtype`` are first-order optimizers' options."""
+    names = cfg["optimizers"] if cfg["experiment"] != "mnist" else [
+        o for r in cfg["regimes"].values() for o in r["optimizers"]]
+    closure = [o for o in names if o in SECOND_ORDER_NAMES]
+    for key in ("step_in_backward", "state_dtype"):
+        if cfg[key] not in (False, None) and closure:
+            raise ValueError(
+                f"{key}: {closure[0]} cannot take it (closure-based methods evaluate the loss "
+                f"several times per step); run the first-order optimizers only, or drop {key}"
+            )
 
 
 def validate_common(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,9 @@ from .techniques import (
     TechniqueHooks,
     TechniqueOptions,
     Techniques,
+    attach_step_in_backward,
     init_weights,
+    optimizer_arguments,
     technique_spec,
     variant_suffix,
 )
@@ -148,9 +150,10 @@ class KarateTask(TechniqueHooks, ModelOptimizerState):
         init_weights(self.model, opts.init, "relu", float(opts.init_gain))
         self.model.to(device)
         self.optimizer = build_optimizer(
-            spec["optimizer"], self.model.parameters(), spec["optimizer_kwargs"]
+            spec["optimizer"], self.model.parameters(), optimizer_arguments(spec)
         )
         self.tech = Techniques(spec, self.model, self.optimizer)
+        self.in_backward = attach_step_in_backward(spec, self.model, self.optimizer)
         # Fixed negatives for measuring train accuracy/AUC, so the curve is not sampling noise.
         self.train_eval_pairs, self.train_eval_labels = self._with_negatives(seed_offset=-1)
         self.dist: DistContext | None = None  # set by distribute() under torchrun
@@ -173,6 +176,9 @@ class KarateTask(TechniqueHooks, ModelOptimizerState):
         sharded; the encoder's message passing needs the whole graph, so it runs on every rank.
         Evaluation and checkpoints keep using the plain ``self.model``."""
         refuse_closure_optimizers(self.optimizer, self.spec["optimizer"])
+        if self.in_backward is not None:
+            raise ValueError("step_in_backward: not under DDP (the update would use this rank's "
+                             "unreduced gradient); set step_in_backward=false")
         self.dist = ctx
         self._ddp = wrap_ddp(self.model, self.device)
 

@@ -10,17 +10,22 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from ...compiled import CompiledStep, compile_step
+from ...optim import SurveyOptimizer
 from ..runtime.distributed import DistContext, all_reduce_sum, wrap_ddp
 from .closure_step import closure_step, needs_closure, refuse_closure_optimizers
 from .data import DATASETS, ImageData, load_image_dataset
 from .models import ACTIVATIONS, build_mlp
-from .optimizers import build_optimizer, optimizer_hparams
+from .optimizers import SECOND_ORDER_NAMES, build_optimizer, optimizer_hparams
 from .protocol import Claim, Figures, ModelOptimizerState, ReportMetric, SweepMetric
 from .techniques import (
     TechniqueHooks,
     TechniqueOptions,
     Techniques,
+    attach_step_in_backward,
     init_weights,
+    optimizer_arguments,
+    scheduler_entry,
     technique_spec,
     val_split_indices,
     variant_suffix,
@@ -28,6 +33,39 @@ from .techniques import (
 from .techniques import hparams as technique_hparams
 
 _DATA_CACHE: dict[tuple[Any, ...], ImageData] = {}
+
+# Schedulers that change momentum every step: a compiled step would compile each new value.
+_CYCLING_MOMENTUM = ("OneCycleLR", "CyclicLR")
+
+
+def compile_why_not(spec: dict[str, Any], device: torch.device, full_batch: bool,
+                    opts: TechniqueOptions) -> str | None:
+    """Why the run of ``spec`` trains with the eager step (None: with the compiled one).
+    ``compile=true`` compiles wherever the run allows it; ``auto`` only where the compiled
+    step was measured to win: CPU with batches smaller than the training set."""
+    mode = spec["compile"]
+    if mode is False:
+        return "compile=false"
+    if spec["optimizer"] in SECOND_ORDER_NAMES:
+        return "closure-based optimizer (several loss evaluations per step)"
+    if opts.step_in_backward:
+        return "step_in_backward (the update runs inside the eager backward)"
+    if opts.state_dtype is not None:
+        return "state_dtype (compact state is updated by the eager step)"
+    if opts.l1 or opts.l2:
+        return "l1/l2 penalty (the eager step adds it to the loss)"
+    if opts.clip_grad_norm is not None or opts.clip_grad_value is not None:
+        return "gradient clipping (between backward and the update)"
+    if opts.dropout:
+        return "dropout (the compiled step draws another random stream)"
+    entry = scheduler_entry(opts.scheduler)
+    if entry and entry[0] in _CYCLING_MOMENTUM and entry[1].get("cycle_momentum", True):
+        return f"{entry[0]} cycles momentum (a compiled constant)"
+    if mode == "auto" and full_batch:
+        return "full batch (compiling was measured to gain nothing; compile=true forces it)"
+    if mode == "auto" and device.type != "cpu":
+        return f"{device.type} (not measured to win there; compile=true forces it)"
+    return None
 
 
 def get_data(spec: dict[str, Any], data_dir: str | None, device: torch.device) -> ImageData:
@@ -116,12 +154,25 @@ class MnistTask(TechniqueHooks, ModelOptimizerState):
         )
         self.model.to(device)
         self.optimizer = build_optimizer(
-            spec["optimizer"], self.model.parameters(), spec["optimizer_kwargs"]
+            spec["optimizer"], self.model.parameters(), optimizer_arguments(spec)
         )
         self.tech = Techniques(spec, self.model, self.optimizer)
-        # torch.compile pays off on GPUs (fused kernels); on CPU it was measured slower for this
-        # small MLP, so it is opt-in.
-        self._forward = torch.compile(self.model) if spec["compile"] else self.model
+        self.in_backward = attach_step_in_backward(spec, self.model, self.optimizer)
+        self._forward: torch.nn.Module = self.model
+        #: the compiled training step, or None (eager) with the reason in ``compile_why_not``
+        self.compiled: CompiledStep | None = None
+        self.compile_why_not = compile_why_not(spec, device, self.batch_size >= n, self.opts)
+        if self.compile_why_not is None and isinstance(self.optimizer, SurveyOptimizer):
+            try:
+                self.compiled = compile_step(self.model, F.cross_entropy, self.optimizer,
+                                             grad_norms=self.tech.tracker is not None)
+            except (TypeError, ValueError) as exc:  # what the step cannot hold (e.g. buffers)
+                self.compile_why_not = str(exc)
+        self._norm_order: list[int] | None = None  # compiled norms -> the tracker's order
+        if self.compiled is not None and self.tech.tracker is not None:
+            names = self.compiled.parameter_names
+            order = [names.index(n) for n, _ in self.tech.tracker.named]
+            self._norm_order = None if order == list(range(len(names))) else order
         self.dist: DistContext | None = None  # set by distribute() under torchrun
 
     @staticmethod
@@ -142,9 +193,13 @@ class MnistTask(TechniqueHooks, ModelOptimizerState):
         """Train under DDP as one rank of ``ctx`` (see distributed.py): the steps shard each
         global batch; evaluation and checkpoints keep using the plain ``self.model``."""
         refuse_closure_optimizers(self.optimizer, self.spec["optimizer"])
+        if self.in_backward is not None:
+            raise ValueError("step_in_backward: not under DDP (the update would use this rank's "
+                             "unreduced gradient); set step_in_backward=false")
         self.dist = ctx
-        ddp = wrap_ddp(self.model, self.device)
-        self._forward = torch.compile(ddp) if self.spec["compile"] else ddp
+        if self.compiled is not None:
+            self.compiled, self.compile_why_not = None, "DDP (torchrun) runs the eager step"
+        self._forward = wrap_ddp(self.model, self.device)
 
     def hparams(self) -> dict[str, Any]:
         s = self.spec
@@ -155,7 +210,21 @@ class MnistTask(TechniqueHooks, ModelOptimizerState):
         hp.update({f"opt/{k}": v for k, v in s["optimizer_kwargs"].items()})
         hp["hidden"] = str(s["hidden"])
         hp.update(technique_hparams(s))
+        hp["compile"] = str(s["compile"])
+        hp["compiled"] = self.compiled is not None
+        hp["compile_why_not"] = self.compile_why_not or ""
         return hp
+
+    def finish(self) -> dict[str, Any]:
+        out = super().finish()
+        cs = self.compiled
+        out["compile"] = {
+            "compiled": cs is not None, "why_not": self.compile_why_not,
+            "programs": cs.compilations if cs else 0,
+            "compile_seconds": cs.compile_seconds if cs else 0.0,
+            "eager_steps": cs.eager_steps if cs else None,
+        }
+        return out
 
     def hparam_metrics(self) -> list[str]:
         """The metric tags the HParams dashboard shows beside each run's hyperparameters."""
@@ -184,6 +253,24 @@ class MnistTask(TechniqueHooks, ModelOptimizerState):
                 self.x_val = (self.x_val - mean) / std
 
     # -- training
+    def _compiled_step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        cs = self.compiled
+        if cs is None:  # (fell back to eager this epoch)
+            return self._step(xb, yb)
+        try:
+            loss = cs(xb, yb)
+        except Exception as exc:  # noqa: BLE001 -- auto falls back: e.g. no C compiler
+            if self.spec["compile"] != "auto" or cs.compilations:
+                raise
+            # (the program failed to build before it ran: nothing was updated)
+            self.compiled, self.compile_why_not = None, f"compilation failed: {exc}"[:300]
+            return self._step(xb, yb)
+        tracker = self.tech.tracker
+        if tracker is not None and cs.grad_norms is not None:
+            norms = cs.grad_norms
+            tracker.record_norms(norms if self._norm_order is None else norms[self._norm_order])
+        return loss
+
     def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.tech.loss(F.cross_entropy(self._forward(xb), yb))
@@ -225,9 +312,10 @@ class MnistTask(TechniqueHooks, ModelOptimizerState):
         # Losses stay on the device until the epoch ends: no host sync per step.
         buf = torch.empty(self.steps_per_epoch, device=self.device)
         every = max(1, self.steps_per_epoch // 50)
-        step = self._step
+        step = self._step if self.compiled is None else self._compiled_step
         if self.dist is not None:
             return self._train_epoch_sharded(perm, buf, every, losses, progress)
+        last = self.steps_per_epoch - 1
         for i in range(self.steps_per_epoch):
             if perm is None:
                 xb, yb = x, y  # full batch: order does not matter for the mean loss
@@ -236,7 +324,12 @@ class MnistTask(TechniqueHooks, ModelOptimizerState):
                 # each epoch (that costs ~0.13 ms/step in page faults and copies here).
                 idx = perm[i * bs : (i + 1) * bs]
                 xb, yb = x.index_select(0, idx), y.index_select(0, idx)
-            buf[i] = step(xb, yb)
+            if i == last and self.compiled is not None and self.tech.tracker is not None:
+                # an eager step leaves the gradients in .grad: the epoch's histograms
+                buf[i] = self.compiled.eager(xb, yb)
+                self.tech.tracker.record()
+            else:
+                buf[i] = step(xb, yb)
             if (i + 1) % every == 0:
                 progress(i + 1, float(buf[i]))
         losses.copy_(buf.cpu())

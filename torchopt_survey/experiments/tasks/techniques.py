@@ -23,6 +23,7 @@ from torch import nn
 from .models import NORMS
 
 INITS = ("default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal")
+STATE_DTYPES = ("bfloat16", "int8")
 
 @dataclass(frozen=True)
 class TechniqueOptions:
@@ -45,6 +46,10 @@ class TechniqueOptions:
     val_split: float | None = None  # fraction of the training set held out for validation
     normalize_inputs: bool = False
     eval_train: bool = False  # also evaluate (eval mode) on the training set: train-test gap
+    # how the run computes (not §V): the optimizer's memory options, subnormal flushing
+    step_in_backward: bool = False  # update each parameter from its gradient hook
+    state_dtype: str | None = None  # compact optimizer state: "bfloat16" or "int8"
+    flush_denormal: bool = False  # torch.set_flush_denormal(True) while the run trains
 
     @classmethod
     def of(cls, spec: Mapping[str, Any]) -> TechniqueOptions:
@@ -204,6 +209,22 @@ def validate_techniques(cfg: dict[str, Any]) -> None:
     lg = cfg["log_grad_norms"]
     if lg not in (True, False, "auto"):
         raise ValueError(f"log_grad_norms: expected true, false or auto, got {lg!r}")
+    for key in ("step_in_backward", "flush_denormal"):
+        if not isinstance(cfg[key], bool):
+            raise ValueError(f"{key}: expected true or false, got {cfg[key]!r}")
+    sd = cfg["state_dtype"]
+    if sd is not None and sd not in STATE_DTYPES:
+        raise ValueError(
+            f"state_dtype: unknown value {sd!r}; valid choices: {', '.join(STATE_DTYPES)}, null"
+        )
+    if cfg["step_in_backward"]:
+        for key in ("clip_grad_norm", "clip_grad_value"):
+            if cfg[key] is not None:
+                raise ValueError(
+                    f"step_in_backward: cannot be combined with {key} (each parameter is "
+                    "updated as soon as its gradient exists: there is no moment to clip them "
+                    "all); set step_in_backward=false"
+                )
     if cfg["scheduler"] is not None:
         probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
         build_scheduler(cfg["scheduler"], probe)
@@ -266,6 +287,39 @@ def init_weights(model: nn.Module, init: str, activation: str, gain: float = 1.0
     return model
 
 
+# ----------------------------------------------------------------------------- the optimizer
+
+
+def optimizer_arguments(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's optimizer keyword arguments, with ``state_dtype`` when the spec asks for it."""
+    kwargs = dict(spec["optimizer_kwargs"])
+    state_dtype = TechniqueOptions.of(spec).state_dtype
+    if state_dtype is not None:
+        kwargs["state_dtype"] = state_dtype
+    return kwargs
+
+
+def attach_step_in_backward(spec: Mapping[str, Any], model: nn.Module, optimizer: Any) -> Any:
+    """With ``step_in_backward``, make ``optimizer`` update each parameter of ``model`` from its
+    gradient hook (its ``step()`` then does nothing); returns the hooks' handle, else None."""
+    opts = TechniqueOptions.of(spec)
+    if not opts.step_in_backward:
+        return None
+    if opts.clip_grad_norm is not None or opts.clip_grad_value is not None:
+        raise ValueError("step_in_backward: cannot be combined with gradient clipping (the "
+                         "gradients are gone when backward returns); set step_in_backward=false")
+    if not callable(getattr(optimizer, "step_in_backward", None)):
+        raise ValueError(
+            f"step_in_backward: {type(optimizer).__name__} cannot step inside backward "
+            "(closure-based methods evaluate the loss several times per step); "
+            "set step_in_backward=false"
+        )
+    try:
+        return optimizer.step_in_backward(model)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise ValueError(f"step_in_backward: {exc}") from exc
+
+
 # ----------------------------------------------------------------------------- loss, gradients
 
 
@@ -309,12 +363,18 @@ class GradNormTracker:
         self.count: torch.Tensor | None = None
         self.steps = 0
         self.last: dict[str, torch.Tensor] = {}
+        self._grads: list[torch.Tensor] = []
 
     def record(self) -> None:
         grads = [p.grad for _, p in self.named if p.grad is not None]
         if len(grads) < len(self.named):  # e.g. an unused embedding row set: skip the step
             return
-        norms = torch.stack(torch._foreach_norm(grads)).detach()
+        self.record_norms(torch.stack(torch._foreach_norm(grads)).detach())
+        self._grads = grads
+
+    def record_norms(self, norms: torch.Tensor) -> None:
+        """Add one step's norms (a 1-d tensor in the order of ``named``), e.g. the ones a
+        compiled step computed without leaving gradients in ``.grad``."""
         # Mean over the steps with a finite norm: a run that diverges mid-epoch still shows
         # how large its gradients grew (nan when no step was finite).
         finite = torch.isfinite(norms)
@@ -324,7 +384,6 @@ class GradNormTracker:
         else:
             self.sum, self.count = self.sum + norms, self.count + finite
         self.steps += 1
-        self._grads = grads
 
     def epoch_metrics(self) -> dict[str, float]:
         """Mean gradient norm per parameter over the epoch's steps; resets the sums."""
@@ -332,10 +391,11 @@ class GradNormTracker:
             return {}
         assert self.count is not None
         means = (self.sum.double() / self.count.double()).cpu().tolist()  # 0/0 = nan
-        # Gradient values of the epoch's last step, for the histograms.
+        # Gradient values of the epoch's last step (that left them in .grad), for histograms.
         self.last = {
             n: g.detach().flatten().cpu() for (n, _), g in zip(self.named, self._grads, strict=True)
-        }
+        } if self._grads else {}
+        self._grads = []
         self.sum, self.count, self.steps = None, None, 0
         return {f"grad_norm/{n}": m for (n, _), m in zip(self.named, means, strict=True)}
 

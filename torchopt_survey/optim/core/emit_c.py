@@ -457,7 +457,8 @@ def emit_c_compact(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool
     for slot in quantised:
         per_block.append(f"const float amax{slot} = A{slot}[blk]; (void)amax{slot};")
     for k, slot in enumerate(written):
-        per_block += [f"uint32_t mx{slot} = 0;", f"float* restrict sc{slot} = scratch + {k * block};"]
+        per_block += [f"uint32_t mx{slot} = 0;",
+                      f"float* restrict sc{slot} = scratch + {k * block};"]
     requantise = []
     for slot in written:
         name = "S" if compact[slot] == "int8" else "U"
@@ -476,6 +477,7 @@ def emit_c_compact(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool
             tables += _code_tables(signed)
     nslots = len(dtypes) + len(compact_slots)
     scratch = len(written) * block
+    allocate = f"(float*)malloc({scratch} * sizeof(float))" if scratch else "NULL"
     return "\n".join(
         [
             "/* traced update (compact state: " + ", ".join(
@@ -527,7 +529,7 @@ def emit_c_compact(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool
             "        const int64_t tid = 0, nth = 1;",
             "#endif",
             "        if (tid == 0) torchopt_threads_used = nth;",
-            f"        float* scratch = {f'(float*)malloc({scratch} * sizeof(float))' if scratch else 'NULL'};",
+            f"        float* scratch = {allocate};  /* the updated blocks, before quantising */",
             "        const int64_t per = (total + nth - 1) / nth;",
             "        const int64_t lo = tid * per < total ? tid * per : total;",
             "        const int64_t hi = lo + per < total ? lo + per : total;",

@@ -367,7 +367,7 @@ def _code_tables(signed: bool) -> list[str]:
     return [
         f"static const float VALUES_{name}[{table.values.numel()}] = "
         f"{{{_c_floats(table.values.tolist())}}};",
-        f"static const int16_t FIRST_{name}[{NCELLS}] = "
+        f"static const int32_t FIRST_{name}[{NCELLS}] = "
         f"{{{', '.join(str(v) for v in table.first_code.tolist())}}};",
         f"static const float UPPER_{name}[{table.upper.numel()}] = "
         f"{{{_c_floats(table.upper.tolist())}}};",
@@ -412,11 +412,9 @@ class CompactCDialect(CDialect):
             return super().store_tensor(slot, expr)
         if kind == "bfloat16":
             return f"x{slot}[i] = st_bf16_sr((float)({expr}), (uint32_t)i, seed{slot});"
-        clamp = " y = y < 0.0f ? 0.0f : y;" if kind == "uint8" else ""
-        # the block's largest magnitude: the largest bit pattern of |y| (an integer maximum,
-        # which vectorises where a float one would not)
-        return (f"{{ float y = (float)({expr});{clamp} sc{slot}[i - a] = y; uint32_t b; "
-                f"memcpy(&b, &y, 4); b &= 0x7fffffffu; mx{slot} = b > mx{slot} ? b : mx{slot}; }}")
+        if kind == "uint8":  # (non-negative state: a rounding error below 0 is clamped)
+            return f"{{ const float y = (float)({expr}); sc{slot}[i - a] = y < 0.0f ? 0.0f : y; }}"
+        return f"sc{slot}[i - a] = (float)({expr});"
 
 
 def emit_c_compact(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool,
@@ -457,16 +455,23 @@ def emit_c_compact(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool
     for slot in quantised:
         per_block.append(f"const float amax{slot} = A{slot}[blk]; (void)amax{slot};")
     for k, slot in enumerate(written):
-        per_block += [f"uint32_t mx{slot} = 0;",
-                      f"float* restrict sc{slot} = scratch + {k * block};"]
+        per_block.append(f"float* restrict sc{slot} = scratch + {k * block};")
     requantise = []
     for slot in written:
         name = "S" if compact[slot] == "int8" else "U"
         requantise += [
             "{",
-            f"    float peak; memcpy(&peak, &mx{slot}, 4);",
+            # the block's largest magnitude: the largest bit pattern of |y| (an integer
+            # maximum, which vectorises where a float one would not)
+            "    uint32_t most = 0;",
+            "    for (int64_t i = 0; i < z - a; ++i) {",
+            f"        uint32_t b; memcpy(&b, &sc{slot}[i], 4); b &= 0x7fffffffu;",
+            "        most = b > most ? b : most;",
+            "    }",
+            "    float peak; memcpy(&peak, &most, 4);",
             f"    A{slot}[blk] = peak;",
             "    const float scale = peak > 0.0f ? peak : 1.0f;",
+            "    #pragma GCC ivdep",
             "    for (int64_t i = a; i < z; ++i)",
             f"        x{slot}[i] = ({types[dtypes[slot]]})quant_{name}(sc{slot}[i - a], scale);",
             "}",

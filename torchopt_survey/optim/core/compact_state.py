@@ -2,8 +2,9 @@
 
 ``state_dtype="bfloat16"`` keeps every tensor state (moments, accumulators, momentum buffers)
 in bfloat16, written back with stochastic rounding (an unbiased rounding: small updates are
-not lost on average, as they would be to round-to-nearest). The random bits come from a
-generator seeded by the parameter's position and its update count, so a run is reproducible,
+not lost on average, as they would be to round-to-nearest). The random bits are a hash of each
+element's index and a seed made of the parameter's position and its update count (counter-
+based, so a kernel computes any element's bits on its own), so a run is reproducible,
 independent of the order parameters are updated in (``step()`` or ``step_in_backward``), and
 continues identically from a checkpoint.
 
@@ -15,10 +16,13 @@ down to 1e-7 of it, so that small second moments do not collapse to zero. State 
 declares non-negative (``StateSpec.non_negative``: second moments, accumulators) uses an
 unsigned map over [0, 1] (twice the resolution, never below zero); other state a signed one.
 
-Scalar state (``step``) stays as it is. The update itself is unchanged: each parameter's
-state is expanded to the parameter's dtype, the method's ordinary path (forloop, foreach or
-fused) runs on it, and the result is compacted again -- in chunks of parameters, so at most
-one chunk's full-precision state exists at a time.
+Scalar state (``step``) stays as it is. On the fused CPU path the generated C kernel reads
+and writes the compact state itself (:func:`_step_in_kernel`, :func:`.emit_c.emit_c_compact`):
+one pass per int8 block, bit for bit what the general path gives. The general path (forloop,
+foreach, the first fused step, Triton, what the kernel does not take): each parameter's
+state is expanded to the parameter's dtype, the method's ordinary path runs on it, and the
+result is compacted again -- in chunks of parameters, so at most one chunk's full-precision
+state exists at a time.
 
 ``state_dict()`` holds the compact tensors themselves (bfloat16 tensors, or uint8/int8 codes
 plus ``<name>_absmax`` scales) -- plain tensors, loadable with ``weights_only=True``.

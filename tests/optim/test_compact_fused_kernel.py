@@ -21,7 +21,7 @@ import torch
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
 
-from optim_infos import CASE_IDS, CASES, OPTIMS  # noqa: E402
+from optim_infos import CASE_IDS, CASES  # noqa: E402
 
 import torchopt_survey.optim as O  # noqa: E402
 from torchopt_survey.optim.core import compact_state as C  # noqa: E402

@@ -242,28 +242,35 @@ def dequantize_int8(codes: Tensor, absmax: Tensor, block: int, dtype: torch.dtyp
     return out.reshape(-1)[: codes.numel()].view(codes.shape)
 
 
-#: multipliers of the rounding bits' hash (each below 2^31, so the products fit an int64)
+#: multipliers of the rounding bits' hash
 HASH_MULTIPLIERS = (0x61C88647, 0x7FEB352D, 0x1B873593)
 _LOW32 = 0xFFFFFFFF
 
 
 def rounding_noise(seed: int, count: int, device: torch.device | str = "cpu") -> Tensor:
     """16 random bits (int32, in [0, 65536)) for each of ``count`` elements: a hash of the
-    element's index and the 32-bit ``seed``.
+    element's index and the 32-bit ``seed`` (the C kernel's ``st_bf16_sr``, in uint32).
 
     A counter-based hash rather than a generator's stream, so that any element's bits are
     known without the others': the generated kernels compute them inside their element loop,
     in whatever thread an element falls, bit for bit as this function does.
     """
     first, second, third = HASH_MULTIPLIERS
-    x = torch.arange(count, dtype=torch.int64, device=device).mul_(first).add_(seed)
-    x &= _LOW32
-    x ^= x >> 16
-    x = x.mul_(second).bitwise_and_(_LOW32)
-    x ^= x >> 15
-    x = x.mul_(third).bitwise_and_(_LOW32)
-    x ^= x >> 16
-    return (x >> 16).int()
+    # uint32 arithmetic in int32 tensors: products wrap modulo 2^32, and a masked arithmetic
+    # shift is the logical one
+    x = torch.arange(count, dtype=torch.int32, device=device).mul_(first).add_(_as_int32(seed))
+    x ^= (x >> 16) & 0xFFFF
+    x.mul_(second)
+    x ^= (x >> 15) & 0x1FFFF
+    x.mul_(third)
+    x ^= (x >> 16) & 0xFFFF
+    return (x >> 16).bitwise_and_(0xFFFF)
+
+
+def _as_int32(value: int) -> int:
+    """The int32 with the low 32 bits of ``value``."""
+    value &= _LOW32
+    return value - (1 << 32) if value >= 1 << 31 else value
 
 
 def rounding_seed(position: int, slot: int, count: int) -> int:

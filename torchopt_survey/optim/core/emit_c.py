@@ -358,8 +358,26 @@ def _c_floats(values: Any) -> str:
     return ", ".join("INFINITY" if math.isinf(v) else f"{float(v).hex()}f" for v in values)
 
 
+def _cell_entries(table: Any) -> list[int]:
+    """Per cell (and one more for a magnitude of exactly 1): the cell's first code in the high
+    16 bits and, in the low 16, the low mantissa bits of the one midpoint inside the cell
+    (0xFFFF if none). A magnitude and a midpoint of one cell share their high 16 bits, so
+    comparing the low 16 is comparing the floats: one table read finds the nearest code."""
+    from .compact_state import CELL_OFFSET, NCELLS
+
+    upper = table.upper.view(torch.int32).tolist()
+    entries = []
+    for cell, code in enumerate(table.first_code.tolist()):
+        bits = upper[code]
+        entries.append(code << 16 | (bits & 0xFFFF if bits >> 16 == cell + CELL_OFFSET
+                                     else 0xFFFF))
+    top = len(upper) - 1  # the code of 1.0 (magnitude bits >> 16 == CELL_OFFSET + NCELLS)
+    assert len(entries) == NCELLS
+    return [*entries, top << 16 | 0xFFFF]
+
+
 def _code_tables(signed: bool) -> list[str]:
-    """The int8 code map as static C arrays: values, per-cell first code, upper midpoints."""
+    """The int8 code map as static C arrays (values, per-cell entries) and its quantiser."""
     from .compact_state import CELL_OFFSET, NCELLS, _Table
 
     table = _Table(signed, torch.device("cpu"))
@@ -367,19 +385,17 @@ def _code_tables(signed: bool) -> list[str]:
     return [
         f"static const float VALUES_{name}[{table.values.numel()}] = "
         f"{{{_c_floats(table.values.tolist())}}};",
-        f"static const int32_t FIRST_{name}[{NCELLS}] = "
-        f"{{{', '.join(str(v) for v in table.first_code.tolist())}}};",
-        f"static const float UPPER_{name}[{table.upper.numel()}] = "
-        f"{{{_c_floats(table.upper.tolist())}}};",
+        f"static const uint32_t CELLS_{name}[{NCELLS + 1}] = "
+        f"{{{', '.join(f'{v}u' for v in _cell_entries(table))}}};",
         f"static inline int quant_{name}(float v, float scale) {{",
         "    float q = v / scale;",
         "    q = q < -1.0f ? -1.0f : (q > 1.0f ? 1.0f : q);",
         "    const float m = fabsf(q);",
         "    uint32_t u; memcpy(&u, &m, 4);",
         f"    int32_t cell = (int32_t)(u >> 16) - {CELL_OFFSET};",
-        f"    cell = cell < 0 ? 0 : (cell > {NCELLS - 1} ? {NCELLS - 1} : cell);",
-        f"    int code = FIRST_{name}[cell];",
-        f"    code += m > UPPER_{name}[code];",
+        f"    cell = cell < 0 ? 0 : (cell > {NCELLS} ? {NCELLS} : cell);",
+        f"    const uint32_t entry = CELLS_{name}[cell];",
+        "    const int code = (int)(entry >> 16) + ((u & 0xffffu) > (entry & 0xffffu));",
         "    return q < 0.0f ? -code : code;" if signed else "    return code;",
         "}",
     ]

@@ -185,3 +185,45 @@ def test_first_step_and_unsupported_layouts_take_the_general_path(kernel_calls) 
         opt.step()
     assert not kernel_calls
     assert opt.state[param]["exp_avg"].dtype == torch.int8
+
+
+def _hard_values(signed: bool) -> torch.Tensor:
+    """Every midpoint of the code map and its two float32 neighbours, every code value, and
+    magnitudes at and around the lookup's floor (2^-27), subnormals, zero; negated too for
+    the signed map; each block of 256 led by 1.0, so the block scale is exactly 1."""
+    table = C._Table(signed, torch.device("cpu"))
+    mids = table.upper[:-1]
+    tiny = torch.tensor([0.0, 1e-45, 1e-40, 2.0**-27, 2.0**-26, 3e-8, 5e-8, 1e-7, 5e-7, 1e-6])
+    parts = [mids, torch.nextafter(mids, torch.tensor(2.0)), torch.nextafter(mids, torch.zeros(1)),
+             table.values.abs(), tiny, torch.nextafter(tiny, torch.ones(1))]
+    magnitudes = torch.cat(parts)
+    values = torch.cat([magnitudes, -magnitudes]) if signed else magnitudes
+    blocks = values.split(255)
+    return torch.cat([torch.cat([torch.ones(1), b]) for b in blocks])
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_kernel_quantiser_is_the_nearest_code_at_every_midpoint(signed, kernel_calls) -> None:
+    """The kernel's quantiser on values placed where a lookup could go wrong: it must store
+    what ``quantize_int8`` stores. (SGD's momentum buffer -- signed map -- becomes the gradient
+    from a zero buffer; Adamax's ``exp_inf`` -- unsigned -- becomes |gradient| with eps 0.)"""
+    values = _hard_values(signed)
+    param = torch.zeros(values.numel(), requires_grad=True)
+    if signed:
+        opt, name = O.SGD([param], lr=0.0, momentum=0.9, fused=True, state_dtype="int8"), \
+            "momentum_buffer"
+    else:
+        opt, name = O.Adamax([param], lr=0.0, eps=0.0, fused=True, state_dtype="int8"), \
+            "exp_inf"
+    param.grad = torch.ones_like(param)
+    opt.step()  # creates the state (general path)
+    state = opt.state[param]
+    state[name].zero_()
+    state[name + C.ABSMAX].zero_()  # a zero buffer: the new state is the gradient itself
+    param.grad = values.clone()
+    opt.step()
+    assert kernel_calls
+    codes, absmax = C.quantize_int8(values, 256, non_negative=not signed)
+    assert torch.equal(state[name + C.ABSMAX], absmax)
+    wrong = (state[name] != codes).nonzero().flatten()
+    assert not wrong.numel(), (values[wrong][:5], state[name][wrong][:5], codes[wrong][:5])

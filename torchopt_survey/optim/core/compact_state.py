@@ -2,8 +2,9 @@
 
 ``state_dtype="bfloat16"`` keeps every tensor state (moments, accumulators, momentum buffers)
 in bfloat16, written back with stochastic rounding (an unbiased rounding: small updates are
-not lost on average, as they would be to round-to-nearest). The random bits come from a
-generator seeded by the parameter's position and its update count, so a run is reproducible,
+not lost on average, as they would be to round-to-nearest). The random bits are a hash of each
+element's index and a seed made of the parameter's position and its update count (counter-
+based, so a kernel computes any element's bits on its own), so a run is reproducible,
 independent of the order parameters are updated in (``step()`` or ``step_in_backward``), and
 continues identically from a checkpoint.
 
@@ -15,10 +16,13 @@ down to 1e-7 of it, so that small second moments do not collapse to zero. State 
 declares non-negative (``StateSpec.non_negative``: second moments, accumulators) uses an
 unsigned map over [0, 1] (twice the resolution, never below zero); other state a signed one.
 
-Scalar state (``step``) stays as it is. The update itself is unchanged: each parameter's
-state is expanded to the parameter's dtype, the method's ordinary path (forloop, foreach or
-fused) runs on it, and the result is compacted again -- in chunks of parameters, so at most
-one chunk's full-precision state exists at a time.
+Scalar state (``step``) stays as it is. On the fused CPU path the generated C kernel reads
+and writes the compact state itself (:func:`_step_in_kernel`, :func:`.emit_c.emit_c_compact`):
+one pass per int8 block, bit for bit what the general path gives. The general path (forloop,
+foreach, the first fused step, Triton, what the kernel does not take): each parameter's
+state is expanded to the parameter's dtype, the method's ordinary path runs on it, and the
+result is compacted again -- in chunks of parameters, so at most one chunk's full-precision
+state exists at a time.
 
 ``state_dict()`` holds the compact tensors themselves (bfloat16 tensors, or uint8/int8 codes
 plus ``<name>_absmax`` scales) -- plain tensors, loadable with ``weights_only=True``.
@@ -141,10 +145,15 @@ def _code_table(signed: bool) -> Tensor:
     return torch.tensor([0.0] + _dynamic_magnitudes(8), dtype=torch.float32)  # codes 0..255
 
 
-#: the nearest code is found through cells of 1/CELLS octave from 2^-LOG_FLOOR to 1 (each
-#: cell narrower than the closest two midpoints, so it holds at most one midpoint): a lookup
-#: and one comparison per element instead of a binary search over the table
+#: the nearest code is found through cells: a float32 magnitude's exponent and the top 7 bits
+#: of its mantissa (its bits >> 16) name a cell of 1/128 of an octave, from 2^-LOG_FLOOR to 1
+#: (each cell narrower than the closest two midpoints, so it holds at most one midpoint): a
+#: lookup and one comparison per element, in integer arithmetic that the generated kernels
+#: repeat bit for bit, instead of a binary search over the table
 LOG_FLOOR, CELLS = 27, 128
+#: ``bits >> 16`` of the lowest magnitude of cell 0 (2^-LOG_FLOOR)
+CELL_OFFSET = (127 - LOG_FLOOR) * CELLS
+NCELLS = LOG_FLOOR * CELLS
 
 
 class _Table:
@@ -155,7 +164,9 @@ class _Table:
         table = _code_table(signed).double()
         magnitudes = table[table >= 0]  # 0 and the positive codes, ascending
         midpoints = (magnitudes[1:] + magnitudes[:-1]) / 2
-        lows = 2.0 ** (torch.arange(LOG_FLOOR * CELLS, dtype=torch.float64) / CELLS - LOG_FLOOR)
+        cell = torch.arange(NCELLS, dtype=torch.float64)
+        lows = 2.0 ** (cell.div(CELLS, rounding_mode="floor") - LOG_FLOOR) * (
+            1 + cell.remainder(CELLS) / CELLS)
         #: per cell, the code of its lowest value; a value above the code's upper midpoint
         #: takes the next code
         self.first_code = torch.bucketize(lows, midpoints).to(device)
@@ -163,11 +174,10 @@ class _Table:
         self.zero = int((table < 0).sum())  # index of the code 0 in ``values``
 
     def nearest(self, normalised: Tensor) -> Tensor:
-        """Index into ``values`` of the code nearest to each element (in [-1, 1])."""
+        """Index into ``values`` of the code nearest to each element (in [-1, 1], float32)."""
         magnitude = normalised.abs()
-        cell = torch.log2(magnitude).add_(LOG_FLOOR).mul_(CELLS).floor_()
-        cell = cell.clamp_(0, LOG_FLOOR * CELLS - 1).long()
-        code = self.first_code[cell]
+        cell = magnitude.view(torch.int32).bitwise_right_shift(16).sub_(CELL_OFFSET)
+        code = self.first_code[cell.clamp_(0, NCELLS - 1).long()]
         code += magnitude > self.upper[code]
         if self.zero:
             code = torch.where(normalised < 0, -code, code) + self.zero
@@ -232,13 +242,49 @@ def dequantize_int8(codes: Tensor, absmax: Tensor, block: int, dtype: torch.dtyp
     return out.reshape(-1)[: codes.numel()].view(codes.shape)
 
 
+#: multipliers of the rounding bits' hash
+HASH_MULTIPLIERS = (0x61C88647, 0x7FEB352D, 0x1B873593)
+_LOW32 = 0xFFFFFFFF
+
+
+def rounding_noise(seed: int, count: int, device: torch.device | str = "cpu") -> Tensor:
+    """16 random bits (int32, in [0, 65536)) for each of ``count`` elements: a hash of the
+    element's index and the 32-bit ``seed`` (the C kernel's ``st_bf16_sr``, in uint32).
+
+    A counter-based hash rather than a generator's stream, so that any element's bits are
+    known without the others': the generated kernels compute them inside their element loop,
+    in whatever thread an element falls, bit for bit as this function does.
+    """
+    first, second, third = HASH_MULTIPLIERS
+    # uint32 arithmetic in int32 tensors: products wrap modulo 2^32, and a masked arithmetic
+    # shift is the logical one
+    x = torch.arange(count, dtype=torch.int32, device=device).mul_(first).add_(_as_int32(seed))
+    x ^= (x >> 16) & 0xFFFF
+    x.mul_(second)
+    x ^= (x >> 15) & 0x1FFFF
+    x.mul_(third)
+    x ^= (x >> 16) & 0xFFFF
+    return (x >> 16).bitwise_and_(0xFFFF)
+
+
+def _as_int32(value: int) -> int:
+    """The int32 with the low 32 bits of ``value``."""
+    value &= _LOW32
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def rounding_seed(position: int, slot: int, count: int) -> int:
+    """The 32-bit seed of one state tensor's rounding: the parameter's position over all
+    groups, the state's slot among its tensor states, and the parameter's update count."""
+    return hash((_SEED, position, slot, count)) & _LOW32
+
+
 def round_bfloat16(value: Tensor, seed: int) -> Tensor:
     """``value`` in bfloat16 with stochastic rounding (float32 first, then the bits below
-    bfloat16's mantissa decide, with probability equal to their weight, whether to round up)."""
+    bfloat16's mantissa decide, with probability equal to their weight, whether to round up;
+    the random bits are :func:`rounding_noise` of ``seed``)."""
     value32 = value.detach().float().contiguous()
-    generator = torch.Generator(device=value.device).manual_seed(seed)
-    noise = torch.randint(0, 1 << 16, value32.shape, generator=generator, device=value.device,
-                          dtype=torch.int32)
+    noise = rounding_noise(seed & _LOW32, value32.numel(), value.device).view(value32.shape)
     bits = value32.view(torch.int32)
     rounded = ((bits + noise) & -65536).view(torch.float32)  # -65536: 0xFFFF0000
     # (non-finite values and values that would carry into infinity keep their own rounding)
@@ -301,8 +347,7 @@ def compact(optimizer: Any, group: dict[str, Any], param: Tensor, stochastic: bo
             state[entry.name] = codes
             state[entry.name + ABSMAX] = absmax
         elif stochastic:
-            seed = hash((_SEED, position, slot, count)) & ((1 << 62) - 1)
-            state[entry.name] = round_bfloat16(real, seed)
+            state[entry.name] = round_bfloat16(real, rounding_seed(position, slot, count))
         else:
             state[entry.name] = real.to(torch.bfloat16)
 
@@ -339,7 +384,10 @@ def _step_groups(optimizer: Any) -> None:
 
 
 def step_compact(optimizer: Any, group: dict[str, Any], params: list[Tensor]) -> None:
-    """One ordinary step of ``params`` on full-precision copies of their compact state."""
+    """One step of ``params``: inside the fused C kernel where it reads compact state
+    (:func:`_step_in_kernel`), else the ordinary step on full-precision copies of it."""
+    if group.get("fused") and _step_in_kernel(optimizer, group, params):
+        return
     for param in params:
         expand(optimizer, group, param)
     try:
@@ -347,6 +395,91 @@ def step_compact(optimizer: Any, group: dict[str, Any], params: list[Tensor]) ->
     finally:
         for param in params:
             compact(optimizer, group, param, stochastic=True)
+
+
+#: elements per unit of work of a fused kernel on bfloat16 state (int8: one block)
+BF16_UNIT = 4096
+#: parameter dtypes whose compact state the C kernel reads and writes itself
+_IN_KERNEL_DTYPES = (torch.float32, torch.float64)
+
+
+def _step_in_kernel(optimizer: Any, group: dict[str, Any], params: list[Tensor]) -> bool:
+    """Step ``params`` with the fused C kernel reading and writing their compact state in
+    place, if it can: True when done, False (nothing changed) to take the general path.
+
+    The kernel gives bit for bit what the general path gives (expand, ordinary step,
+    compact): the same dequantisation, float arithmetic, block maxima, nearest codes and
+    rounding bits. What it does not handle takes the general path: the first step (state not
+    compact yet), per-replica hyperparameters, AMP's grad_scale/found_inf, the Triton backend,
+    parameters that are not contiguous float32/float64 CPU tensors, tensor subclasses.
+    """
+    from . import fused
+
+    if (fused.BACKEND == "triton" or optimizer._replicas_of(group)
+            or getattr(optimizer, "grad_scale", None) is not None
+            or getattr(optimizer, "found_inf", None) is not None):
+        return False
+    spec = optimizer._state_spec(group)
+    entries = _tensor_entries(optimizer, group)
+    if not entries:
+        return False
+    int8 = group["state_dtype"] == "int8"
+    rows: list[list[Tensor]] = []
+    work: list[tuple[Tensor, dict[str, Any]]] = []
+    for param in params:
+        grad = param.grad
+        state = optimizer.state.get(param)
+        if grad is None:
+            continue
+        if not state or type(param) not in fused._PLAIN or type(grad) not in fused._PLAIN or (
+                param.device.type != "cpu" or param.dtype not in _IN_KERNEL_DTYPES
+                or grad.dtype != param.dtype or grad.layout != torch.strided
+                or not param.is_contiguous() or not grad.is_contiguous()):
+            return False
+        row = [param, grad]
+        for entry in spec:
+            value = state.get(entry.name)
+            if not isinstance(value, Tensor) or value.device != param.device:
+                return False
+            if entry.kind == "scalar":
+                if value.dtype != torch.float32:
+                    return False
+            elif (value.dtype not in _COMPACT_DTYPES or not value.is_contiguous()
+                  or value.shape != param.shape or (int8 and entry.name + ABSMAX not in state)):
+                return False
+            row.append(value)
+        rows.append(row)
+        work.append((param, state))
+    if not rows:
+        return True
+    compact: tuple[Any, ...] = (None, None) + tuple(
+        None if entry.kind == "scalar" else ("uint8" if entry.non_negative else "int8")
+        if int8 else "bfloat16" for entry in spec)
+    extras: list[list[int]] = []
+    for param, state in work:
+        if int8:
+            extras.append([state[entry.name + ABSMAX].data_ptr() for entry in entries])
+        else:
+            count = _next_update_count(state)
+            position = optimizer._compact_position(param)
+            extras.append([rounding_seed(position, slot, count) for slot in range(len(entries))])
+    block = _block(group) if int8 else BF16_UNIT
+    partitions: dict[tuple, list[int]] = {}
+    for index, row in enumerate(rows):
+        partitions.setdefault(tuple(t.dtype for t in row), []).append(index)
+    for members in partitions.values():
+        fused.run_compact_cpu(optimizer, group, spec, [rows[i] for i in members],
+                              [extras[i] for i in members], compact, block)
+    return True
+
+
+def _next_update_count(state: dict[str, Any]) -> int:
+    """:func:`_update_count` as it will read after the coming update (which adds one to a
+    ``step`` state)."""
+    step = state.get("step")
+    if isinstance(step, Tensor):
+        return int(step.item()) + 1
+    return _update_count(state)
 
 
 # ---------------------------------------------------------------------------------------------

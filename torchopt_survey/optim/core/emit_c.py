@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import subprocess
@@ -330,3 +331,249 @@ def _compile(src_path: Path, out: Path) -> None:
             return
         stderr = result.stderr
     raise RuntimeError(f"fused CPU step: compiling {src_path} failed:\n{stderr[-4000:]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# compact state (bfloat16 / int8) read and written inside the kernel
+# ---------------------------------------------------------------------------------------------
+_COMPACT_PRELUDE = r"""
+#include <stdlib.h>
+/* stochastic rounding to bfloat16: the 16 bits below bfloat16's mantissa get 16 random bits
+   added (a hash of the element's index and the tensor's seed), then are cut off */
+static inline uint16_t st_bf16_sr(float f, uint32_t index, uint32_t seed) {
+    uint32_t x = index * 0x%08Xu + seed;
+    x ^= x >> 16; x *= 0x%08Xu; x ^= x >> 15; x *= 0x%08Xu; x ^= x >> 16;
+    uint32_t u; memcpy(&u, &f, 4);
+    const uint32_t r = (u + (x >> 16)) & 0xffff0000u;
+    float g; memcpy(&g, &r, 4);
+    if (isfinite(g)) return (uint16_t)(r >> 16);
+    if (f != f) return (uint16_t)0x7fc0u;  /* NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);  /* non-finite after rounding: to nearest even */
+    return (uint16_t)(u >> 16);
+}
+"""
+
+
+def _c_floats(values: Any) -> str:
+    return ", ".join("INFINITY" if math.isinf(v) else f"{float(v).hex()}f" for v in values)
+
+
+def _cell_entries(table: Any) -> list[int]:
+    """Per cell (and one more for a magnitude of exactly 1): the cell's first code in the high
+    16 bits and, in the low 16, the low mantissa bits of the one midpoint inside the cell
+    (0xFFFF if none). A magnitude and a midpoint of one cell share their high 16 bits, so
+    comparing the low 16 is comparing the floats: one table read finds the nearest code."""
+    from .compact_state import CELL_OFFSET, NCELLS
+
+    upper = table.upper.view(torch.int32).tolist()
+    entries = []
+    for cell, code in enumerate(table.first_code.tolist()):
+        bits = upper[code]
+        entries.append(code << 16 | (bits & 0xFFFF if bits >> 16 == cell + CELL_OFFSET
+                                     else 0xFFFF))
+    top = len(upper) - 1  # the code of 1.0 (magnitude bits >> 16 == CELL_OFFSET + NCELLS)
+    assert len(entries) == NCELLS
+    return [*entries, top << 16 | 0xFFFF]
+
+
+def _code_tables(signed: bool) -> list[str]:
+    """The int8 code map as static C arrays (values, per-cell entries) and its quantiser."""
+    from .compact_state import CELL_OFFSET, NCELLS, _Table
+
+    table = _Table(signed, torch.device("cpu"))
+    name = "S" if signed else "U"
+    return [
+        f"static const float VALUES_{name}[{table.values.numel()}] = "
+        f"{{{_c_floats(table.values.tolist())}}};",
+        f"static const uint32_t CELLS_{name}[{NCELLS + 1}] = "
+        f"{{{', '.join(f'{v}u' for v in _cell_entries(table))}}};",
+        f"static inline int quant_{name}(float v, float scale) {{",
+        "    float q = v / scale;",
+        "    q = q < -1.0f ? -1.0f : (q > 1.0f ? 1.0f : q);",
+        "    const float m = fabsf(q);",
+        "    uint32_t u; memcpy(&u, &m, 4);",
+        f"    int32_t cell = (int32_t)(u >> 16) - {CELL_OFFSET};",
+        f"    cell = cell < 0 ? 0 : (cell > {NCELLS} ? {NCELLS} : cell);",
+        f"    const uint32_t entry = CELLS_{name}[cell];",
+        "    const int code = (int)(entry >> 16) + ((u & 0xffffu) > (entry & 0xffffu));",
+        "    return q < 0.0f ? -code : code;" if signed else "    return code;",
+        "}",
+    ]
+
+
+class CompactCDialect(CDialect):
+    """:class:`CDialect` with compact state slots: ``compact[slot]`` is ``None`` (a plain
+    slot), ``"bfloat16"`` (bfloat16 storage, stochastic rounding on store) or ``"int8"``
+    (codes of the signed map, int8 storage) / ``"uint8"`` (the unsigned map), dequantised with
+    the block's scale on load and kept in float32 scratch until the block is re-quantised."""
+
+    def __init__(self, dtypes: tuple[Any, ...], has_grad_scale: bool,
+                 compact: tuple[Any, ...]) -> None:
+        super().__init__(dtypes, has_grad_scale)
+        self.compact = compact
+
+    def load_tensor(self, index: int, slot: int) -> list[str]:
+        kind = self.compact[slot]
+        if kind is None:
+            return super().load_tensor(index, slot)
+        if kind == "bfloat16":
+            return [f"{self.ct} v{index} = ({self.ct})ld_bf16(x{slot}[i]);"]
+        name, zero = ("S", " + 127") if kind == "int8" else ("U", "")
+        return [f"{self.ct} v{index} = ({self.ct})(VALUES_{name}[(int)x{slot}[i]{zero}]"
+                f" * amax{slot});"]
+
+    def store_tensor(self, slot: int, expr: str) -> str:
+        kind = self.compact[slot]
+        if kind is None:
+            return super().store_tensor(slot, expr)
+        if kind == "bfloat16":
+            return f"x{slot}[i] = st_bf16_sr((float)({expr}), (uint32_t)i, seed{slot});"
+        if kind == "uint8":  # (non-negative state: a rounding error below 0 is clamped)
+            return f"{{ const float y = (float)({expr}); sc{slot}[i - a] = y < 0.0f ? 0.0f : y; }}"
+        return f"sc{slot}[i - a] = (float)({expr});"
+
+
+def emit_c_compact(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool,
+                   compact: tuple[Any, ...], block: int) -> str:
+    """C source of a fused step whose state slots are compact (see :class:`CompactCDialect`).
+
+    The work is split across threads by whole units of ``block`` elements of one tensor (an
+    int8 state's quantisation blocks), so a block is read, updated and re-quantised by one
+    thread in one pass: its codes and scale are loaded, dequantised through the code map,
+    updated, the new values kept in float32 scratch (one block, cache-resident) while the
+    block's new largest magnitude is found, then quantised to the nearest code and stored with
+    the new scale. Each pointer row holds param, grad, the states, then one extra entry per
+    compact slot: the bfloat16 rounding seed (the value itself) or the int8 scales' address.
+    """
+    from .compact_state import HASH_MULTIPLIERS
+
+    dialect = CompactCDialect(dtypes, has_grad_scale, compact)
+    body = walk(traced, dialect)
+    ct = dialect.ct
+    types = {**_C_TYPES, torch.int8: "int8_t", torch.uint8: "uint8_t"}
+    compact_slots = [slot for slot, kind in enumerate(compact) if kind is not None]
+    aux = {slot: len(dtypes) + k for k, slot in enumerate(compact_slots)}
+    outputs = {2 + i for i, (name, _kind, _p) in enumerate(traced.slots)
+               if name in traced.graph.outputs}
+    quantised = [slot for slot in compact_slots if compact[slot] != "bfloat16"]
+    written = [slot for slot in quantised if slot in outputs]
+    decls = []
+    for slot, dtype in enumerate(dtypes):
+        if dtype is None or (slot >= 2 and traced.slots[slot - 2][1] == "scalar"):
+            continue
+        decls.append(f"{types[dtype]}* restrict x{slot} = ({types[dtype]}*)P[{slot}];")
+    for slot in compact_slots:
+        if compact[slot] == "bfloat16":
+            decls.append(f"const uint32_t seed{slot} = (uint32_t)(uintptr_t)P[{aux[slot]}];")
+        else:
+            decls.append(f"float* restrict A{slot} = (float*)P[{aux[slot]}];")
+    per_block = []
+    for slot in quantised:
+        per_block.append(f"const float amax{slot} = A{slot}[blk]; (void)amax{slot};")
+    for k, slot in enumerate(written):
+        per_block.append(f"float* restrict sc{slot} = scratch + {k * block};")
+    requantise = []
+    for slot in written:
+        name = "S" if compact[slot] == "int8" else "U"
+        requantise += [
+            "{",
+            # the block's largest magnitude: the largest bit pattern of |y| (an integer
+            # maximum, which vectorises where a float one would not)
+            "    uint32_t most = 0;",
+            "    for (int64_t i = 0; i < z - a; ++i) {",
+            f"        uint32_t b; memcpy(&b, &sc{slot}[i], 4); b &= 0x7fffffffu;",
+            "        most = b > most ? b : most;",
+            "    }",
+            "    float peak; memcpy(&peak, &most, 4);",
+            f"    A{slot}[blk] = peak;",
+            "    const float scale = peak > 0.0f ? peak : 1.0f;",
+            "    #pragma GCC ivdep",
+            "    for (int64_t i = a; i < z; ++i)",
+            f"        x{slot}[i] = ({types[dtypes[slot]]})quant_{name}(sc{slot}[i - a], scale);",
+            "}",
+        ]
+    tables: list[str] = []
+    for kind, signed in (("int8", True), ("uint8", False)):
+        if kind in compact:
+            tables += _code_tables(signed)
+    nslots = len(dtypes) + len(compact_slots)
+    scratch = len(written) * block
+    allocate = f"(float*)malloc({scratch} * sizeof(float))" if scratch else "NULL"
+    return "\n".join(
+        [
+            "/* traced update (compact state: " + ", ".join(
+                f"slot {s} {compact[s]}" for s in compact_slots) + f", blocks of {block}):",
+            *("   " + line for line in traced.graph.describe().splitlines()),
+            "*/",
+            _PRELUDE,
+            _COMPACT_PRELUDE % HASH_MULTIPLIERS,
+            *tables,
+            "",
+            "static void run_blocks(void* const* P, int64_t n, int64_t blo, int64_t bhi,",
+            f"                       const double* hp, const {ct} gs, int64_t nrep,",
+            "                       float* scratch) {",
+            "    (void)gs; (void)hp; (void)scratch;",
+            "    const int64_t r = 0; (void)r;  /* no per-replica values on this path */",
+            *("    " + d for d in decls),
+            *("    " + line for line in body.scalar_lines),
+            "    for (int64_t blk = blo; blk < bhi; ++blk) {",
+            f"        const int64_t a = blk * {block};",
+            f"        const int64_t z = a + {block} < n ? a + {block} : n;",
+            *("        " + line for line in per_block),
+            "        #pragma GCC ivdep",
+            "        for (int64_t i = a; i < z; ++i) {",
+            *("            " + line for line in body.tensor_lines),
+            *("            " + line for line in body.stores),
+            "        }",
+            *("        " + line for line in requantise),
+            "    }",
+            "}",
+            "",
+            "int64_t torchopt_threads_used = 0;  /* threads of the last call (for tests) */",
+            "",
+            "void torchopt_fused(int64_t ntensors, const int64_t* numels, void* const* ptrs,",
+            "                    const double* hp, const float* grad_scale, int64_t nthreads,",
+            "                    int64_t grain, int64_t nrep) {",
+            f"    const {ct} gs = grad_scale ? ({ct})*grad_scale : ({ct})1;",
+            "    int64_t total = 0;  /* blocks */",
+            f"    for (int64_t t = 0; t < ntensors; ++t) total += (numels[t] + {block - 1}) / "
+            f"{block};",
+            f"    grain = grain / {block};",
+            "    if (grain < 1) grain = 1;",
+            "    if (nthreads > total / grain) nthreads = total / grain;",
+            "    if (nthreads < 1) nthreads = 1;",
+            "    #pragma omp parallel num_threads(nthreads) if(nthreads > 1)",
+            "    {",
+            "#ifdef _OPENMP",
+            "        const int64_t tid = omp_get_thread_num(), nth = omp_get_num_threads();",
+            "#else",
+            "        const int64_t tid = 0, nth = 1;",
+            "#endif",
+            "        if (tid == 0) torchopt_threads_used = nth;",
+            f"        float* scratch = {allocate};  /* the updated blocks, before quantising */",
+            "        const int64_t per = (total + nth - 1) / nth;",
+            "        const int64_t lo = tid * per < total ? tid * per : total;",
+            "        const int64_t hi = lo + per < total ? lo + per : total;",
+            "        int64_t base = 0;",
+            "        for (int64_t t = 0; t < ntensors && base < hi; ++t) {",
+            f"            const int64_t nb = (numels[t] + {block - 1}) / {block};",
+            "            const int64_t b = lo > base ? lo - base : 0;",
+            "            const int64_t e = hi < base + nb ? hi - base : nb;",
+            f"            if (b < e) run_blocks(ptrs + t * {nslots}, numels[t], b, e, hp, gs, "
+            "nrep, scratch);",
+            "            base += nb;",
+            "        }",
+            "        free(scratch);",
+            "    }",
+            *([
+                "    for (int64_t t = 0; t < ntensors; ++t) {",
+                f"        void* const* P = ptrs + t * {nslots};",
+                "        const int64_t r = 0; (void)r;  /* scalar state never depends on r */",
+                *("        " + line for line in body.scalar_lines),
+                *("        " + line for line in body.scalar_stores),
+                "    }",
+            ] if body.scalar_stores else []),
+            "}",
+            "",
+        ]
+    )

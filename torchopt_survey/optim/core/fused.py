@@ -432,3 +432,40 @@ def _hp_table(values: list[Any]) -> tuple[Any, int]:
         else:
             flat.extend([float(value)] * nrep)
     return (ctypes.c_double * max(1, len(flat)))(*flat), nrep
+
+
+# ---------------------------------------------------------------------------------------------
+# compact state read and written inside the C kernel (see compact_state.step_compact)
+# ---------------------------------------------------------------------------------------------
+def run_compact_cpu(
+    opt: Any,
+    group: dict[str, Any],
+    spec: list[Any],
+    rows: list[list[Tensor]],
+    extras: list[list[int]],
+    compact: tuple[Any, ...],
+    block: int,
+) -> None:
+    """One C kernel call over ``rows`` (param, grad, every state in spec order, all present,
+    contiguous, on the CPU) whose tensor states are compact: ``compact[slot]`` names each
+    slot's form (see :func:`.emit_c.emit_c_compact`), ``extras`` holds each row's extra
+    entries (bfloat16 seeds, int8 scale addresses), ``block`` the elements of a unit of work."""
+    from . import emit_c as C
+
+    lazy_present = tuple(True for entry in spec if entry.kind == "lazy")
+    traced = get_trace(opt, spec, group, lazy_present)
+    dtypes = tuple(t.dtype for t in rows[0])
+    key = ("compact", id(traced), dtypes, compact, block)
+    entry = _CPU_KERNELS.get(key)
+    if entry is None:
+        source = C.emit_c_compact(traced, dtypes, False, compact, block)
+        entry = (C.compile_c(source, type(opt).__name__), traced)  # keeps id() valid
+        _CPU_KERNELS[key] = entry
+    n = len(rows)
+    ptrs = (ctypes.c_void_p * (n * (len(dtypes) + len(extras[0]))))(
+        *[value for row, extra in zip(rows, extras)
+          for value in [t.data_ptr() for t in row] + extra])
+    numels = (ctypes.c_int64 * n)(*[row[0].numel() for row in rows])
+    hp, nrep = _hp_table(hp_values(traced, group))
+    entry[0](n, ctypes.addressof(numels), ctypes.addressof(ptrs), ctypes.addressof(hp), None,
+             torch.get_num_threads(), C.GRAIN, nrep)

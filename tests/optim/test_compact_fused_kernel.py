@@ -24,8 +24,12 @@ sys.path.insert(0, str(TESTS))
 from optim_infos import CASE_IDS, CASES  # noqa: E402
 
 import torchopt_survey.optim as O  # noqa: E402
+from torchopt_survey.optim.core import codes as code_maps  # noqa: E402
 from torchopt_survey.optim.core import compact_state as C  # noqa: E402
-from torchopt_survey.optim.core import emit_c, fused  # noqa: E402
+from torchopt_survey.optim.core import (  # noqa: E402
+    emit_c,
+    fused,
+)
 
 #: sizes: several int8 blocks with a partial last one, a one-element tensor, an exact block
 SHAPES = [(1000,), (37, 5), (1,), (64,)]
@@ -191,7 +195,7 @@ def _hard_values(signed: bool) -> torch.Tensor:
     """Every midpoint of the code map and its two float32 neighbours, every code value, and
     magnitudes at and around the lookup's floor (2^-27), subnormals, zero; negated too for
     the signed map; each block of 256 led by 1.0, so the block scale is exactly 1."""
-    table = C._Table(signed, torch.device("cpu"))
+    table = code_maps.CodeTable(signed, torch.device("cpu"))
     mids = table.upper[:-1]
     tiny = torch.tensor([0.0, 1e-45, 1e-40, 2.0**-27, 2.0**-26, 3e-8, 5e-8, 1e-7, 5e-7, 1e-6])
     parts = [mids, torch.nextafter(mids, torch.tensor(2.0)), torch.nextafter(mids, torch.zeros(1)),

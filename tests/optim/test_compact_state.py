@@ -25,6 +25,7 @@ from optim_infos import CASE_IDS, CASES, OPTIMS  # noqa: E402
 from test_optim_conformance import groups, loss_fn, make_params, problem  # noqa: E402
 
 import torchopt_survey.optim as O  # noqa: E402
+from torchopt_survey.optim.core import codes as code_maps  # noqa: E402
 from torchopt_survey.optim.core import compact_state as C  # noqa: E402
 
 DTYPES = ["bfloat16", "int8"]
@@ -123,7 +124,7 @@ def test_int8_is_the_nearest_code_per_block(non_negative: bool, block: int) -> N
     assert codes.shape == value.shape and absmax.shape == (4,)
     blocks = list(value.split(block))
     assert torch.equal(absmax, torch.stack([b.abs().max() for b in blocks]))
-    table = C._code_table(signed=not non_negative).double()
+    table = code_maps.code_table(signed=not non_negative).double()
     restored = C.dequantize_int8(codes, absmax, block, torch.float64)
     for b, chunk in enumerate(blocks):
         scale = absmax[b].double()
@@ -145,7 +146,7 @@ def test_int8_is_the_nearest_code_per_block(non_negative: bool, block: int) -> N
 
 
 def test_code_tables_are_sorted_one_byte_and_span_the_decades() -> None:
-    signed, unsigned = C._code_table(True), C._code_table(False)
+    signed, unsigned = code_maps.code_table(True), code_maps.code_table(False)
     assert signed.numel() == 255 and unsigned.numel() == 256
     assert bool((signed.diff() > 0).all()) and bool((unsigned.diff() > 0).all())
     assert signed[127] == 0 and signed[-1] == 1 and signed[0] == -1

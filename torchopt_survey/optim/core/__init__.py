@@ -11,7 +11,10 @@ First-order methods (one ``_update`` each, every path generated from it):
   C (CPU) or Triton (CUDA) kernel; :mod:`.kernel_cache` stores and loads them privately.
 * :mod:`.fused` -- checks and dispatch of ``fused=True`` steps to those kernels.
 * :mod:`.in_backward` -- ``step_in_backward``: each parameter updated from its gradient hook.
-* :mod:`.compact_state` -- ``state_dtype``: bfloat16 / 8-bit state around the same update.
+* :mod:`.compact_state` -- ``state_dtype``: bfloat16 / 8-bit state around the same update
+  (read and written inside the generated C kernel on the fused CPU path).
+* :mod:`.codes` -- the 8-bit code maps and the rounding hash, shared by :mod:`.compact_state`
+  and the C kernel (which must quantise and round bit for bit alike).
 
 Second-order methods (closures over flat parameter views instead of ``_update``):
 

@@ -33,12 +33,13 @@ expanded, and a compact one loaded into the same compact configuration is taken 
 
 from __future__ import annotations
 
-import math
 from types import MethodType
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from .codes import HASH_MULTIPLIERS, code_map
 
 STATE_DTYPES = ("bfloat16", "int8")
 DEFAULT_BLOCK_SIZE = 256
@@ -119,83 +120,6 @@ def install(optimizer: Any) -> None:
         optimizer.__dict__.pop("_step_groups", None)
 
 
-# ---------------------------------------------------------------------------------------------
-# the code maps
-# ---------------------------------------------------------------------------------------------
-def _dynamic_magnitudes(bits: int) -> list[float]:
-    """Magnitudes in (0, 1], each decade with half the codes of the decade above it.
-
-    With ``bits`` codes for magnitudes, decade ``d`` (values in (10^-(d+1), 10^-d]) gets
-    ``2^(bits-1-d)`` linearly spaced values: fine steps near the block maximum, ever coarser
-    but still present ones down to about 10^-bits of it.
-    """
-    values: list[float] = []
-    for decade in range(bits):
-        count = 1 << (bits - 1 - decade)
-        top, bottom = 10.0 ** -decade, 10.0 ** -(decade + 1)
-        values.extend(bottom + (top - bottom) * (k + 1) / count for k in range(count))
-    return sorted(set(values))
-
-
-def _code_table(signed: bool) -> Tensor:
-    """The value of every code, ascending: signed (-1..1, zero in the middle) or unsigned."""
-    if signed:  # 127 magnitudes each side of 0: codes -127..127 (int8)
-        mags = _dynamic_magnitudes(7)
-        return torch.tensor([-m for m in reversed(mags)] + [0.0] + mags, dtype=torch.float32)
-    return torch.tensor([0.0] + _dynamic_magnitudes(8), dtype=torch.float32)  # codes 0..255
-
-
-#: the nearest code is found through cells: a float32 magnitude's exponent and the top 7 bits
-#: of its mantissa (its bits >> 16) name a cell of 1/128 of an octave, from 2^-LOG_FLOOR to 1
-#: (each cell narrower than the closest two midpoints, so it holds at most one midpoint): a
-#: lookup and one comparison per element, in integer arithmetic that the generated kernels
-#: repeat bit for bit, instead of a binary search over the table
-LOG_FLOOR, CELLS = 27, 128
-#: ``bits >> 16`` of the lowest magnitude of cell 0 (2^-LOG_FLOOR)
-CELL_OFFSET = (127 - LOG_FLOOR) * CELLS
-NCELLS = LOG_FLOOR * CELLS
-
-
-class _Table:
-    """One code map on one device: its values, and the lookup that quantises magnitudes."""
-
-    def __init__(self, signed: bool, device: torch.device) -> None:
-        self.values = _code_table(signed).to(device)
-        table = _code_table(signed).double()
-        magnitudes = table[table >= 0]  # 0 and the positive codes, ascending
-        midpoints = (magnitudes[1:] + magnitudes[:-1]) / 2
-        cell = torch.arange(NCELLS, dtype=torch.float64)
-        lows = 2.0 ** (cell.div(CELLS, rounding_mode="floor") - LOG_FLOOR) * (
-            1 + cell.remainder(CELLS) / CELLS)
-        #: per cell, the code of its lowest value; a value above the code's upper midpoint
-        #: takes the next code
-        self.first_code = torch.bucketize(lows, midpoints).to(device)
-        self.upper = torch.cat([midpoints, midpoints.new_tensor([math.inf])]).float().to(device)
-        self.zero = int((table < 0).sum())  # index of the code 0 in ``values``
-
-    def nearest(self, normalised: Tensor) -> Tensor:
-        """Index into ``values`` of the code nearest to each element (in [-1, 1], float32)."""
-        magnitude = normalised.abs()
-        cell = magnitude.view(torch.int32).bitwise_right_shift(16).sub_(CELL_OFFSET)
-        code = self.first_code[cell.clamp_(0, NCELLS - 1).long()]
-        code += magnitude > self.upper[code]
-        if self.zero:
-            code = torch.where(normalised < 0, -code, code) + self.zero
-        return code
-
-
-_TABLES: dict[tuple[bool, torch.device], _Table] = {}
-
-
-def _table(signed: bool, device: torch.device) -> _Table:
-    """The code map on ``device``, made once."""
-    key = (signed, device)
-    table = _TABLES.get(key)
-    if table is None:
-        table = _TABLES[key] = _Table(signed, device)
-    return table
-
-
 def _blocks(flat: Tensor, block: int) -> Tensor:
     """``flat`` as rows of ``block`` elements (the last one zero-padded)."""
     pad = -flat.numel() % block
@@ -211,7 +135,7 @@ def quantize_int8(value: Tensor, block: int, non_negative: bool) -> tuple[Tensor
     tensor's size (compact state exists to save memory)."""
     flat = value.detach().reshape(-1)
     rows = _blocks(flat, block)
-    table = _table(not non_negative, value.device)
+    table = code_map(not non_negative, value.device)
     codes = torch.empty(rows.shape, dtype=torch.uint8 if non_negative else torch.int8,
                         device=value.device)
     absmax = torch.empty(rows.shape[0], dtype=torch.float32, device=value.device)
@@ -230,7 +154,7 @@ def quantize_int8(value: Tensor, block: int, non_negative: bool) -> tuple[Tensor
 
 def dequantize_int8(codes: Tensor, absmax: Tensor, block: int, dtype: torch.dtype) -> Tensor:
     """The full-precision tensor (``dtype``) that ``codes`` and ``absmax`` stand for."""
-    table = _table(codes.dtype != torch.uint8, codes.device)
+    table = code_map(codes.dtype != torch.uint8, codes.device)
     rows = _blocks(codes.reshape(-1), block)
     out = torch.empty(rows.shape, dtype=dtype, device=codes.device)
     step = max(1, SLICE_ELEMENTS // block)
@@ -242,8 +166,6 @@ def dequantize_int8(codes: Tensor, absmax: Tensor, block: int, dtype: torch.dtyp
     return out.reshape(-1)[: codes.numel()].view(codes.shape)
 
 
-#: multipliers of the rounding bits' hash
-HASH_MULTIPLIERS = (0x61C88647, 0x7FEB352D, 0x1B873593)
 _LOW32 = 0xFFFFFFFF
 
 

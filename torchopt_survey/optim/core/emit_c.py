@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from .codes import CELL_OFFSET, HASH_MULTIPLIERS, NCELLS, CodeTable
 from .emit import Dialect, walk
 from .kernel_cache import (
     COMPILE_LOG,
@@ -363,8 +364,6 @@ def _cell_entries(table: Any) -> list[int]:
     16 bits and, in the low 16, the low mantissa bits of the one midpoint inside the cell
     (0xFFFF if none). A magnitude and a midpoint of one cell share their high 16 bits, so
     comparing the low 16 is comparing the floats: one table read finds the nearest code."""
-    from .compact_state import CELL_OFFSET, NCELLS
-
     upper = table.upper.view(torch.int32).tolist()
     entries = []
     for cell, code in enumerate(table.first_code.tolist()):
@@ -378,9 +377,7 @@ def _cell_entries(table: Any) -> list[int]:
 
 def _code_tables(signed: bool) -> list[str]:
     """The int8 code map as static C arrays (values, per-cell entries) and its quantiser."""
-    from .compact_state import CELL_OFFSET, NCELLS, _Table
-
-    table = _Table(signed, torch.device("cpu"))
+    table = CodeTable(signed, torch.device("cpu"))
     name = "S" if signed else "U"
     return [
         f"static const float VALUES_{name}[{table.values.numel()}] = "
@@ -445,8 +442,6 @@ def emit_c_compact(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool
     the new scale. Each pointer row holds param, grad, the states, then one extra entry per
     compact slot: the bfloat16 rounding seed (the value itself) or the int8 scales' address.
     """
-    from .compact_state import HASH_MULTIPLIERS
-
     dialect = CompactCDialect(dtypes, has_grad_scale, compact)
     body = walk(traced, dialect)
     ct = dialect.ct

@@ -164,7 +164,7 @@ def test_target_table_reports_the_tuned_setting_only() -> None:
     text = target_table(rows, best_table(settings_table(rows)))
     (line,) = [ln for ln in text.splitlines() if ln.startswith("| mnist |")]
     cells = [c.strip() for c in line.split("|")]
-    assert cells[4] == "lr=0.1" and cells[6] == "1/2" and cells[7] == "100"
+    assert cells[4] == "lr=0.1" and cells[6] == "1/2" and cells[7] == "100.0"  # steps: 1 decimal
 
 
 def test_sensitivity_figure_plots_learning_rate_only_settings(tmp_path: Path) -> None:

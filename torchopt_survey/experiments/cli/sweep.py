@@ -13,7 +13,7 @@ from ..runtime.process import RunOptions, resolve_device
 from ..sweep.execute import run_sweep
 from ..sweep.grid import check_grid, expand_sweep, parse_grid, parse_lr_grid
 from ..sweep.ray_backend import require_ray, run_sweep_ray
-from ..sweep.tables import write_tables
+from ..sweep.tables import best_table, settings_table, widen_advice, write_tables
 from ..tasks.config import EXPERIMENTS
 from ..tasks.optimizers import resolve_optimizer_names
 from ..tasks.registry import check_data, entry, expand
@@ -104,6 +104,8 @@ def main(args: argparse.Namespace) -> int:
     failed = sum(r["status"] != "ok" for r in rows)
     log(f"sweep: {len(rows) - failed} runs ok, {failed} failed, "
         f"{timing['wall_time_s']:.1f} s; tables in {out}")
+    for line in widen_advice(best_table(settings_table(rows))):
+        log(f"sweep: optimum at the grid's edge: {line}")
     if not args.quiet:
         for path in paths:
             print(path)

@@ -28,6 +28,7 @@ from .folder import (
     RESULT,
     clear_run_dir,
     downsample,
+    migrate_old_id,
     purge_events_after,
     run_id,
     set_aside,
@@ -56,11 +57,13 @@ class Start:
 
 
 def inspect(spec: dict[str, Any], opts: RunOptions) -> Start:
-    """How the run of ``spec`` (normalised) starts under ``opts``; reads, never writes."""
+    """How the run of ``spec`` (normalised) starts under ``opts``; writes only to move a run
+    folder of an older id format to today's id (:func:`migrate_old_id`) under ``--resume``."""
     run_dir = Path(opts.logdir) / run_id(spec)
     result_path, ckpt_path = run_dir / RESULT, run_dir / CHECKPOINT
     if not opts.resume:
         return Start()
+    migrate_old_id(opts.logdir, spec)
     if result_path.is_file():
         try:
             done = load_json(result_path)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..report import write_sweep_report
+from ..runs.writer import declare_experiment
 from ..runtime.process import RunOptions, resolve_device
 from ..sweep.execute import run_sweep
 from ..sweep.grid import check_grid, expand_sweep, parse_grid, parse_lr_grid
@@ -100,6 +101,8 @@ def main(args: argparse.Namespace) -> int:
     timing["vectorize"] = args.vectorize
     out = Path(args.logdir) / "sweep"
     paths = write_tables(rows, timing, out)
+    # TensorBoard's HParams columns (the sweep's grid declared) and Custom Scalars layout
+    declare_experiment(args.logdir, opts.hparam_domains)
     paths += write_sweep_report(out / "sweep.json", out)
     failed = sum(r["status"] != "ok" for r in rows)
     log(f"sweep: {len(rows) - failed} runs ok, {failed} failed, "

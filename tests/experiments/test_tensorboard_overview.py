@@ -5,9 +5,11 @@ with accuracy/AUC and loss first) and a Custom Scalars layout, read back from th
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hp_metadata
 
@@ -71,6 +73,16 @@ def test_overview_read_back(tmp_path: Path) -> None:
     # declared again (a later command into the same folder): one overview file, not two
     declare_experiment(logdir)
     assert len(list(logdir.glob("events.out.tfevents.*.overview"))) == 1
+    # runs from before hparams were kept in result.json: no empty HParams experiment
+    for path in logdir.rglob("result.json"):
+        old = json.loads(path.read_text())
+        del old["hparams"]
+        path.write_text(json.dumps(old))
+    declare_experiment(logdir)
+    acc = _root(logdir)
+    with pytest.raises(KeyError, match="hparams"):  # (no hparams summary at the root)
+        acc.PluginTagToContent("hparams")
+    assert acc.Tensors("custom_scalars__config__")
 
 
 def test_columns_only_what_some_run_sets_away_from_the_default() -> None:

@@ -410,7 +410,8 @@ def declare_experiment(logdir: str | os.PathLike[str],
     for old in root.glob(f"events.out.tfevents.*{OVERVIEW_SUFFIX}"):
         old.unlink()
     with SummaryWriter(str(root), filename_suffix=OVERVIEW_SUFFIX) as tb:
-        tb._get_file_writer().add_summary(summary)
+        if columns:  # (runs of older versions kept no hparams: TensorBoard infers them)
+            tb._get_file_writer().add_summary(summary)
         tb.add_custom_scalars(scalar_layout(results))
         path = Path(tb._get_file_writer().get_logdir())
     (written,) = path.glob(f"events.out.tfevents.*{OVERVIEW_SUFFIX}")

@@ -27,7 +27,7 @@ SWEEP = ["sweep", "--experiment", "mnist", "--optimizers", "sgd", "adam",
          "--lr-grid", "1e-2:1e-1:2", "--seeds", "0", "1", "--epochs", str(EPOCHS),
          "--train-subset", "1800", "--test-subset", "300", "--threads", "1", "--quiet"]  # fmt: skip
 #: the folder of the program that runs second (the sweep runs its groups in spec order)
-SECOND = "mnist-minibatch-val_split0.16666666666666666/adam"
+SECOND = "mnist-minibatch-val_split0.166667/adam"
 TABLES = ("sweep_best.md", "sweep_settings.csv", "sweep_runs.md", "sweep_claims.md")
 
 

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..runs.pool import run_many
+from ..runs.writer import declare_experiment
 from ..runtime import distributed
 from ..runtime.process import RunOptions, resolve_device
 from ..tasks.config import EXPERIMENTS
@@ -115,6 +116,8 @@ def _run(args: argparse.Namespace, cfgs: list[dict[str, Any]], device: str, quie
     finally:
         if overall is not None:
             overall.close()
+    if ctx is None or ctx.is_main:  # TensorBoard's HParams columns and Custom Scalars layout
+        declare_experiment(args.logdir)
     return 0
 
 

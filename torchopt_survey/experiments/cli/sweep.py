@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from ..report import write_sweep_report
+from ..runs.writer import declare_experiment
 from ..runtime.process import RunOptions, resolve_device
 from ..sweep.execute import run_sweep
 from ..sweep.grid import check_grid, expand_sweep, parse_grid, parse_lr_grid
 from ..sweep.ray_backend import require_ray, run_sweep_ray
-from ..sweep.tables import write_tables
+from ..sweep.tables import best_table, settings_table, widen_advice, write_tables
 from ..tasks.config import EXPERIMENTS
 from ..tasks.optimizers import resolve_optimizer_names
 from ..tasks.registry import check_data, entry, expand
@@ -100,10 +101,14 @@ def main(args: argparse.Namespace) -> int:
     timing["vectorize"] = args.vectorize
     out = Path(args.logdir) / "sweep"
     paths = write_tables(rows, timing, out)
+    # TensorBoard's HParams columns (the sweep's grid declared) and Custom Scalars layout
+    declare_experiment(args.logdir, opts.hparam_domains)
     paths += write_sweep_report(out / "sweep.json", out)
     failed = sum(r["status"] != "ok" for r in rows)
     log(f"sweep: {len(rows) - failed} runs ok, {failed} failed, "
         f"{timing['wall_time_s']:.1f} s; tables in {out}")
+    for line in widen_advice(best_table(settings_table(rows))):
+        log(f"sweep: optimum at the grid's edge: {line}")
     if not args.quiet:
         for path in paths:
             print(path)

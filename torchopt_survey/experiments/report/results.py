@@ -95,6 +95,26 @@ CSV_FIELDS = (
 )  # fmt: skip
 
 
+def read_table_csv(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The rows :func:`table_csv` wrote, read back (numbers as numbers, empty cells left out):
+    the committed ``results.csv`` regenerates ``results.md`` and ``claims.md``."""
+    rows = []
+    with open(path, newline="") as f:
+        for cells in csv.DictReader(f):
+            row: dict[str, Any] = {}
+            for key, value in cells.items():
+                if value == "":
+                    continue
+                if key in ("seeds", "epochs"):
+                    row[key] = int(value)
+                elif key in ("experiment", "variant", "optimizer"):
+                    row[key] = value
+                else:
+                    row[key] = float(value)
+            rows.append(row)
+    return rows
+
+
 def table_csv(rows: Sequence[dict[str, Any]]) -> str:
     """The summary rows as CSV: the built-in tasks' columns, then any other task's metrics."""
     extra = [k for r in rows for k in r if k not in CSV_FIELDS]

@@ -26,7 +26,16 @@ from torchopt_survey import ConjugateGradient, Newton
 
 from ..tasks.optimizers import SECOND_ORDER_NAMES
 from .plotting import pyplot, save_figure
-from .stats import mean_std
+from .stats import (
+    ALPHA,
+    MIN_SEEDS,
+    RANK_TEST_NAME,
+    TEST_NAME,
+    CostTest,
+    cost_test,
+    mean_std,
+    mean_test,
+)
 
 Run = dict[str, Any]
 
@@ -71,8 +80,13 @@ def _variants(groups: dict[tuple[str, str, str], list[Run]]) -> dict[tuple[str, 
     return {k: v for k, v in by_variant.items() if any(o in SECOND_ORDER_NAMES for o in v)}
 
 
+COSTS = ("iterations", "closure_evals", "hvps", "seconds")
+
+
 def summarize_to_target(by_opt: dict[str, list[Run]]) -> tuple[float, list[dict[str, Any]]]:
-    """Target and one row per optimizer: reached seeds, cost to target (mean ± std)."""
+    """Target and one row per optimizer: reached seeds, cost to target (mean ± std over the
+    seeds that reached it) and, for the tests, each seed's cost and budget (``<cost>_seeds``:
+    (cost or None, what the whole run spent)) and its loss after the common iteration count."""
     first = [o for o in by_opt if o not in SECOND_ORDER_NAMES]
     # the loss every seed of the best first-order method reaches within its budget
     worst_final = {o: max(_final_loss(r) for r in by_opt[o]) for o in by_opt}
@@ -84,7 +98,9 @@ def summarize_to_target(by_opt: dict[str, list[Run]]) -> tuple[float, list[dict[
     for opt in order:
         runs = by_opt[opt]
         per_seed = [_to_target(r, target) for r in runs]
+        spent = [_curve(r)[-1] for r in runs]
         hits = [x for x in per_seed if x is not None]
+        loss_k = [_curve(r)[k - 1][1] for r in runs]
         row: dict[str, Any] = {
             "optimizer": opt,
             "seeds": len(runs),
@@ -92,10 +108,14 @@ def summarize_to_target(by_opt: dict[str, list[Run]]) -> tuple[float, list[dict[
             "reached": len(hits),
             "final_loss": mean_std([_final_loss(r) for r in runs]),
             "k": _curve(runs[0])[k - 1][0],
-            "loss_at_k": mean_std([_curve(r)[k - 1][1] for r in runs]),
+            "loss_at_k": mean_std(loss_k),
+            "loss_at_k_seeds": loss_k,
         }
-        for j, key in enumerate(("iterations", "closure_evals", "hvps", "seconds")):
+        # a curve entry is (iterations, loss, evals, hvps, seconds); a cost skips the loss
+        for j, (key, col) in enumerate(zip(COSTS, (0, 2, 3, 4))):
             row[key] = mean_std([h[j] for h in hits])
+            row[key + "_seeds"] = [(h[j] if h else None, float(end[col]))
+                                   for h, end in zip(per_seed, spent)]
             # median over all seeds, a seed that never reached the target counting as infinite
             row[key + "_median"] = _median([h[j] if h else math.inf for h in per_seed])
         rows.append(row)
@@ -116,8 +136,8 @@ def _fmt(ms: tuple[float, float], digits: int = 1) -> str:
 
 
 def _cost(row: dict[str, Any] | None, key: str) -> float:
-    """Median cost to target over seeds (a seed that did not reach it counts as infinite), so
-    a method wins only if at least half its seeds reach the target."""
+    """Median cost to target over seeds (a seed that did not reach it counts as infinite): only
+    picks the first-order baseline; the verdicts come from :func:`stats.cost_test`."""
     if row is None:
         return math.inf
     return row[key + "_median"]
@@ -156,31 +176,28 @@ def conditioning_sweep(
                 grad = a @ x.detach() - b
                 if name == "cg" and float(grad.abs().max()) > tol:
                     stalled += 1
-        rows.append({"cond": cond, "cg": mean_std(counts["cg"]),
+        rows.append({"cond": cond, "cg": mean_std(counts["cg"]), "cg_counts": counts["cg"],
                      "newton": mean_std(counts["newton"]), "cg_stalled": stalled,
                      "seeds": len(seeds)})
     return rows
 
 
-def _verdict(ok: bool | None) -> str:
-    return "inconclusive" if ok is None else ("**confirmed**" if ok else "**refuted**")
+_CLAIM_WORD = {"lower": "**confirmed**", "higher": "**refuted**"}
 
 
-def _fewer(mine: dict[str, Any], other: dict[str, Any], key: str) -> bool | None:
-    """mine's median cost < other's; None (inconclusive) when mine did not reach the target in
-    a budget smaller than other's cost, or when neither reached it."""
-    a, b = _cost(mine, key), _cost(other, key)
-    if math.isinf(a) and math.isinf(b):
-        return None
-    if math.isinf(a) and key == "iterations" and mine["epochs"] < b:
-        return None
-    return a < b
+def _verdict(outcome: str) -> str:
+    """A test's outcome as the verdict on a claim that side a costs less (or loses less)."""
+    return _CLAIM_WORD.get(outcome, outcome)
+
+
+def _fewer(mine: dict[str, Any], other: dict[str, Any], key: str) -> CostTest:
+    return cost_test(mine[key + "_seeds"], other[key + "_seeds"])
 
 
 def claims(variants: dict[tuple[str, str], tuple[float, list[dict[str, Any]]]],
            sweep: list[dict[str, Any]]) -> list[str]:
-    out = ["| claim | data | verdict | evidence (seed mean ± std to the target loss) |",
-           "|---|---|---|---|"]
+    out = ["| claim | data | verdict | test | evidence (seed mean ± std to the target loss) |",
+           "|---|---|---|---|---|"]
     for (exp, variant), (target, rows) in variants.items():
         by = {r["optimizer"]: r for r in rows}
         first = [r for r in rows if r["optimizer"] not in SECOND_ORDER_NAMES]
@@ -195,27 +212,33 @@ def claims(variants: dict[tuple[str, str], tuple[float, list[dict[str, Any]]]],
 
         for name, label in (("newton", "Newton"), ("newton_cg", "Newton-CG (Hessian-free)")):
             if name in by and best_it is not None:
-                ok = _fewer(by[name], best_it, "iterations")
                 mine = by[name]
+                test = _fewer(mine, best_it, "iterations")
+                verdict, how = _verdict(test.verdict), f"rank test: {test.evidence()}"
                 best_k = min(first, key=lambda r: r["loss_at_k"][0])
-                verdict = _verdict(ok)
-                if ok is None:  # budget too small for the target: compare at equal iterations
-                    ok_k = mine["loss_at_k"][0] < best_k["loss_at_k"][0]
-                    verdict = _verdict(ok_k) + " (at equal iterations; target out of budget)"
+                if test.verdict.startswith("cannot decide (no seed reached"):
+                    # the target lies beyond the budget: compare the loss at equal iterations
+                    outcome, p = mean_test(mine["loss_at_k_seeds"], best_k["loss_at_k_seeds"])
+                    verdict = _verdict(outcome) + " (at equal iterations; target out of budget)"
+                    how = (f"Welch on the loss after {mine['k']} iterations: "
+                           f"{'no test' if math.isnan(p) else f'p = {p:.3g}'}; "
+                           f"{mine['seeds']} vs {best_k['seeds']} seeds")
                 out.append(
                     f"| {label} converges in fewer iterations than first-order methods | "
-                    f"{data} | {verdict} | iterations: {ev(mine, 'iterations')}, "
+                    f"{data} | {verdict} | {how} | iterations: {ev(mine, 'iterations')}, "
                     f"budget {mine['epochs']}, vs best first-order "
                     f"{ev(best_it, 'iterations')}; loss after {mine['k']} iterations: "
                     f"{name} {_fmt(mine['loss_at_k'], 3)} vs {best_k['optimizer']} "
                     f"{_fmt(best_k['loss_at_k'], 3)} |"
                 )
         if "cg" in by and best_s is not None and best_it is not None:
-            ok = _cost(by["cg"], "seconds") < _cost(best_s, "seconds")
-            fewer = _cost(by["cg"], "iterations") < _cost(best_it, "iterations")
+            secs = _fewer(by["cg"], best_s, "seconds")
+            its = _fewer(by["cg"], best_it, "iterations")
+            in_its = {"lower": "fewer", "higher": "more"}.get(its.verdict, its.verdict)
             out.append(
-                f"| CG converges faster than first-order methods | {data} | {_verdict(ok)} "
-                f"(wall time; in iterations: {'fewer' if fewer else 'not fewer'}) | "
+                f"| CG converges faster than first-order methods | {data} | "
+                f"{_verdict(secs.verdict)} (wall time; in iterations: {in_its}) | "
+                f"rank test: wall time {secs.evidence()}; iterations {its.evidence()} | "
                 f"wall s: {ev(by['cg'], 'seconds', 2)} vs fastest first-order "
                 f"{ev(best_s, 'seconds', 2)}; iterations: {ev(by['cg'], 'iterations')} vs "
                 f"{ev(best_it, 'iterations')}; closure evals: cg "
@@ -223,34 +246,46 @@ def claims(variants: dict[tuple[str, str], tuple[float, list[dict[str, Any]]]],
             )
         if "cg" in by:
             if "newton" in by:
-                ok = _fewer(by["cg"], by["newton"], "seconds")
+                test = _fewer(by["cg"], by["newton"], "seconds")
+                verdict, how = _verdict(test.verdict), f"rank test: {test.evidence()}"
                 detail = (f"wall s: {ev(by['cg'], 'seconds', 2)} vs "
                           f"{ev(by['newton'], 'seconds', 2)}; Newton Hessian-vector products "
                           f"{_fmt(by['newton']['hvps'], 0)}")
             elif exp == "mnist":
-                ok = True
+                verdict, how = "cannot decide (no Newton runs)", "none"
                 detail = ("Newton cannot run: 397,510 parameters need a 632 GB Hessian "
                           f"(float32); CG reached the target in {_fmt(by['cg']['seconds'], 2)} s")
             else:
-                ok, detail = None, "no Newton runs"
+                verdict, how, detail = "cannot decide (no Newton runs)", "none", "-"
             out.append(f"| CG is computationally more efficient than Newton | {data} | "
-                       f"{_verdict(ok)} | {detail} |")
+                       f"{verdict} | {how} | {detail} |")
     if sweep:
         lo, hi = sweep[0], sweep[-1]
         growth = hi["cg"][0] / lo["cg"][0]
-        ok = growth >= 3.0
+        outcome, p = mean_test(hi["cg_counts"], lo["cg_counts"])
+        verdict = _verdict({"higher": "lower", "lower": "higher"}.get(outcome, outcome))
+        if outcome == "higher" and growth < 3.0:
+            verdict = "**refuted** (significant but less than 3× more iterations)"
         steps = ", ".join(
             f"κ={r['cond']:.0e}: {_fmt(r['cg'])}"
             + (f" (stalled above the tolerance in {r['cg_stalled']}/{r['seeds']} seeds: "
                "line search at the round-off floor)" if r["cg_stalled"] else "")
             for r in sweep
         )
+        p_txt = "no test" if math.isnan(p) else f"p = {p:.3g}"
         out.append(
             "| CG may perform poorly on ill-conditioned problems | SPD quadratics, n=100, "
-            f"3 seeds | {_verdict(ok)} | CG iterations to ‖g‖ ≤ 1e-6‖g₀‖: {steps} "
+            f"{hi['seeds']} seeds | {verdict} | Welch on CG iterations at κ={hi['cond']:.0e} vs "
+            f"κ={lo['cond']:.0e}: {p_txt}, {hi['seeds']} vs {lo['seeds']} seeds; claimed: "
+            f"significantly more and at least 3× | CG iterations to ‖g‖ ≤ 1e-6‖g₀‖: {steps} "
             f"({growth:.1f}× from κ={lo['cond']:.0e} to κ={hi['cond']:.0e}); Newton: "
             f"{_fmt(hi['newton'])} at every κ |"
         )
+    out += ["", f"Tests: costs to the target by the {RANK_TEST_NAME}; losses and iteration "
+            f"counts by {TEST_NAME}. A verdict needs p < {ALPHA} and at least {MIN_SEEDS} seeds "
+            "per side (cannot decide otherwise); confirmed: the claimed side is significantly "
+            "better; refuted: significantly worse; within noise: no significant difference. "
+            "Each comparison is tested on its own (no correction for their number)."]
     return out
 
 
@@ -289,8 +324,7 @@ def write_second_order(groups: dict[tuple[str, str, str], list[Run]], out: Path,
     lines = ["# Second-order methods (issue #8)", "",
              "Cost to reach the target training loss = the loss every seed of the best "
              "first-order method in the variant reaches within its budget; mean ± std over the "
-             "seeds that reached it. Verdicts compare medians over all seeds, a seed that never "
-             "reached the target counting as infinite. "
+             "seeds that reached it. Verdicts come from tests over seeds (below the claims). "
              "Closure evaluations: one per iteration for first-order methods.", ""]
     paths = []
     for (exp, variant), (target, rows) in summaries.items():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 #: significance level of every per-pair test
@@ -119,3 +120,111 @@ def fmt(v: Any) -> str:
         return "nan" if math.isnan(v) else f"{v:.6g}"
     return str(v).replace(",", ";") if isinstance(v, str) and "," in v and "=" not in v \
         else str(v)
+
+
+#: fewest seeds per side for a cost-to-target verdict
+MIN_SEEDS = 3
+RANK_TEST_NAME = (
+    "Mann-Whitney U test (two-sided) over seeds on the cost to the target; a seed that did not "
+    "reach the target within the common budget ranks worse than any that did (all such seeds "
+    "tied)"
+)
+
+#: one seed: its cost to the target (None: not reached) and the cost its whole run spent
+SeedCost = tuple[float | None, float]
+
+
+@dataclass(frozen=True)
+class CostTest:
+    """The outcome of :func:`cost_test`: ``verdict`` is ``"lower"``, ``"higher"`` (side a's
+    cost against side b's, significant at ``alpha``), ``"within noise"`` or
+    ``"cannot decide (why)"``; ``p`` is nan when no test was made."""
+
+    verdict: str
+    p: float
+    seeds_a: int
+    seeds_b: int
+    reached_a: int
+    reached_b: int
+    horizon: float
+
+    @property
+    def decided(self) -> bool:
+        return not self.verdict.startswith("cannot decide")
+
+    def evidence(self) -> str:
+        """``p = …, reached 9/10 vs 10/10 seeds within …`` for a table cell."""
+        p = "no test" if math.isnan(self.p) else f"p = {self.p:.3g}"
+        budget = "" if math.isinf(self.horizon) else f" within {self.horizon:.4g}"
+        return (f"{p}; reached {self.reached_a}/{self.seeds_a} vs "
+                f"{self.reached_b}/{self.seeds_b} seeds{budget}")
+
+
+def censor(a: Sequence[SeedCost], b: Sequence[SeedCost]) -> tuple[list[float], list[float],
+                                                                   float]:
+    """Both sides censored at one common budget: the smallest budget of any seed that did not
+    reach the target (a seed of a shorter run cannot be said to be slower than one that
+    reached the target later than that run stopped). Costs above the budget become ``inf``
+    ("not reached"). Returns ``(a, b, budget)``; the budget is ``inf`` when every seed reached
+    the target."""
+    horizon = min((budget for cost, budget in (*a, *b) if cost is None), default=math.inf)
+
+    def cut(side: Sequence[SeedCost]) -> list[float]:
+        return [c if c is not None and c <= horizon else math.inf for c, _ in side]
+
+    return cut(a), cut(b), horizon
+
+
+def cost_test(a: Sequence[SeedCost], b: Sequence[SeedCost], alpha: float = ALPHA,
+              min_seeds: int = MIN_SEEDS) -> CostTest:
+    """Is side a's cost to a target lower or higher than side b's, over seeds, with seeds that
+    never reach it? :func:`censor` at a common budget, then the rank test
+    (``scipy.stats.mannwhitneyu``, two-sided; "not reached" ranks worst, tied).
+
+    Cannot decide: fewer than ``min_seeds`` seeds on a side; no seed reached the target within
+    the common budget; or so few seeds that no outcome could give p < ``alpha`` (the exact
+    test's smallest p is 2 / C(n_a + n_b, n_a): 0.1 for 3 against 3).
+    """
+    from scipy.stats import mannwhitneyu
+
+    ca, cb, horizon = censor(a, b)
+    ra = sum(1 for c in ca if math.isfinite(c))
+    rb = sum(1 for c in cb if math.isfinite(c))
+
+    def result(verdict: str, p: float = math.nan) -> CostTest:
+        return CostTest(verdict, p, len(ca), len(cb), ra, rb, horizon)
+
+    if min(len(ca), len(cb)) < min_seeds:
+        return result(f"cannot decide (fewer than {min_seeds} seeds on a side)")
+    if ra == 0 and rb == 0:
+        return result("cannot decide (no seed reached the target within the common budget)")
+    best_p = 2.0 / math.comb(len(ca) + len(cb), len(ca))
+    if best_p >= alpha:
+        return result(f"cannot decide ({len(ca)} vs {len(cb)} seeds: p >= {best_p:.2g} "
+                      "whatever the outcome)")
+    # ranks only: "not reached" = one value above every reached cost
+    worst = max((c for c in (*ca, *cb) if math.isfinite(c)), default=0.0) + 1.0
+    xa = [c if math.isfinite(c) else worst for c in ca]
+    xb = [c if math.isfinite(c) else worst for c in cb]
+    if len(set(xa) | set(xb)) == 1:
+        return result("within noise", 1.0)
+    res = mannwhitneyu(xa, xb, alternative="two-sided")
+    p = float(res.pvalue)
+    if p >= alpha:
+        return result("within noise", p)
+    # U counts the pairs where a's cost is the higher (ties: 1/2)
+    return result("higher" if float(res.statistic) > len(xa) * len(xb) / 2 else "lower", p)
+
+
+def mean_test(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA,
+              min_seeds: int = MIN_SEEDS) -> tuple[str, float]:
+    """Welch's t-test over seeds of side a's values against side b's: ``("lower" | "higher" |
+    "within noise" | "cannot decide (why)", p)``."""
+    if min(len(a), len(b)) < min_seeds:
+        return f"cannot decide (fewer than {min_seeds} seeds on a side)", math.nan
+    p = welch_p(list(a), list(b))
+    if math.isnan(p):
+        return "cannot decide (no spread over seeds)", p
+    if p >= alpha:
+        return "within noise", p
+    return ("lower" if mean_std(a)[0] < mean_std(b)[0] else "higher"), p

@@ -4,18 +4,18 @@ paper's lr and each optimizer's tuned setting), and steps/time to the validation
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..runtime.files import load_json
+from ..runtime.labels import relabel
 from ..tasks.optimizers import OPTIMIZERS, PAPER_LR
 from ..tasks.protocol import Claim
 from ..tasks.registry import entry, sweep_metric
 from .plotting import color, pyplot, save_figure
-from .stats import ALPHA, TEST_NAME, claim_verdict, fmt, mean_std
+from .stats import ALPHA, TEST_NAME, claim_verdict, mean_std
 
 
 def _claim_rows(best: Sequence[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
@@ -47,7 +47,8 @@ def claims_two_protocols(best: Sequence[dict[str, Any]], extra: Sequence[Claim] 
                 res = claim_verdict(_claim_rows(rows, prefix), claim.winners, claim.losers,
                                     "final_test")
                 if res is not None:
-                    out.append(f"| {claim.sweep_text or claim.text} | {exp} {base} | {label} | "
+                    out.append(f"| {claim.sweep_text or claim.text} | {exp} {relabel(base)} | "
+                               f"{label} | "
                                f"**{res[0]}** | {res[1]} |")
     out.append(f"\nVerdicts as in claims.md: a pair holds when the winner's mean is higher and "
                f"{TEST_NAME} gives p < {ALPHA}. Tuned: each optimizer at the setting with the "
@@ -71,8 +72,10 @@ def target_table(rows: Sequence[dict[str, Any]], best: Sequence[dict[str, Any]])
         hit = [r for r in runs if r["steps_to_target"] is not None]
         steps = mean_std([r["steps_to_target"] for r in hit])[0] if hit else math.nan
         secs = mean_std([r["seconds_to_target"] for r in hit])[0] if hit else math.nan
-        out.append(f"| {exp} | {base} | {opt} | {setting} | {sweep_metric(exp).target} | "
-                   f"{len(hit)}/{len(runs)} | {fmt(steps)} | {fmt(secs)} |")
+        out.append(f"| {exp} | {relabel(base)} | {opt} | {setting} | "
+                   f"{sweep_metric(exp).target} | {len(hit)}/{len(runs)} | "
+                   f"{'-' if math.isnan(steps) else f'{steps:.1f}'} | "
+                   f"{'-' if math.isnan(secs) else f'{secs:.3f}'} |")
     out.append("\nSteps and seconds until the validation metric first reaches the target "
                "(checked once per epoch; seconds of a vectorised run are its share, 1/N, of "
                "the program's time).")
@@ -106,7 +109,7 @@ def sensitivity_figure(rows: Sequence[dict[str, Any]], out: Path) -> list[Path]:
         ax.set_xlabel("learning rate")
         ax.set_ylabel(f"final {sweep_metric(exp).val_tag}")
         # long floats in a variant's name (val_split0.16666666666666666) cut the title off
-        label = re.sub(r"\d+\.\d{4,}", lambda m: f"{float(m.group()):.3g}", base)
+        label = relabel(base)
         ax.set_title(f"{label}: learning-rate sensitivity\n(mean ± std over seeds; dotted: the "
                      f"paper's lr {PAPER_LR})", fontsize=10)
         ax.axvline(PAPER_LR, color="grey", lw=0.8, ls=":")

@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from ..runtime.files import atomic_write
+from ..runtime.files import atomic_write, load_checkpoint, load_json, save_checkpoint, save_json
+from ..runtime.labels import relabel
 
 CHECKPOINT = "checkpoint.pt"
 #: a vectorised program's checkpoint of an epoch not yet committed for all of its runs
@@ -23,6 +24,45 @@ CURVE_POINTS = 2000
 def run_id(spec: dict[str, Any]) -> str:
     """Relative run folder, e.g. ``mnist/mnist-minibatch/adam/seed0``."""
     return f"{spec['experiment']}/{spec['variant']}/{spec['optimizer']}/seed{spec['seed']}"
+
+
+def _renamed(stored: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """A stored spec with today's variant names (a sweep's runs also name their base run)."""
+    out = {**stored, "variant": spec["variant"]}
+    if isinstance(stored.get("sweep"), dict) and isinstance(spec.get("sweep"), dict):
+        out["sweep"] = {**stored["sweep"], "base": spec["sweep"]["base"]}
+    return out
+
+
+def migrate_old_id(logdir: str | os.PathLike[str], spec: dict[str, Any]) -> Path | None:
+    """Move the folder of ``spec``'s run saved under an older id format (floats written in
+    full, ``val_split0.16666666666666666``) to today's id, so ``--resume`` finds it; the
+    variant in its ``result.json`` and checkpoint is renamed with it. Returns the old folder,
+    or None when there was nothing to move (today's folder exists, or no older one does)."""
+    root, variant = Path(logdir) / spec["experiment"], spec["variant"]
+    new_dir = Path(logdir) / run_id(spec)
+    if new_dir.exists() or not root.is_dir():
+        return None
+    tail = Path(spec["optimizer"]) / f"seed{spec['seed']}"
+    old = [d / tail for d in sorted(root.iterdir())
+           if d.name != variant and relabel(d.name) == variant and (d / tail).is_dir()]
+    if not old:
+        return None
+    new_dir.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(old[0], new_dir)
+    if (new_dir / RESULT).is_file():
+        result = load_json(new_dir / RESULT)
+        result["spec"], result["run_id"] = _renamed(result["spec"], spec), run_id(spec)
+        save_json(new_dir / RESULT, result)
+    for name in (CHECKPOINT, PENDING):
+        if (new_dir / name).is_file():
+            state = load_checkpoint(new_dir / name)
+            state["spec"] = _renamed(state["spec"], spec)
+            save_checkpoint(new_dir / name, state)
+    for empty in (old[0].parent, old[0].parent.parent):  # the old optimizer, variant folders
+        if not any(empty.iterdir()):
+            empty.rmdir()
+    return old[0]
 
 
 def normalise(spec: dict[str, Any]) -> dict[str, Any]:

@@ -22,12 +22,14 @@ import torch
 from ..runtime import distributed
 from ..runtime.files import load_checkpoint, load_json, save_checkpoint, save_json
 from ..runtime.process import RunOptions
+from ..tasks.techniques import hparams as technique_hparams
 from .folder import (
     CHECKPOINT,
     PENDING,
     RESULT,
     clear_run_dir,
     downsample,
+    migrate_old_id,
     purge_events_after,
     run_id,
     set_aside,
@@ -56,11 +58,13 @@ class Start:
 
 
 def inspect(spec: dict[str, Any], opts: RunOptions) -> Start:
-    """How the run of ``spec`` (normalised) starts under ``opts``; reads, never writes."""
+    """How the run of ``spec`` (normalised) starts under ``opts``; writes only to move a run
+    folder of an older id format to today's id (:func:`migrate_old_id`) under ``--resume``."""
     run_dir = Path(opts.logdir) / run_id(spec)
     result_path, ckpt_path = run_dir / RESULT, run_dir / CHECKPOINT
     if not opts.resume:
         return Start()
+    migrate_old_id(opts.logdir, spec)
     if result_path.is_file():
         try:
             done = load_json(result_path)
@@ -132,6 +136,8 @@ class RunWriter:
         self.elapsed = 0.0
         self.start_epoch = start.epoch
         self.resumed = start.state is not None
+        self.hparams: dict[str, Any] = {}
+        self.hparam_metrics: list[str] = []
         # checkpoints found unusable by this or an earlier attempt of the run (kept on disk)
         self.discarded: list[dict[str, str]] = []
         ckpt = self.run_dir / CHECKPOINT
@@ -160,22 +166,20 @@ class RunWriter:
 
     # -- TensorBoard
     def log_hparams(self, hparams: dict[str, Any], metric_tags: Sequence[str]) -> None:
-        """The HParams plugin's summaries, once per run (a resumed run has them already),
-        written into the run itself (not a timestamped sub-run) so the dashboard links each
-        run to its own scalar tags; ``opts.hparam_domains`` (a sweep's optimizers, lrs,
-        seeds) are declared as discrete values the dashboard can filter by."""
+        """The run's hyperparameters for the HParams plugin (session start and end), once per
+        run (a resumed run has them already), written into the run itself so the dashboard
+        links each run to its own scalar tags. Numbers are written as floats (one type per
+        column), None left out. The columns and their order are declared once for the whole
+        log folder by :func:`declare_experiment`; ``result.json`` keeps them for it."""
+        self.hparams = hparam_values(hparams)
+        self.hparam_metrics = list(metric_tags)
         if self.resumed or not self.main:
             return
         from torch.utils.tensorboard.summary import hparams as hp_summary
 
-        clean = {k: (v if isinstance(v, int | float | str | bool) else str(v))
-                 for k, v in hparams.items()}
-        domains = self.opts.hparam_domains or {}
-        declared = {k: v for k, v in domains.items() if k in clean and clean[k] in v}
-        exp, ssi, sei = hp_summary(clean, {tag: 0.0 for tag in metric_tags},
-                                   hparam_domain_discrete=declared or None)
+        _, ssi, sei = hp_summary(self.hparams, {tag: 0.0 for tag in metric_tags})
         fw = self.tb._get_file_writer()
-        for summary in (exp, ssi, sei):
+        for summary in (ssi, sei):  # (the experiment summary: declare_experiment's)
             fw.add_summary(summary)
 
     def epoch_losses(self, epoch: int) -> torch.Tensor:
@@ -255,6 +259,8 @@ class RunWriter:
             "device": str(device),
             "torch": torch.__version__,
         }
+        if self.hparams:
+            result["hparams"], result["hparam_metrics"] = self.hparams, self.hparam_metrics
         if vectorized is not None:
             result["vectorized"] = vectorized
         # Early stopping: the restored best weights' metrics are the final ones.
@@ -264,3 +270,149 @@ class RunWriter:
             save_json(self.run_dir / RESULT, result)
         return {**result, "skipped": False}
 
+
+
+# ------------------------------------------------------------------- the dashboard's overview
+
+#: the HParams columns that lead, in this order (the comparison: who, at which lr, which seed)
+LEAD_HPARAMS = ("optimizer", "lr", "seed", "regime", "model")
+#: file-name suffix of the log folder's own event file (the experiment config, the layout)
+OVERVIEW_SUFFIX = ".overview"
+
+
+def hparam_values(hparams: dict[str, Any]) -> dict[str, Any]:
+    """Values the HParams plugin shows alike: numbers as floats (``64`` and ``60000.0`` read
+    the same), booleans and strings as they are, anything else as text, None left out."""
+    out: dict[str, Any] = {}
+    for k, v in hparams.items():
+        if v is None:
+            continue
+        if isinstance(v, bool | str):
+            out[k] = v
+        elif isinstance(v, int | float):
+            out[k] = float(v)
+        else:
+            out[k] = str(v)
+    return out
+
+
+def _metric_rank(tag: str) -> tuple[int, str]:
+    """Accuracy and AUC first, then losses, then the rest; test before validation/train."""
+    name = tag.rsplit("/", 1)[-1]
+    kind = 0 if name in ("accuracy", "auc") else 1 if "loss" in name else 2
+    split = {"test": 0, "val": 1, "train": 2}.get(tag.split("/", 1)[0], 3)
+    return kind, f"{split}{tag}"
+
+
+def overview_columns(results: Sequence[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """The HParams columns and metrics of a log folder's finished runs: the leading
+    hyperparameters (:data:`LEAD_HPARAMS`) any run has, then the others that some run sets
+    away from the default (a technique option not at its default, or a value that differs
+    between runs; one value shared by every run is no comparison); metrics with accuracy/AUC
+    and loss first."""
+    runs = [r for r in results if r.get("hparams")]
+    keys = list(dict.fromkeys(k for r in runs for k in r["hparams"]))
+    lead = [k for k in LEAD_HPARAMS if k in keys]
+    rest = []
+    for k in keys:
+        if k in lead:
+            continue
+        values = {repr(r["hparams"].get(k)) for r in runs}
+        away = False
+        for r in runs:
+            defaults = hparam_values(technique_hparams(
+                {"experiment": r["spec"]["experiment"]}))
+            away |= k in defaults and r["hparams"].get(k) != defaults[k]
+        if len(values) > 1 or away:
+            rest.append(k)
+    metrics = sorted({t for r in results for t in r.get("hparam_metrics", [])}, key=_metric_rank)
+    return lead + sorted(rest), metrics
+
+
+def scalar_layout(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The Custom Scalars layout: first every optimizer's test metric and training loss
+    overlaid (one chart per tag, every run on it), per task; then gradient norms."""
+    tags_by_task: dict[str, set[str]] = {}
+    for r in results:
+        tags_by_task.setdefault(r["spec"]["experiment"], set()).update(r.get("history", {}))
+    layout: dict[str, Any] = {}
+    for task, tags in sorted(tags_by_task.items()):
+        charts = {}
+        for tag in sorted(tags, key=_metric_rank):
+            if tag.startswith(("test/", "val/")) and _metric_rank(tag)[0] == 0:
+                charts[f"{tag} (every optimizer)"] = ["Multiline", [f"^{tag}$"]]
+        charts["train/loss (per step, every optimizer)"] = ["Multiline", ["^train/loss$"]]
+        charts["train/loss_epoch (every optimizer)"] = ["Multiline", ["^train/loss_epoch$"]]
+        layout[f"{task}: the comparison"] = charts
+    grads = sorted({t for tags in tags_by_task.values() for t in tags
+                    if t.startswith("grad_norm/")})
+    if grads:
+        layout["gradient norms"] = {t: ["Multiline", [f"^{t}$"]] for t in grads}
+    return layout
+
+
+def declare_experiment(logdir: str | os.PathLike[str],
+                       planned: dict[str, list[Any]] | None = None) -> Path | None:
+    """Write the log folder's overview from its finished runs (``result.json``): the HParams
+    experiment config (columns and metrics in :func:`overview_columns`' order, one type per
+    column) and the Custom Scalars layout (:func:`scalar_layout`), in one event file at the
+    folder's root that replaces the previous one. ``planned``: values a command meant to run
+    (a sweep's optimizers, lrs, seeds), declared even where a run failed. None when no run
+    has finished."""
+    import importlib
+
+    from tensorboard.plugins.hparams import metadata as hp_metadata
+    from torch.utils.tensorboard import SummaryWriter
+
+    # (generated protobuf modules: their classes are invisible to static type checkers)
+    api_pb2: Any = importlib.import_module("tensorboard.plugins.hparams.api_pb2")
+    plugin_data_pb2: Any = importlib.import_module("tensorboard.plugins.hparams.plugin_data_pb2")
+    Summary: Any = importlib.import_module("tensorboard.compat.proto.summary_pb2").Summary
+
+    root = Path(logdir)
+    results = []
+    for path in sorted(root.rglob(RESULT)):
+        try:
+            results.append(load_json(path))
+        except (OSError, ValueError):
+            continue
+    if not results:
+        return None
+    columns, metrics = overview_columns(results)
+    values: dict[str, list[Any]] = {
+        k: [v for x in (planned or {}).get(k, []) for v in hparam_values({k: x}).values()]
+        for k in columns}
+    for r in results:
+        for k in columns:
+            if k in r.get("hparams", {}):
+                values[k].append(r["hparams"][k])
+    infos = []
+    for k in columns:
+        vs = values[k]
+        info = api_pb2.HParamInfo(name=k, differs=k in LEAD_HPARAMS)
+        if vs and all(isinstance(v, bool) for v in vs):
+            info.type = api_pb2.DATA_TYPE_BOOL
+        elif vs and all(isinstance(v, float) for v in vs):
+            info.type = api_pb2.DATA_TYPE_FLOAT64
+            info.domain_interval.min_value, info.domain_interval.max_value = min(vs), max(vs)
+        else:
+            info.type = api_pb2.DATA_TYPE_STRING
+            info.domain_discrete.extend(sorted({str(v) for v in vs}))
+        infos.append(info)
+    experiment = api_pb2.Experiment(
+        hparam_infos=infos,
+        metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=t), display_name=t)
+                      for t in metrics])
+    content = plugin_data_pb2.HParamsPluginData(experiment=experiment, version=0)
+    summary = Summary(value=[Summary.Value(
+        tag=hp_metadata.EXPERIMENT_TAG,
+        metadata=hp_metadata.create_summary_metadata(content))])
+    for old in root.glob(f"events.out.tfevents.*{OVERVIEW_SUFFIX}"):
+        old.unlink()
+    with SummaryWriter(str(root), filename_suffix=OVERVIEW_SUFFIX) as tb:
+        if columns:  # (runs of older versions kept no hparams: TensorBoard infers them)
+            tb._get_file_writer().add_summary(summary)
+        tb.add_custom_scalars(scalar_layout(results))
+        path = Path(tb._get_file_writer().get_logdir())
+    (written,) = path.glob(f"events.out.tfevents.*{OVERVIEW_SUFFIX}")
+    return written

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..runtime.labels import number_label
 from .models import NORMS
 
 INITS = ("default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal")
@@ -99,7 +100,7 @@ def variant_suffix(cfg: Mapping[str, Any]) -> str:
         if k == "scheduler":
             entry = scheduler_entry(v)
             v = entry[0] if entry else v
-        parts.append(f"{k}{v}".replace("/", "_").replace(" ", ""))
+        parts.append(f"{k}{number_label(v)}".replace("/", "_").replace(" ", ""))
     return "-" + "-".join(parts) if parts else ""
 
 

@@ -82,8 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         int: the exit status: ``0`` done, ``1`` missing or corrupt data files (or, under
-        ``torchrun``, a lost rank), ``2`` an invalid flag or value (after the usage and the message on stderr), ``130``
-        interrupted (finished runs are kept; rerun with ``--resume``).
+        ``torchrun``, a lost rank), ``2`` an invalid flag or value (after the usage and the
+        message on stderr), ``130`` interrupted (finished runs are kept; rerun with
+        ``--resume``).
 
     Raises:
         SystemExit: where argparse exits itself: ``--help`` (status 0), a flag the command

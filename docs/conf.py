@@ -53,7 +53,7 @@ napoleon_use_rtype = False
 # resolve (-n).
 nitpicky = True
 nitpick_ignore_regex = [
-    ("py:.*", r"(torch|collections\.abc|typing|argparse)\..*"),
+    ("py:.*", r"(torch|collections\.abc|typing|argparse|pathlib)\..*"),
     ("py:class", r"(Tensor|Any|Callable|iterable|callable|optional)"),
     ("py:class", r"NoneType"),
     ("py:class", r"StateKind"),  # a Literal alias; its values are listed in StateSpec

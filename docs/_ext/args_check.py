@@ -1,6 +1,7 @@
 """Warn (an error under ``-W``) when an autodoc'd class or function leaves an argument of its
 signature out of its ``Args:`` section, or documents one it does not take; and when a public
-name (``__all__`` of ``torchopt_survey`` and ``torchopt_survey.optim``) has no API entry.
+name (``__all__`` of each module of ``args_check_public_modules``: the optimizers' and the
+experiments' public modules) has no API entry.
 
 It runs after napoleon has turned ``Args:`` into ``:param NAME:`` fields, so it checks what
 the page will show. ``*args``/``**kwargs`` and ``self`` are not required.
@@ -55,21 +56,30 @@ def check_arguments(
                        location=where, type="args-check")
 
 
-PUBLIC_MODULES = ("torchopt_survey", "torchopt_survey.optim")
+PUBLIC_MODULES = (
+    "torchopt_survey",
+    "torchopt_survey.optim",
+    "torchopt_survey.experiments",
+    "torchopt_survey.experiments.api",
+    "torchopt_survey.experiments.cli",
+    "torchopt_survey.experiments.tasks.protocol",
+)
 
 
 def check_coverage(app: Sphinx, env: Any) -> None:
     """Every public name is documented under one of the public modules' paths."""
     documented = set(env.domaindata["py"]["objects"])
-    for module_name in PUBLIC_MODULES:
+    modules = app.config.args_check_public_modules
+    for module_name in modules:
         for name in importlib.import_module(module_name).__all__:
-            if not any(f"{m}.{name}" in documented for m in PUBLIC_MODULES):
+            if not any(f"{m}.{name}" in documented for m in modules):
                 logger.warning(f"{module_name}.{name} is public (in __all__) but has no API entry",
                                type="args-check")
 
 
 def setup(app: Sphinx) -> dict[str, Any]:
     app.setup_extension("sphinx.ext.napoleon")
+    app.add_config_value("args_check_public_modules", PUBLIC_MODULES, "env", types=(tuple, list))
     app.connect("autodoc-process-docstring", check_arguments, priority=600)  # after napoleon
     app.connect("env-check-consistency", check_coverage)
     return {"version": "1", "parallel_read_safe": True}

@@ -2,6 +2,11 @@
 keyword arguments (``lr_grid="1e-3:1e-1:3"`` for ``--lr-grid``), checked as the CLI checks
 them; a bad value raises the ValueError the CLI turns into exit 2.
 
+How a keyword becomes flags: ``True`` gives the bare flag (``resume=True``: ``--resume``);
+``False`` and ``None`` leave the flag out (its default applies); a list gives one flag with
+several values (``seeds=[0, 1]``: ``--seeds 0 1``), except for ``config``, ``set``, ``grid``
+and ``claim``, which are repeated once per value (``set=["l2=1e-4", "epochs=3"]``).
+
 >>> from torchopt_survey.experiments import api
 >>> results = api.run("regression_task:Regression", seeds=[0, 1], logdir="runs/r")  # doctest: +SKIP
 >>> api.report("runs/r", claim=["adam>sgd"])  # doctest: +SKIP
@@ -17,6 +22,8 @@ from typing import Any
 from .cli import build_parser
 from .report.results import load_results
 from .tasks.registry import BUILTIN
+
+__all__ = ["report", "run", "sweep"]
 
 #: flags that may be given several times (a list: one flag per value)
 _REPEATED = ("config", "set", "grid", "claim")
@@ -54,9 +61,28 @@ def _results(logdir: str, experiment: str | None = None) -> list[dict[str, Any]]
 
 
 def run(task: str, logdir: str = "runs", **options: Any) -> list[dict[str, Any]]:
-    """Every run of ``task`` (``package.module:Class``, or ``mnist``/``karate``/``all``) with
-    the options of ``python -m torchopt_survey.experiments run``; returns the results under
-    ``logdir``."""
+    """Every run of ``task`` with the options of ``python -m torchopt_survey.experiments run``
+    (or of the ``mnist``, ``karate`` and ``all`` commands for a built-in task).
+
+    Args:
+        task (str): a task of your own as ``package.module:Class`` (importable; see
+            :class:`~torchopt_survey.experiments.Task`), or a built-in one: ``"mnist"``,
+            ``"karate"``, or ``"all"`` (both).
+        logdir (str, optional): the runs' root folder, ``--logdir`` (default ``"runs"``).
+        **options: the command's other flags as keyword arguments, e.g. ``optimizers=["sgd",
+            "adam"]``, ``seeds=[0, 1, 2]``, ``epochs=3``, ``resume=True``,
+            ``set=["l2=1e-4"]``, ``workers=2`` (every flag: the command-line reference).
+
+    Returns:
+        list[dict[str, Any]]: every finished run's ``result.json`` under ``logdir`` (earlier
+        runs there included), each with its ``spec`` and per-epoch ``history``.
+
+    Raises:
+        ValueError: an invalid value (the CLI's exit 2), or a task that breaks the contract.
+        TypeError: a keyword the command does not take.
+        SystemExit: a value argparse itself rejects (a flag's type or choices), after
+            printing the usage, as the CLI does.
+    """
     if task in (*BUILTIN, "all"):
         _call(task, {**options, "logdir": logdir})
     else:
@@ -66,14 +92,51 @@ def run(task: str, logdir: str = "runs", **options: Any) -> list[dict[str, Any]]
 
 def sweep(task: str, lr_grid: str, logdir: str = "runs", **options: Any,
           ) -> list[dict[str, Any]]:
-    """``sweep --task`` (or ``--experiment`` for a built-in task); returns the sweep's rows
-    (``LOGDIR/sweep/sweep.json``)."""
+    """``sweep --task`` (or ``sweep --experiment`` for a built-in task): tune each optimizer's
+    learning rate (and more) on validation, over seeds.
+
+    Args:
+        task (str): a task of your own as ``package.module:Class``, or ``"mnist"`` or
+            ``"karate"``.
+        lr_grid (str): the learning rates, ``--lr-grid``: ``"LO:HI:N"`` (``N`` values spaced
+            logarithmically from ``LO`` to ``HI``, both included), e.g. ``"1e-3:1e-1:3"``.
+        logdir (str, optional): the root folder, ``--logdir`` (default ``"runs"``); the sweep
+            writes under ``LOGDIR/sweep``.
+        **options: the command's other flags as keyword arguments, e.g. ``optimizers``,
+            ``seeds``, ``epochs``, ``grid=["weight_decay=0,1e-4"]``, ``backend="ray"``.
+
+    Returns:
+        list[dict[str, Any]]: the sweep's rows (``LOGDIR/sweep/sweep.json``): one per run
+        (optimizer, setting and seed), with its status and final validation and test values
+        of the task's selected metric; the tables beside it aggregate them.
+
+    Raises:
+        ValueError: an invalid value (the CLI's exit 2).
+        TypeError: a keyword the command does not take.
+        SystemExit: a value argparse itself rejects (a flag's type or choices).
+    """
     what = {"experiment": task} if task in BUILTIN else {"task": task}
     _call("sweep", {**what, "lr_grid": lr_grid, **options, "logdir": logdir})
     return json.loads((Path(logdir) / "sweep" / "sweep.json").read_text())["rows"]
 
 
 def report(logdir: str = "runs", out: str | None = None, **options: Any) -> list[Path]:
-    """``report``; returns the files written into ``out`` (default ``LOGDIR/report``)."""
+    """``report``: figures, the results table and the claims' verdicts of the runs under
+    ``logdir``.
+
+    Args:
+        logdir (str, optional): the runs' root folder, ``--logdir`` (default ``"runs"``).
+        out (str or None, optional): where the report is written, ``--out`` (default
+            ``None``: ``LOGDIR/report``).
+        **options: the command's other flags, e.g. ``claim=["adam>sgd", "adam,nadam>sgd"]``
+            (``--claim WINNERS>LOSERS``, tested by Welch's t-test over seeds).
+
+    Returns:
+        list[pathlib.Path]: the files in ``out``, sorted.
+
+    Raises:
+        ValueError: ``logdir`` holds no runs, or an invalid value (the CLI's exit 2).
+        TypeError: a keyword the command does not take.
+    """
     _call("report", {"logdir": logdir, "out": out, "quiet": True, **options})
     return sorted(Path(out or f"{logdir}/report").iterdir())

@@ -35,7 +35,14 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full parser: one subparser per command, each with its own flags."""
+    """The full parser: one subparser per command, each with its own flags.
+
+    The command-line reference is generated from it. Each parsed command carries its
+    ``handler`` (``args.handler(args)`` runs it).
+
+    Returns:
+        argparse.ArgumentParser: the parser of ``python -m torchopt_survey.experiments``.
+    """
     p = argparse.ArgumentParser(
         prog="python -m torchopt_survey.experiments",
         description=(
@@ -67,6 +74,22 @@ def parse_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> argp
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m torchopt_survey.experiments``: parse ``argv``, run the command.
+
+    Args:
+        argv (Sequence[str] or None, optional): the arguments after the program name;
+            ``None`` (default): ``sys.argv[1:]``.
+
+    Returns:
+        int: the exit status: ``0`` done, ``1`` missing or corrupt data files (or, under
+        ``torchrun``, a lost rank), ``2`` an invalid flag or value (after the usage and the
+        message on stderr), ``130`` interrupted (finished runs are kept; rerun with
+        ``--resume``).
+
+    Raises:
+        SystemExit: where argparse exits itself: ``--help`` (status 0), a flag the command
+            does not take or a value of the wrong type or choice (status 2).
+    """
     quiet_import_noise()
     parser = build_parser()
     args = parse_command_line(parser, list(sys.argv[1:] if argv is None else argv))

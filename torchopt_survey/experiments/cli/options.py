@@ -119,8 +119,21 @@ def _flag_overrides(args: argparse.Namespace, exp: str, cfg: dict[str, Any]) -> 
 
 def build_configs(args: argparse.Namespace, experiments: list[str] | None = None,
                   ) -> list[dict[str, Any]]:
-    """Paper defaults <- --config files <- flags <- --set; validated. ``experiments``: what
-    the command runs (default: ``args.command``, every experiment for ``all``)."""
+    """The validated configuration of each experiment a command runs: paper defaults <-
+    ``--config`` files <- flags <- ``--set``, each overriding the one before.
+
+    Args:
+        args (argparse.Namespace): the parsed command line (from :func:`build_parser`).
+        experiments (list[str] or None, optional): the built-in experiments the command runs;
+            ``None`` (default): ``args.command``, or every experiment for ``all``.
+
+    Returns:
+        list[dict[str, Any]]: one configuration per experiment, in that order.
+
+    Raises:
+        ValueError: a config file for another experiment, a ``--set`` that applies to none,
+            or a value the schema rejects; the message names the flag.
+    """
     if experiments is None:
         experiments = list(EXPERIMENTS) if args.command == "all" else [args.command]
     exps = experiments

@@ -16,6 +16,9 @@ import torchopt_survey as _tos
 PAPER_LR = 0.01
 
 # Order is the order of the surveys' tables and of our figures' legends.
+#: The first-order methods: lowercase name -> (optimizer class, the surveys' constructor
+#: keyword arguments: ``lr=0.01``; ``momentum=0.9`` for Momentum, and ``nesterov=True`` too
+#: for NAG). The second-order ``newton``, ``newton_cg`` and ``cg`` are named separately.
 OPTIMIZERS: Mapping[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
     "sgd": (_tos.SGD, {"lr": PAPER_LR}),
     "momentum": (_tos.Momentum, {"lr": PAPER_LR, "momentum": 0.9}),
@@ -30,6 +33,7 @@ OPTIMIZERS: Mapping[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
     "adamax": (_tos.Adamax, {"lr": PAPER_LR}),
 }
 
+#: The keys of :data:`OPTIMIZERS` in the surveys' order: what ``"all"`` expands to.
 OPTIMIZER_NAMES: tuple[str, ...] = tuple(OPTIMIZERS)
 
 # Second-order methods (issue #8): closure-based, full-batch. Not part of "all" (they need the
@@ -52,7 +56,20 @@ def _entry(name: str) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
 
 
 def resolve_optimizer_names(names: str | Iterable[str]) -> list[str]:
-    """Expand ``"all"`` and validate names; raises ValueError listing the valid choices."""
+    """Expand ``"all"`` and validate names (case-insensitive), dropping repeats.
+
+    Args:
+        names (str or Iterable[str]): one name or several: a key of :data:`OPTIMIZERS`, a
+            second-order method (``newton``, ``newton_cg``, ``cg``), or ``"all"`` (every name
+            of :data:`OPTIMIZER_NAMES`, not the second-order ones).
+
+    Returns:
+        list[str]: the lowercase names, in the order first given.
+
+    Raises:
+        ValueError: an unknown name, or no name at all; the message lists the valid choices.
+        TypeError: an element that is not a string.
+    """
     if isinstance(names, str):
         names = [names]
     out: list[str] = []
@@ -82,7 +99,24 @@ def build_optimizer(
     params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
     overrides: Mapping[str, Any] | None = None,
 ) -> torch.optim.Optimizer:
-    """Instantiate optimizer ``name`` with the paper defaults updated by ``overrides``."""
+    """Instantiate optimizer ``name`` with the surveys' settings updated by ``overrides``.
+
+    Args:
+        name (str): a key of :data:`OPTIMIZERS` or a second-order method (``newton``,
+            ``newton_cg``, ``cg``; their ``lr=1.0`` is the first line-search trial and
+            ``max_iter=1``), case-insensitive.
+        params (Iterable[torch.Tensor] or Iterable[dict[str, Any]]): parameters or parameter
+            groups, as for every ``torch.optim`` optimizer.
+        overrides (Mapping[str, Any] or None, optional): constructor keyword arguments that
+            replace or add to the surveys' settings (default ``None``: none).
+
+    Returns:
+        torch.optim.Optimizer: the torchopt_survey optimizer.
+
+    Raises:
+        ValueError: ``name`` is unknown (or a constructor argument is invalid).
+        TypeError: ``overrides`` has an argument the optimizer does not take.
+    """
     (name,) = resolve_optimizer_names([name])
     cls, defaults = _entry(name)
     kwargs = {**defaults, **(overrides or {})}

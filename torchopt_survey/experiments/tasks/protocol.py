@@ -22,11 +22,26 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+#: what a task of your own uses; the other classes here are the built-in tasks' own helpers
+__all__ = ["Capabilities", "Claim", "Defaults", "Metric", "Task", "TaskData"]
+
 
 @dataclass
 class TaskData:
     """A task's examples as tensors (inputs ``x_*``, targets ``y_*``; first dimension: the
-    examples). The validation split is what sweeps select on and early stopping watches."""
+    examples). The validation split is what sweeps select on and early stopping watches.
+
+    Returned by :meth:`Task.data`; mini-batches index the first dimension of ``x_train`` and
+    ``y_train`` together, so each pair must have the same number of examples.
+
+    Args:
+        x_train (torch.Tensor): training inputs; the model's forward takes a batch of them.
+        y_train (torch.Tensor): training targets; :meth:`Task.loss` takes a batch of them.
+        x_val (torch.Tensor): validation inputs (evaluated whole after every epoch).
+        y_val (torch.Tensor): validation targets.
+        x_test (torch.Tensor): test inputs (evaluated whole after every epoch).
+        y_test (torch.Tensor): test targets.
+    """
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -40,9 +55,18 @@ class TaskData:
 class Metric:
     """A metric evaluated on the validation and test sets after every epoch.
 
-    ``fn(outputs, targets)`` returns a number (a float or a 0-d tensor) for one whole set; it
-    is logged as ``val/<name>`` and ``test/<name>``. The loss is always logged too
-    (``val/loss``, ``test/loss``; lower is better)."""
+    It is logged as ``val/<name>`` and ``test/<name>``. The loss is always logged too
+    (``val/loss``, ``test/loss``; lower is better).
+
+    Args:
+        name (str): the tag suffix (``val/<name>``, ``test/<name>``) and the name
+            :attr:`Task.select` and the report's columns use.
+        fn (Callable[[torch.Tensor, torch.Tensor], float | torch.Tensor]): ``fn(outputs,
+            targets)`` for one whole set: the model's outputs and the targets; returns a float
+            or a 0-d tensor.
+        higher_is_better (bool, optional): the direction of improvement (default ``True``).
+            The metric a task selects on must be one where higher is better.
+    """
 
     name: str
     fn: Callable[[torch.Tensor, torch.Tensor], float | torch.Tensor]
@@ -51,38 +75,69 @@ class Metric:
 
 @dataclass(frozen=True)
 class Defaults:
-    """The task's default training settings (flags and ``--set`` override them)."""
+    """The task's default training settings (flags and ``--set`` override them).
+
+    Args:
+        epochs (int, optional): passes over the training set per run (default ``10``);
+            ``--epochs``.
+        batch_size (int or None, optional): examples per step; ``None`` (default): the whole
+            training set (full batch, one step per epoch); ``--batch-size``.
+        seeds (tuple[int, ...], optional): one run per seed and optimizer (default ``(0,)``);
+            ``--seeds``.
+        lr (float or None, optional): the learning rate of every optimizer; ``None``
+            (default): each optimizer's paper default (``0.01``; ``1.0`` for the second-order
+            methods' first line-search trial); ``--lr``.
+        optimizers (tuple[str, ...], optional): names from :data:`OPTIMIZER_NAMES` or the
+            second-order ``newton``, ``newton_cg``, ``cg``, or ``"all"`` (default
+            ``("sgd", "adam")``); ``--optimizers``.
+    """
 
     epochs: int = 10
-    #: examples per step; None: the whole training set (full batch, one step per epoch)
     batch_size: int | None = None
     seeds: tuple[int, ...] = (0,)
-    #: learning rate for every optimizer; None: each optimizer's paper default (0.01)
     lr: float | None = None
     optimizers: tuple[str, ...] = ("sgd", "adam")
 
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What the task supports beyond plain mini-batch training."""
+    """What the task supports beyond plain mini-batch training.
 
-    #: the second-order methods (Newton, NewtonCG, CG) as full-batch closures
+    Args:
+        full_batch_closures (bool, optional): the second-order methods (Newton, NewtonCG, CG)
+            can train it with full-batch closures (default ``True``).
+        stacked_replicas (bool, optional): a sweep may train several seeds and learning rates
+            as one program (``torch.func`` stacked replicas; default ``True``). Models with
+            buffers that training updates (batch norm) cannot be stacked: set it ``False``.
+        torchrun_sharding (bool, optional): under ``torchrun``, each global batch is sharded
+            over the ranks (DDP; default ``True``).
+    """
+
     full_batch_closures: bool = True
-    #: several seeds/learning rates trained as one program (torch.func stacked replicas);
-    #: models with buffers that training updates (batch norm) cannot be stacked
     stacked_replicas: bool = True
-    #: under torchrun, each global batch sharded over the ranks (DDP)
     torchrun_sharding: bool = True
 
 
 @runtime_checkable
 class Task(Protocol):
-    """What a task provides. Attributes may be class attributes.
+    """What a task provides; no base class is needed, and attributes may be class attributes.
 
-    ``name``: a short identifier (letters, digits, ``_``): the first part of every run id.
-    ``metrics``: evaluated every epoch; ``select``: the name of the one sweeps tune on (its
-    validation value) and report (its test value). ``defaults`` and ``capabilities``: see
-    :class:`Defaults` and :class:`Capabilities`.
+    ``isinstance(obj, Task)`` checks that the attributes and methods exist (not their types);
+    before any run starts, the harness checks the rest on four training examples. The guide
+    with a complete example is ``docs/experiments-tasks.md``.
+
+    Attributes:
+        name (str): a short identifier (letters, digits, ``_``): the first part of every run
+            id (``name/variant/optimizer/seedN``).
+        metrics (Sequence[Metric]): evaluated on the validation and test sets every epoch.
+        select (str): the name of the metric sweeps tune on (its validation value) and report
+            (its test value); higher must be better.
+        defaults (Defaults): epochs, batch size, seeds, learning rate and optimizers.
+        capabilities (Capabilities): what the task supports beyond mini-batch training.
+        target (float): optional (not part of the protocol's check): the validation value of
+            ``select`` for a sweep's steps/time-to-target columns (absent: not reported).
+        claims (Sequence[Claim]): optional (not part of the protocol's check): comparisons the
+            report always tests (absent: none; ``--claim`` adds more).
     """
 
     name: str
@@ -93,15 +148,38 @@ class Task(Protocol):
 
     def data(self, device: torch.device) -> TaskData:
         """The task's examples on ``device`` (called once per run, and once per vectorised
-        program)."""
+        program).
+
+        Args:
+            device (torch.device): where the tensors must be.
+
+        Returns:
+            TaskData: the training, validation and test examples.
+        """
         ...
 
     def model(self, seed: int) -> nn.Module:
-        """A fresh model for ``seed`` (torch's RNG is already seeded with it)."""
+        """A fresh model for ``seed`` (torch's RNG is already seeded with it).
+
+        Args:
+            seed (int): the run's seed.
+
+        Returns:
+            torch.nn.Module: a new model with freshly initialised parameters; the harness
+            moves it to the run's device.
+        """
         ...
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The mean loss of a batch: a 0-d tensor that ``backward()`` differentiates."""
+        """The mean loss of a batch: a 0-d tensor that ``backward()`` differentiates.
+
+        Args:
+            outputs (torch.Tensor): the model's outputs for a batch (or a whole split).
+            targets (torch.Tensor): the batch's targets (from :class:`TaskData`).
+
+        Returns:
+            torch.Tensor: the 0-d mean loss.
+        """
         ...
 
 
@@ -144,18 +222,29 @@ class SweepMetric:
 @dataclass(frozen=True)
 class Claim:
     """A claim a report tests: every optimizer of ``winners`` beats every one of ``losers``
-    (Welch's t-test over seeds per pair, see :func:`..report.stats.claim_verdict`)."""
+    (Welch's t-test over seeds per pair, on each metric of ``metrics``).
 
-    #: how the runs' claims table names it
+    A task lists its own in an optional ``claims`` attribute (see :class:`Task`);
+    ``report --claim 'adam>sgd'`` adds more.
+
+    Args:
+        text (str): how the runs' claims table names it.
+        winners (tuple[str, ...]): optimizer names (as in :data:`OPTIMIZER_NAMES`).
+        losers (tuple[str, ...]): optimizer names each winner must beat.
+        metrics (tuple[tuple[str, str], ...]): ``(summary key, label)`` of each metric it is
+            tested on, e.g. ``("final_test_r2", "final test r2")`` (a task's metric ``m``:
+            ``final_test_m`` or ``best_test_m``); empty: the final test value of every metric.
+        variant_suffix (str, optional): the claim is about the runs whose variant ends so
+            (default ``""``: every variant).
+        sweep_text (str, optional): how a sweep's claims table names it (tested there on the
+            sweep's metric; default ``""``: as ``text``).
+    """
+
     text: str
     winners: tuple[str, ...]
     losers: tuple[str, ...]
-    #: (summary key, label) of each metric it is tested on, e.g.
-    #: ``("test_accuracy", "final test accuracy")``
     metrics: tuple[tuple[str, str], ...]
-    #: the claim is about the runs whose variant ends so ("": every variant)
     variant_suffix: str = ""
-    #: how a sweep's claims table names it (tested there on the sweep's metric)
     sweep_text: str = ""
 
 

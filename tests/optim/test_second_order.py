@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from second_order_problems import DT, LX, LY, A, B, logistic, quadratic, rosenbrock
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -29,43 +30,11 @@ from torchopt_survey.optim.core.second_order import adapt_damping
 
 scipy_optimize = pytest.importorskip("scipy.optimize")
 
-DT = torch.float64
 CLASSES = [ts.Newton, ts.NewtonCG, ts.ConjugateGradient]
 
 # --------------------------------------------------------------------------- problems
 
 
-def _quadratic(n: int = 20, cond: float = 100.0) -> tuple[Tensor, Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=DT))
-    a = q @ torch.diag(torch.logspace(0, math.log10(cond), n, dtype=DT)) @ q.T
-    return 0.5 * (a + a.T), torch.randn(n, generator=gen, dtype=DT)
-
-
-A, B = _quadratic()
-
-
-def quadratic(x: Tensor) -> Tensor:
-    return 0.5 * x @ A @ x - B @ x
-
-
-def rosenbrock(x: Tensor) -> Tensor:
-    return ((1 - x[:-1]) ** 2).sum() + 100 * ((x[1:] - x[:-1] ** 2) ** 2).sum()
-
-
-def _logistic_data() -> tuple[Tensor, Tensor]:
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(200, 6, generator=gen, dtype=DT)
-    w = torch.randn(6, generator=gen, dtype=DT)
-    y = (x @ w + 0.5 * torch.randn(200, generator=gen, dtype=DT) > 0).to(DT)
-    return x, y
-
-
-LX, LY = _logistic_data()
-
-
-def logistic(w: Tensor) -> Tensor:
-    return F.binary_cross_entropy_with_logits(LX @ w, LY) + 0.5e-2 * (w @ w)
 
 
 PROBLEMS: dict[str, tuple[Callable[[Tensor], Tensor], Tensor]] = {

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from second_order_problems import DT, LX, LY, A, B, logistic, quadratic, rosenbrock
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -23,44 +24,11 @@ import torchopt_survey as ts
 from torchopt_survey.optim.conjugate_gradient import conjugacy_beta
 from torchopt_survey.optim.core.line_search import _cubic_minimizer, strong_wolfe
 
-DT = torch.float64
-
-
 # --------------------------------------------------------------------------- fixed problems
 
 
-def _spd_quadratic(n: int = 20, cond: float = 100.0) -> tuple[Tensor, Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=DT))
-    a = q @ torch.diag(torch.logspace(0, math.log10(cond), n, dtype=DT)) @ q.T
-    return 0.5 * (a + a.T), torch.randn(n, generator=gen, dtype=DT)
-
-
-A, B = _spd_quadratic()
 X_STAR = torch.linalg.solve(A, B)
 
-
-def quadratic(x: Tensor) -> Tensor:
-    return 0.5 * x @ A @ x - B @ x
-
-
-def rosenbrock(x: Tensor) -> Tensor:
-    return ((1 - x[:-1]) ** 2).sum() + 100 * ((x[1:] - x[:-1] ** 2) ** 2).sum()
-
-
-def _logistic_data() -> tuple[Tensor, Tensor]:
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(200, 6, generator=gen, dtype=DT)
-    w = torch.randn(6, generator=gen, dtype=DT)
-    y = (x @ w + 0.5 * torch.randn(200, generator=gen, dtype=DT) > 0).to(DT)
-    return x, y
-
-
-LX, LY = _logistic_data()
-
-
-def logistic(w: Tensor) -> Tensor:
-    return F.binary_cross_entropy_with_logits(LX @ w, LY) + 0.5e-2 * (w @ w)
 
 
 def _run(

@@ -58,26 +58,25 @@ class TechniqueOptions:
         return cls(**{f.name: spec[f.name] for f in fields(cls) if f.name in spec})
 
 
-_MNIST_ONLY = ("norm", "val_split", "normalize_inputs", "eval_train")
-# Keys every task takes, and the image classification task's (defaults: TechniqueOptions).
-COMMON_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(TechniqueOptions)
-                                   if f.name not in _MNIST_ONLY}
-MNIST_EXTRA: dict[str, Any] = {f.name: f.default for f in fields(TechniqueOptions)
-                               if f.name in _MNIST_ONLY}
-MNIST_TECHNIQUE_DEFAULTS = {**COMMON_DEFAULTS, **MNIST_EXTRA}
-KARATE_TECHNIQUE_DEFAULTS = dict(COMMON_DEFAULTS)
+#: options that need the task's own model or data (a task lists the ones it implements)
+MODEL_OPTIONS = ("norm", "val_split", "normalize_inputs", "eval_train")
+#: options every task takes (the harness applies them to any model), in spec order
+COMMON_OPTIONS = tuple(f.name for f in fields(TechniqueOptions) if f.name not in MODEL_OPTIONS)
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(TechniqueOptions)}
+#: every option's default, the common ones first (the order of a run spec's technique keys)
+OPTION_DEFAULTS: dict[str, Any] = {k: _DEFAULTS[k] for k in (*COMMON_OPTIONS, *MODEL_OPTIONS)}
+COMMON_DEFAULTS: dict[str, Any] = {k: _DEFAULTS[k] for k in COMMON_OPTIONS}
 
 
-def technique_defaults(experiment: str) -> dict[str, Any]:
-    return copy.deepcopy(
-        MNIST_TECHNIQUE_DEFAULTS if experiment == "mnist" else KARATE_TECHNIQUE_DEFAULTS
-    )
+def technique_defaults(options: Iterable[str] = COMMON_OPTIONS) -> dict[str, Any]:
+    """The defaults of the technique ``options`` a task takes (a fresh copy)."""
+    return copy.deepcopy({k: _DEFAULTS[k] for k in options})
 
 
 def technique_spec(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The technique keys of a validated config that differ from their defaults."""
-    defaults = technique_defaults(cfg["experiment"])
-    return {k: copy.deepcopy(cfg[k]) for k, d in defaults.items() if cfg.get(k, d) != d}
+    return {k: copy.deepcopy(cfg[k]) for k, d in OPTION_DEFAULTS.items()
+            if k in cfg and cfg[k] != d}
 
 
 # Options that change what is trained (the rest only change what is measured).
@@ -183,7 +182,6 @@ def build_scheduler(value: Any, optimizer: torch.optim.Optimizer) -> Any:
 
 def validate_techniques(cfg: dict[str, Any]) -> None:
     """Check the technique keys of ``cfg`` in place (ValueError naming the key)."""
-    exp = cfg["experiment"]
     if cfg["name"] is not None:
         name = str(cfg["name"])
         if not name or any(c in name for c in "/\\ ") or name.startswith("."):
@@ -191,7 +189,7 @@ def validate_techniques(cfg: dict[str, Any]) -> None:
         cfg["name"] = name
     for key in ("init_gain", "dropout", "l1", "l2", "clip_grad_norm", "clip_grad_value"):
         _coerce(cfg, key)
-    if exp == "mnist":
+    if "val_split" in cfg:  # (the options a task takes are the ones its config has)
         _coerce(cfg, "val_split")
     if cfg["init"] not in INITS:
         raise ValueError(f"init: unknown value {cfg['init']!r}; valid choices: {', '.join(INITS)}")
@@ -229,11 +227,12 @@ def validate_techniques(cfg: dict[str, Any]) -> None:
     if cfg["scheduler"] is not None:
         probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
         build_scheduler(cfg["scheduler"], probe)
-    if exp == "mnist":
+    if "norm" in cfg:
         if cfg["norm"] not in NORMS:
             raise ValueError(
                 f"norm: unknown value {cfg['norm']!r}; valid choices: {', '.join(NORMS)}"
             )
+    if "val_split" in cfg:
         vs = cfg["val_split"]
         if vs is not None:
             ok = isinstance(vs, int | float) and not isinstance(vs, bool) and 0 < vs < 1
@@ -241,9 +240,9 @@ def validate_techniques(cfg: dict[str, Any]) -> None:
                 raise ValueError(f"val_split: expected a fraction in (0, 1) or null, got {vs!r}")
         if es is not None and vs is None:
             raise ValueError("early_stopping: needs a validation set; set val_split (e.g. 0.1)")
-        for key in ("normalize_inputs", "eval_train"):
-            if not isinstance(cfg[key], bool):
-                raise ValueError(f"{key}: expected true or false, got {cfg[key]!r}")
+    for key in ("normalize_inputs", "eval_train"):
+        if key in cfg and not isinstance(cfg[key], bool):
+            raise ValueError(f"{key}: expected true or false, got {cfg[key]!r}")
 
 
 # torch.nn.init's name for each activation of models.ACTIVATIONS.
@@ -566,11 +565,12 @@ class Techniques:
             self.early.load_state_dict(state["early"])
 
 
-def hparams(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """Every technique option of a run (defaults included) for the HParams dashboard."""
+def hparams(spec: Mapping[str, Any], options: Iterable[str] = COMMON_OPTIONS) -> dict[str, Any]:
+    """Every technique option of a run that its task takes (``options``; defaults included)
+    for the HParams dashboard."""
     opts = TechniqueOptions.of(spec)
     out = {}
-    for k in technique_defaults(spec["experiment"]):
+    for k in options:
         v = getattr(opts, k)
         out[k] = "none" if v is None else v
     return out

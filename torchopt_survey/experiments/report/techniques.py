@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..tasks.registry import entry
-from ..tasks.techniques import OPTION_DEFAULTS, TREATMENTS
+from ..tasks.technique_options import OPTION_DEFAULTS, TREATMENTS
 from .plotting import loss_curves, pyplot, save_figure
 from .stats import ALPHA, mean_std, welch_p
 

@@ -19,7 +19,7 @@ import torch
 from . import custom, karate, mnist, mnist_vectorized, schema
 from .protocol import Claim, Figures, LossCurve, Overview, ReportMetric, SweepMetric
 from .spec import RunSpec
-from .techniques import COMMON_OPTIONS
+from .technique_options import COMMON_OPTIONS
 
 Spec = Mapping[str, Any]
 

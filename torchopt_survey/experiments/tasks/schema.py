@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .optimizers import ALL_OPTIMIZER_NAMES, SECOND_ORDER_NAMES, resolve_optimizer_names
-from .techniques import validate_techniques
+from .technique_options import validate_techniques
 
 #: keys every built-in task's config has (each task module adds its own and its defaults)
 COMMON: dict[str, Any] = {

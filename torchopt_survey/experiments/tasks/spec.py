@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .techniques import TechniqueOptions
+from .technique_options import TechniqueOptions
 
 #: the keys every run spec has (besides the task's own settings)
 COMMON_KEYS = ("experiment", "variant", "optimizer", "optimizer_kwargs", "seed", "epochs")

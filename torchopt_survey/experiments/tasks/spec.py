@@ -195,7 +195,8 @@ class RunSpec(Mapping[str, Any]):
         """The spec of its stored (dict) form.
 
         Args:
-            spec (Mapping[str, Any]): a stored spec, or a :class:`RunSpec` (returned as it is).
+            spec (Mapping[str, Any]): a stored spec (without ``optimizer_kwargs``: none), or
+                a :class:`RunSpec` (returned as it is).
 
         Returns:
             RunSpec: the spec.
@@ -206,10 +207,11 @@ class RunSpec(Mapping[str, Any]):
         """
         if isinstance(spec, RunSpec):
             return spec
-        missing = [k for k in COMMON_KEYS if k not in spec]
+        stored = {**spec, "optimizer_kwargs": dict(spec.get("optimizer_kwargs", {}))}
+        missing = [k for k in COMMON_KEYS if k not in stored]
         if missing:
             raise ValueError(f"run spec: missing {', '.join(missing)}")
-        kwargs = dict(spec["optimizer_kwargs"])
+        kwargs = dict(stored["optimizer_kwargs"])
         sweep, variant = None, str(spec["variant"])
         raw = spec.get("sweep")
         if isinstance(raw, Mapping):
@@ -224,7 +226,7 @@ class RunSpec(Mapping[str, Any]):
                   settings={k: v for k, v in spec.items()
                             if k not in (*COMMON_KEYS, "task", "sweep")},
                   task=spec.get("task"), sweep=sweep)
-        if out.to_dict() != dict(spec):  # e.g. a stored variant that is not base + setting
+        if out.to_dict() != stored:  # e.g. a stored variant that is not base + setting
             raise ValueError(f"run spec {spec.get('variant')!r}: its variant, optimizer "
                              "arguments and sweep setting disagree")
         return out

@@ -5,7 +5,7 @@ grid point (:meth:`RunSpec.at`); the run writer stores :meth:`RunSpec.to_dict` i
 checkpoints and ``result.json`` and compares it on ``--resume``. Each value is stored once:
 a sweep's setting (its learning rate among them) lives in :attr:`RunSpec.sweep` only, and the
 run's optimizer arguments and variant name are derived from it. The optimizer's paper
-defaults are merged once, when the task expands its config
+defaults are merged into the spec once, when the task expands its config
 (``optimizer_hparams``).
 
 On disk a spec keeps the dict form runs have always written (a sweep's learning rate in its

@@ -104,3 +104,18 @@ def test_runs_with_the_old_grad_norm_tags_are_read_and_resumed(tmp_path: Path) -
             torch.testing.assert_close(r["history"][t], before["history"][t])
     on_disk = json.loads((run1 / RESULT).read_text())
     assert not any(t.startswith("grad_norm/") for t in on_disk["history"])
+
+
+def test_cli_report_from_runs_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from torchopt_survey.experiments.cli import main
+
+    runs = str(STUDIES[0] / RUNS_FILE)
+    assert main(["report", "--runs", runs]) == 2  # no --out: nowhere to write
+    assert "give --out" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": 99, "runs": []}')
+    assert main(["report", "--runs", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert "not a runs.json of format 1" in capsys.readouterr().err
+    assert main(["report", "--runs", runs, "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert (tmp_path / "out" / "second_order.md").read_bytes() == (
+        STUDIES[0] / "second_order.md").read_bytes()

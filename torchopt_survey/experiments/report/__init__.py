@@ -60,7 +60,8 @@ def write_report(logdir: str | os.PathLike[str] | None, out: str | os.PathLike[s
     if not results:
         if sweep_paths:
             return sweep_paths
-        raise ValueError(f"--logdir: no finished runs (no {RESULT}) under {logdir or runs}")
+        raise ValueError(f"--runs: {runs} holds no runs" if runs is not None else
+                         f"--logdir: no finished runs (no {RESULT}) under {logdir}")
     # Runs with §V technique options get their own figures and claim tables.
     tech_paths, tech_claims = techniques.write(results, outp)
     groups = group_runs(r for r in results if not techniques.is_technique_run(r))

@@ -129,7 +129,9 @@ def report(logdir: str = "runs", out: str | None = None, **options: Any) -> list
         out (str or None, optional): where the report is written, ``--out`` (default
             ``None``: ``LOGDIR/report``).
         **options: the command's other flags, e.g. ``claim=["adam>sgd", "adam,nadam>sgd"]``
-            (``--claim WINNERS>LOSERS``, tested by Welch's t-test over seeds).
+            (``--claim WINNERS>LOSERS``, tested by Welch's t-test over seeds), or
+            ``runs="experiments/results/second_order/runs.json"`` (``--runs``: rebuild a
+            report from its raw per-run data instead of ``logdir``; give ``out``).
 
     Returns:
         list[pathlib.Path]: the files in ``out``, sorted.

@@ -69,7 +69,7 @@ def test_overview_read_back(tmp_path: Path) -> None:
     assert charts[0] == ("test/accuracy (every optimizer)", ["^test/accuracy$"])
     assert ("train/loss_epoch (every optimizer)", ["^train/loss_epoch$"]) in charts
     assert titles[-1] == "gradient norms" and len(titles) == 2
-    assert [c.title for c in layout.category[1].chart][0].startswith("grad_norm/")
+    assert [c.title for c in layout.category[1].chart][0].startswith("train/param_grad_norm/")
     # declared again (a later command into the same folder): one overview file, not two
     declare_experiment(logdir)
     assert len(list(logdir.glob("events.out.tfevents.*.overview"))) == 1
@@ -101,3 +101,22 @@ def test_columns_only_what_some_run_sets_away_from_the_default() -> None:
     # one run with dropout: the column appears; all runs at the same non-default: still in
     assert "dropout" in overview_columns([run("sgd"), run("adam", dropout=0.5)])[0]
     assert "dropout" in overview_columns([run("sgd", dropout=0.5), run("adam", dropout=0.5)])[0]
+
+
+def _tensorboard_order(tag: str) -> list[tuple[int, str]]:
+    """The Scalars tab's sort key for a tag (its ``compareTagNames``: ``/``, ``_`` and digits
+    sort before letters), enough for tags without numbers to compare."""
+    return [(0 if c in "/_" or c.isdigit() else 1, c) for c in tag]
+
+
+def test_scalars_tab_leads_with_test_metrics_and_puts_grad_norms_after_the_loss(
+        tmp_path: Path) -> None:
+    """TensorBoard's Scalars tab groups tags by their prefix, groups and cards sorted by name."""
+    (res, _) = _runs(tmp_path / "runs")
+    tags = sorted([*res["history"], "train/loss"], key=_tensorboard_order)
+    groups = list(dict.fromkeys(t.split("/", 1)[0] for t in tags))
+    assert groups[0] == "test" and set(groups) == {"test", "time", "train", "val"}
+    train = [t for t in tags if t.startswith("train/")]
+    grads = [t for t in train if "grad_norm" in t]
+    assert grads and train.index(grads[0]) > train.index("train/loss_epoch")
+    assert train[-len(grads):] == grads  # the gradient norms close the train group

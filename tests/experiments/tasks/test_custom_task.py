@@ -85,7 +85,7 @@ def test_run_resume_sweep_and_report_a_task_from_outside_the_package(
     run = ref / "regression/regression/adam/seed0"
     tags = {t for t, _, _ in raw_scalars(run)}
     assert {"train/loss", "train/loss_epoch", "val/r2", "test/r2", "test/loss"} <= tags
-    assert any(t.startswith("grad_norm/") for t in tags)  # batch 32: logged by default
+    assert any(t.startswith("train/param_grad_norm/") for t in tags)  # batch 32: logged by default
     events = b"".join(p.read_bytes() for p in run.glob("events.out.tfevents.*"))
     assert b"_hparams_/session_start_info" in events and b"regression" in events
     assert results["regression/regression/adam/seed0"]["final"]["test/r2"] > 0.5

@@ -21,4 +21,5 @@ def test_a_step_with_a_missing_gradient_is_not_counted() -> None:
     model.bias.grad = None
     tracker.record()  # skipped: the mean below is over the one full step
     metrics = tracker.epoch_metrics()
-    assert metrics == {"grad_norm/weight": pytest.approx(5.0), "grad_norm/bias": pytest.approx(1.0)}
+    assert metrics == {"train/param_grad_norm/weight": pytest.approx(5.0),
+                       "train/param_grad_norm/bias": pytest.approx(1.0)}

@@ -64,8 +64,9 @@ def test_compiled_run_logs_the_same_grad_norms_and_histograms(synth: str, tmp_pa
     eager = _run(_spec("momentum", 16, compile=False, log_grad_norms=True), tmp_path / "e", synth)
     comp = _run(_spec("momentum", 16, compile=True, log_grad_norms=True), tmp_path / "c", synth)
     assert comp["compile"]["compiled"] is True
-    tags = [t for t in eager["history"] if t.startswith("grad_norm/")]
-    assert tags and sorted(tags) == sorted(t for t in comp["history"] if t.startswith("grad_norm/"))
+    tags = [t for t in eager["history"] if t.startswith("train/param_grad_norm/")]
+    assert tags and sorted(tags) == sorted(
+        t for t in comp["history"] if t.startswith("train/param_grad_norm/"))
     for tag in tags:
         torch.testing.assert_close(comp["history"][tag], eager["history"][tag],
                                    atol=1e-5, rtol=1e-4)

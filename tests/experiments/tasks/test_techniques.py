@@ -192,7 +192,7 @@ def test_task_clips_before_the_step_but_logs_the_raw_norm(synth: str) -> None:
     )
     assert moved.norm().item() == pytest.approx(0.01 * 1e-3, rel=1e-2)  # lr * clipped norm
     for name, value in raw.items():  # logged gradient norms equal p.grad.norm()
-        assert metrics[f"grad_norm/{name}"] == pytest.approx(value, rel=1e-5)
+        assert metrics[f"train/param_grad_norm/{name}"] == pytest.approx(value, rel=1e-5)
     assert sum(v**2 for v in raw.values()) ** 0.5 > 1e-2  # the clip did act
 
 
@@ -210,11 +210,12 @@ def test_diverged_gradients_log_nan_norms_and_skip_empty_histograms() -> None:
     tracker.record()
     metrics = tracker.epoch_metrics()
     # ... is the mean over finite steps: weight norm sqrt(6 * 4), bias 5 (inf step left out).
-    assert metrics["grad_norm/weight"] == pytest.approx(math.sqrt(24))
-    assert metrics["grad_norm/bias"] == pytest.approx(5.0)
+    assert metrics["train/param_grad_norm/weight"] == pytest.approx(math.sqrt(24))
+    assert metrics["train/param_grad_norm/bias"] == pytest.approx(5.0)
     model.weight.grad = torch.full((2, 3), float("nan"))
     tracker.record()
-    assert math.isnan(tracker.epoch_metrics()["grad_norm/weight"])  # no finite step at all
+    # no finite step at all
+    assert math.isnan(tracker.epoch_metrics()["train/param_grad_norm/weight"])
     model.weight.grad = torch.full((2, 3), float("nan"))
     model.bias.grad = torch.tensor([1.0, float("inf")])
     tracker.record()
@@ -433,7 +434,7 @@ def test_karate_takes_init_dropout_penalties_clipping_and_early_stopping(tmp_pat
     res = execute_run(spec, RunOptions(logdir=str(tmp_path), quiet=True))
     stopped = res["early_stopping"]["stopped_epoch"]
     assert stopped is not None and len(res["history"]["val/loss"]) == stopped < 30
-    assert "grad_norm/conv1.lin.weight" in res["history"]
+    assert "train/param_grad_norm/conv1.lin.weight" in res["history"]
 
 
 def test_cli_logs_grad_norm_scalars_histograms_and_hparams(synth: str, tmp_path: Path) -> None:
@@ -458,7 +459,8 @@ def test_cli_logs_grad_norm_scalars_histograms_and_hparams(synth: str, tmp_path:
     acc = EventAccumulator(str(run), size_guidance={"histograms": 0})
     acc.Reload()
     tags = acc.Tags()
-    assert {"grad_norm/0.weight", "grad_norm/1.weight", "grad_norm/6.weight"} <= set(
+    assert {"train/param_grad_norm/0.weight", "train/param_grad_norm/1.weight",
+            "train/param_grad_norm/6.weight"} <= set(
         tags["scalars"]
     )
     assert "grad/0.weight" in tags["histograms"]
@@ -486,7 +488,7 @@ def _fake_run(
     from torchopt_survey.experiments.report.techniques import linear_weight_names
 
     names = linear_weight_names(spec)
-    history = {f"grad_norm/{n}": [g, g] for n, g in zip(names, grads, strict=True)}
+    history = {f"train/param_grad_norm/{n}": [g, g] for n, g in zip(names, grads, strict=True)}
     history.update({"test/accuracy": [acc, acc], "train/loss_epoch": [1.0, 0.5]})
     final = {"test/accuracy": acc}
     if train_acc is not None:

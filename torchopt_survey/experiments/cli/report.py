@@ -15,6 +15,9 @@ HELP = "turn finished runs into figures, a results table and claim verdicts"
 def add_parsers(sub: Any) -> None:
     p = sub.add_parser("report", help=HELP, description=HELP, allow_abbrev=False)
     p.add_argument("--logdir", default="runs", help="the runs' root (default: runs)")
+    p.add_argument("--runs", default=None, metavar="FILE",
+                   help="start from a report's runs.json (every run's raw per-epoch data) "
+                   "instead of --logdir, e.g. to regenerate committed results")
     p.add_argument("--out", default=None, help="report output folder (default: LOGDIR/report)")
     p.add_argument("--claim", action="append", default=[], metavar="WINNERS>LOSERS",
                    help="your own comparison, e.g. 'adam,nadam>sgd' (does every optimizer on "
@@ -36,8 +39,11 @@ def parse_claim(text: str) -> Claim:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.runs is not None and args.out is None:
+        raise ValueError("report --runs: give --out (the folder to write the report into)")
     out = args.out or f"{args.logdir}/report"
-    paths = write_report(args.logdir, out, [parse_claim(text) for text in args.claim])
+    paths = write_report(None if args.runs else args.logdir, out,
+                         [parse_claim(text) for text in args.claim], runs=args.runs)
     if not args.quiet:
         for p in paths:
             print(p)

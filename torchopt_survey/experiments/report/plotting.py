@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -22,13 +24,57 @@ def pyplot() -> Any:
     return plt
 
 
+#: the PNG text key under which a figure keeps the digest of its plotted data
+DATA_KEY = "Description"
+_DATA_PREFIX = "plotted data sha256:"
+
+
+def _floats(values: Any) -> list[float]:
+    import numpy as np
+
+    return np.asarray(values, dtype=float).ravel().tolist()
+
+
+def plotted_data(fig: Any) -> dict[str, Any]:
+    """What a figure shows, as plain data: per axes its labels and scales, every line's
+    label and points, every band's corners (a polygon's distinct vertices, in sorted order)."""
+    axes = []
+    for ax in fig.axes:
+        lines = [[ln.get_label(), _floats(ln.get_xdata()), _floats(ln.get_ydata())]
+                 for ln in ax.get_lines()]
+        bands = [sorted({(float(x), float(y)) for p in c.get_paths() for x, y in p.vertices})
+                 for c in ax.collections]
+        axes.append({"title": ax.get_title(), "xlabel": ax.get_xlabel(),
+                     "ylabel": ax.get_ylabel(), "xscale": ax.get_xscale(),
+                     "yscale": ax.get_yscale(), "lines": lines, "bands": bands})
+    title = fig._suptitle.get_text() if getattr(fig, "_suptitle", None) is not None else ""
+    return {"title": title, "axes": axes}
+
+
+def data_digest(fig: Any) -> str:
+    """SHA-256 of :func:`plotted_data` (floats written exactly), kept in the PNG's text."""
+    text = json.dumps(plotted_data(fig), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def read_data_digest(path: str | os.PathLike[str]) -> str | None:
+    """The plotted-data digest a PNG written by :func:`save_figure` keeps (None: none)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        text = getattr(img, "text", {}).get(DATA_KEY, "")
+    return text[len(_DATA_PREFIX):] if text.startswith(_DATA_PREFIX) else None
+
+
 def save_figure(fig: Any, path: Path) -> None:
-    """Write a matplotlib figure atomically (a killed report leaves no half-written PNG)."""
+    """Write a matplotlib figure atomically (a killed report leaves no half-written PNG), with
+    the digest of its plotted data in the PNG's text (:func:`read_data_digest`), so a
+    committed figure can be checked against its data without comparing pixels."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp.png")
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
+        fig.savefig(tmp, dpi=110, metadata={DATA_KEY: _DATA_PREFIX + data_digest(fig)})
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..runs.folder import RESULT, normalise
+from ..runs.folder import RESULT, current_tags, normalise
 from ..runtime.files import load_json
 from ..tasks.optimizers import OPTIMIZER_NAMES
 from ..tasks.protocol import Claim
@@ -21,7 +21,8 @@ from .stats import ALPHA, TEST_NAME, claim_verdict, mean_std, pm
 
 
 def load_results(logdir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Every finished run (``result.json``) under ``logdir``."""
+    """Every finished run (``result.json``) under ``logdir``, with today's tag names (runs of
+    earlier versions are read too: :func:`.runs.folder.current_tags`)."""
     root = Path(logdir)
     if not root.is_dir():
         raise ValueError(f"--logdir: {root} does not exist; run an experiment first")
@@ -34,6 +35,9 @@ def load_results(logdir: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 f"{path}: unreadable result file ({exc}); delete it and rerun"
             ) from exc
         res["spec"] = normalise(res["spec"])
+        for key in ("history", "final"):
+            if isinstance(res.get(key), dict):
+                res[key] = current_tags(res[key])
         out.append(res)
     if not out:
         raise ValueError(f"--logdir: no finished runs (no {RESULT}) under {root}")
@@ -41,6 +45,14 @@ def load_results(logdir: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 Group = dict[tuple[str, str, str], list[dict[str, Any]]]
+
+
+def tags_read(experiment: str) -> set[str]:
+    """The history tags this section reads of a task's runs; ``train/loss`` in a figure
+    panel stands for the run's ``loss_curve`` (the per-step training loss)."""
+    task = entry(experiment)
+    return {"train/loss_epoch", *(m.tag for m in task.report_metrics),
+            *(tag for tag, _ in task.figures.panels)}
 
 
 def group_runs(results: Iterable[dict[str, Any]]) -> Group:

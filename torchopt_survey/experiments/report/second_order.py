@@ -40,7 +40,9 @@ from .stats import (
 
 Run = dict[str, Any]
 
-
+#: the history tags this section reads
+TAGS_READ = ("train/loss", "train/loss_epoch", "time/train_seconds", "opt/func_evals",
+             "opt/hvp_evals")
 
 def _curve(run: Run) -> list[tuple[int, float, float, float, float]]:
     """(iterations done, training loss, closure evals, curvature products, train seconds)."""
@@ -178,10 +180,16 @@ def conditioning_sweep(
                 grad = a @ x.detach() - b
                 if name == "cg" and float(grad.abs().max()) > tol:
                     stalled += 1
-        rows.append({"cond": cond, "cg": mean_std(counts["cg"]), "cg_counts": counts["cg"],
-                     "newton": mean_std(counts["newton"]), "cg_stalled": stalled,
-                     "seeds": len(seeds)})
+        rows.append({"cond": cond, "cg_counts": counts["cg"], "newton_counts": counts["newton"],
+                     "cg_stalled": stalled, "seeds": len(seeds)})
     return rows
+
+
+def _with_means(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The sweep's rows (per-seed counts, as :func:`conditioning_sweep` returns them or a
+    ``runs.json`` keeps them) with the mean ± std over seeds of each method."""
+    return [{**r, "cg": mean_std(r["cg_counts"]), "newton": mean_std(r["newton_counts"])}
+            for r in rows]
 
 
 _CLAIM_WORD = {"lower": "**confirmed**", "higher": "**refuted**"}
@@ -262,6 +270,7 @@ def claims(variants: dict[tuple[str, str], tuple[float, list[dict[str, Any]]]],
             out.append(f"| CG is computationally more efficient than Newton | {data} | "
                        f"{verdict} | {how} | {detail} |")
     if sweep:
+        sweep = _with_means(sweep)
         lo, hi = sweep[0], sweep[-1]
         growth = hi["cg"][0] / lo["cg"][0]
         outcome, p = mean_test(hi["cg_counts"], lo["cg_counts"])
@@ -315,10 +324,17 @@ def _figure(path: Path, title: str, by_opt: dict[str, list[Run]], target: float)
     save_figure(fig, path)
 
 
+def has_second_order(groups: dict[tuple[str, str, str], list[Run]]) -> bool:
+    """Whether the runs make a second-order section (some variant has a second-order run)."""
+    return bool(_variants(groups))
+
+
 def write_second_order(groups: dict[tuple[str, str, str], list[Run]], out: Path,
-                       sweep: bool = True) -> list[Path]:
+                       sweep: Sequence[dict[str, Any]] | None = None) -> list[Path]:
     """``second_order.md`` (cost-to-target tables and claim verdicts) and one figure per
-    variant that has second-order runs; nothing when there are none."""
+    variant that has second-order runs; nothing when there are none. ``sweep``: the
+    conditioning sweep's rows (:func:`conditioning_sweep`, run when None; ``[]``: no sweep
+    claim)."""
     variants = _variants(groups)
     if not variants:
         return []
@@ -348,7 +364,7 @@ def write_second_order(groups: dict[tuple[str, str, str], list[Run]], out: Path,
                 variants[(exp, variant)], target)
         paths.append(p)
     lines += ["## Claims (survey §III)", ""]
-    lines += claims(summaries, conditioning_sweep() if sweep else [])
+    lines += claims(summaries, conditioning_sweep() if sweep is None else list(sweep))
     text = "\n".join(lines) + "\n"
     md = out / "second_order.md"
     md.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..tasks.registry import entry
 from ..tasks.technique_options import OPTION_DEFAULTS, TREATMENTS
+from ..tasks.techniques import GRAD_NORM_TAG
 from .plotting import loss_curves, pyplot, save_figure
 from .stats import ALPHA, mean_std, welch_p
 
@@ -69,7 +70,7 @@ def linear_weight_names(spec: dict[str, Any]) -> list[str]:
 def first_epoch_grad_norms(run: dict[str, Any]) -> list[float]:
     """Mean gradient norm of each Linear weight over the first epoch, by depth."""
     h = run["history"]
-    return [float(h[f"grad_norm/{n}"][0]) for n in linear_weight_names(run["spec"])]
+    return [float(h[f"{GRAD_NORM_TAG}{n}"][0]) for n in linear_weight_names(run["spec"])]
 
 
 def _finite(x: float) -> bool:
@@ -337,7 +338,7 @@ def _gradient_setups(
         any_run = next(iter(by_t.values()))[0]
         if (
             "train/accuracy" in any_run["final"]
-            or f"grad_norm/{linear_weight_names(any_run['spec'])[0]}" not in any_run["history"]
+            or GRAD_NORM_TAG + linear_weight_names(any_run["spec"])[0] not in any_run["history"]
         ):
             continue
         items = sorted(by_t.items(), key=lambda kv: (len(json.loads(kv[0])), kv[0]))

@@ -13,6 +13,7 @@ import torch
 
 from ..runtime.files import atomic_write, load_checkpoint, load_json, save_checkpoint, save_json
 from ..runtime.labels import relabel
+from ..tasks.techniques import GRAD_NORM_TAG, OLD_GRAD_NORM_TAG
 
 CHECKPOINT = "checkpoint.pt"
 #: a vectorised program's checkpoint of an epoch not yet committed for all of its runs
@@ -64,6 +65,15 @@ def migrate_old_id(logdir: str | os.PathLike[str], spec: Mapping[str, Any]) -> P
         if not any(empty.iterdir()):
             empty.rmdir()
     return old[0]
+
+
+def current_tags(history: dict[str, Any]) -> dict[str, Any]:
+    """A run's history (or any tag -> value map) with today's tag names: the gradient norms
+    that runs of earlier versions logged as ``grad_norm/<parameter>`` become
+    ``train/param_grad_norm/<parameter>``; other tags are kept as they are."""
+    old = OLD_GRAD_NORM_TAG
+    return {(GRAD_NORM_TAG + k[len(old):] if k.startswith(old) else k): v
+            for k, v in history.items()}
 
 
 def normalise(spec: dict[str, Any]) -> dict[str, Any]:

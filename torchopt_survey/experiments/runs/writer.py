@@ -24,13 +24,14 @@ from ..runtime.files import load_checkpoint, load_json, save_checkpoint, save_js
 from ..runtime.process import RunOptions
 from ..tasks.registry import resume_as
 from ..tasks.spec import RunSpec
-from ..tasks.techniques import OPTION_DEFAULTS
+from ..tasks.techniques import GRAD_NORM_TAG, OLD_GRAD_NORM_TAG, OPTION_DEFAULTS
 from ..tasks.techniques import hparams as technique_hparams
 from .folder import (
     CHECKPOINT,
     PENDING,
     RESULT,
     clear_run_dir,
+    current_tags,
     downsample,
     migrate_old_id,
     purge_events_after,
@@ -76,7 +77,10 @@ def inspect(spec: RunSpec, opts: RunOptions) -> Start:
         try:
             done = load_json(result_path)
             if done.get("spec") == spec or resume_as(done.get("spec"), spec) is not None:
-                return Start(finished={**done, "skipped": True})
+                # (tags of an older version renamed)
+                return Start(finished={**done, "skipped": True,
+                                       **{k: current_tags(done[k]) for k in ("history", "final")
+                                          if isinstance(done.get(k), dict)}})
         except (OSError, ValueError):
             pass  # unreadable result: train again
     if not ckpt_path.is_file():
@@ -163,7 +167,9 @@ class RunWriter:
             self.discarded.append({"file": kept, "reason": start.unusable[1]})
         state = start.state
         if state is not None:
-            self.history = {k: list(v) for k, v in state["history"].items()}
+            # (a checkpoint of an older version: its tags renamed, so the run goes on under
+            # today's names; its event files keep the old ones for the epochs before)
+            self.history = {k: list(v) for k, v in current_tags(state["history"]).items()}
             self.step_losses = state["step_losses"].clone()
             self.elapsed = float(state["elapsed"])
             self.discarded = list(state.get("discarded_checkpoints", []))
@@ -361,7 +367,7 @@ def scalar_layout(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         charts["train/loss_epoch (every optimizer)"] = ["Multiline", ["^train/loss_epoch$"]]
         layout[f"{task}: the comparison"] = charts
     grads = sorted({t for tags in tags_by_task.values() for t in tags
-                    if t.startswith("grad_norm/")})
+                    if t.startswith((GRAD_NORM_TAG, OLD_GRAD_NORM_TAG))})
     if grads:
         layout["gradient norms"] = {t: ["Multiline", [f"^{t}$"]] for t in grads}
     return layout

@@ -174,10 +174,18 @@ def clip_gradients(
         nn.utils.clip_grad_norm_(params, max_norm)
 
 
+#: the scalar tag of a parameter's gradient norm is this prefix + the parameter's name: in the
+#: ``train`` group, after the training loss (TensorBoard's Scalars tab sorts tag groups and
+#: the tags in each by name, so ``test/`` and ``train/loss`` lead)
+GRAD_NORM_TAG = "train/param_grad_norm/"
+#: the prefix runs of earlier versions logged the same norms under
+OLD_GRAD_NORM_TAG = "grad_norm/"
+
+
 class GradNormTracker:
     """Per-parameter gradient L2 norms summed over an epoch's steps, on the device (no host
     sync per step); the epoch mean (over steps where the norm is finite) goes to TensorBoard
-    as ``grad_norm/<parameter name>``."""
+    as ``train/param_grad_norm/<parameter name>`` (:data:`GRAD_NORM_TAG`)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -219,11 +227,11 @@ class GradNormTracker:
         } if self._grads else {}
         self._grads = []
         self.sum, self.count, self.steps = None, None, 0
-        return {f"grad_norm/{n}": m for (n, _), m in zip(self.named, means, strict=True)}
+        return {f"{GRAD_NORM_TAG}{n}": m for (n, _), m in zip(self.named, means, strict=True)}
 
     def histograms(self) -> dict[str, torch.Tensor]:
         """Finite gradient values of the epoch's last step per parameter (a diverged run's
-        nan/inf gradients have no histogram; its ``grad_norm`` scalars show them)."""
+        nan/inf gradients have no histogram; its gradient-norm scalars show them)."""
         out = {}
         for n, t in self.last.items():
             t = t[torch.isfinite(t)]

@@ -429,10 +429,10 @@ def test_ill_conditioning_claim_threshold() -> None:
 
     def sweep(lo: float, hi: float) -> list[dict[str, Any]]:
         spread = [-1.0, 0.0, 1.0]
-        return [{"cond": 10.0, "cg": (lo, 1.0), "cg_counts": [lo + d for d in spread],
-                 "newton": (1.0, 0.0), "cg_stalled": 0, "seeds": 3},
-                {"cond": 1e4, "cg": (hi, 1.0), "cg_counts": [hi + d for d in spread],
-                 "newton": (1.0, 0.0), "cg_stalled": 0, "seeds": 3}]
+        return [{"cond": 10.0, "cg_counts": [lo + d for d in spread],
+                 "newton_counts": [1.0, 1.0, 1.0], "cg_stalled": 0, "seeds": 3},
+                {"cond": 1e4, "cg_counts": [hi + d for d in spread],
+                 "newton_counts": [1.0, 1.0, 1.0], "cg_stalled": 0, "seeds": 3}]
 
     assert "**confirmed**" in _claims({"sgd": first, "cg": cg}, sweep=sweep(10, 30))[claim]
     assert "**refuted**" in _claims({"sgd": first, "cg": cg}, sweep=sweep(10, 29))[claim]

@@ -30,7 +30,7 @@ for stage in $stages; do
   case $stage in
     tests)
       timeout "${T_TESTS:-240}" $py -m pytest -m cuda -p no:cacheprovider -rfE --tb=short -v \
-        tests/optim/test_fused_cuda.py tests/optim/test_second_order.py >"$out/pytest-cuda.log" 2>&1
+        tests/optim/core/test_fused_cuda.py tests/optim/test_second_order.py >"$out/pytest-cuda.log" 2>&1
       echo "pytest rc=$?"
       grep -E "^(FAILED|ERROR)|passed|failed" "$out/pytest-cuda.log" | tail -30 ;;
     fused)

@@ -1,11 +1,11 @@
 """One rank of the distributed integration checks (started by ``tests/optim/test_distributed.py``).
 
-``python tests/optim/dist_worker.py SCENARIO[,SCENARIO...] OUT_DIR`` with torchrun's environment
-variables (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``). Every optimizer
-configuration of ``tests/optim/optim_infos.py`` is trained for a few float64 steps under the
-scenario and compared with the same steps in one plain process on the whole batch; each rank writes
-``OUT_DIR/<scenario>-rank<R>.json`` (one record per check: the largest absolute parameter
-difference, or the error raised). Scenarios:
+``PYTHONPATH=.:tests python tests/optim/dist_worker.py SCENARIO[,SCENARIO...] OUT_DIR`` with
+torchrun's environment variables (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``).
+Every optimizer configuration of ``tests/helpers/optim_cases.py`` is trained for a few float64
+steps under the scenario and compared with the same steps in one plain process on the whole
+batch; each rank writes ``OUT_DIR/<scenario>-rank<R>.json`` (one record per check: the largest
+absolute parameter difference, or the error raised). Scenarios:
 
 * ``ddp`` -- ``DistributedDataParallel``: each rank takes its half of every global batch.
 * ``zero`` -- ``ZeroRedundancyOptimizer(optimizer_class=...)`` over a DDP model.
@@ -30,10 +30,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from helpers.optim_cases import OPTIMS, OptimInfo
 from torch import nn
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from optim_infos import OPTIMS, OptimInfo  # noqa: E402
 
 STEPS = 4
 #: the whole batch; rank r of W takes rows [r * n / W, (r + 1) * n / W)

@@ -1,7 +1,7 @@
 """Our optimizers under torch.distributed, two CPU processes (gloo), against one process.
 
-Each scenario of ``tests/optim/dist_worker.py`` trains every configuration of ``optim_infos.py``
-for a few float64 steps and measures the largest parameter difference from the same steps taken in a
+Each scenario of ``dist_worker.py`` trains every configuration of ``helpers/optim_cases.py`` for
+a few float64 steps and measures the largest parameter difference from the same steps taken in a
 single plain process on the whole batch: DistributedDataParallel, ZeroRedundancyOptimizer,
 FSDP2 (DTensor parameters, an empty shard on one rank; forloop, foreach and fused paths) and
 torch.distributed.checkpoint (save on 2 ranks, load on 2 and on 1, and a state dict read before
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 import torch.distributed as dist
+from helpers.processes import checkout_pythonpath, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("dist_worker.py")
@@ -31,23 +31,17 @@ TOL = 1e-10
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _env(rank: int, world: int, port: int) -> dict[str, str]:
     env = dict(os.environ)
     env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
-               PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
+               PYTHONPATH=checkout_pythonpath(env))
     return env
 
 
 def _launch(args: list[str], world: int, out: Path) -> None:
     """Start ``world`` ranks of the worker, wait (bounded), kill what is left, check exits."""
-    port = _free_port()
+    port = free_port()
     procs = [
         subprocess.Popen([sys.executable, str(WORKER), *args], env=_env(rank, world, port),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -13,7 +13,7 @@ import io
 
 import pytest
 import torch
-from optim_infos import OPTIMS, OptimInfo
+from helpers.optim_cases import OPTIMS, OptimInfo
 
 PATHS = {"forloop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 SHAPES = [(4, 3), (3,), (2, 2, 2), (5,)]

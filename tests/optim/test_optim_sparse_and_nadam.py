@@ -14,7 +14,7 @@ import copy
 
 import pytest
 import torch
-from optim_infos import BY_NAME
+from helpers.optim_cases import BY_NAME
 
 import torchopt_survey as tos
 

@@ -430,7 +430,7 @@ def test_sparse_gradients_like_torch(case: Case) -> None:
 # parameters (max |x_20 - x_0|), measured on every case and path: bfloat16 state 0.011
 # (Adamax, weight decay 0.1), int8 state 0.22 (AdamW maximize: tensors of a few elements form
 # one block whose small entries get the coarse codes). Tolerances: about 2x those. The exact
-# check of each compact step is tests/optim/test_compact_state.py's.
+# check of each compact step is tests/optim/core/test_compact_state.py's.
 COMPACT_TOLERANCE = {"bfloat16": 0.04, "int8": 0.4}
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from second_order_problems import DT, LX, LY, A, B, logistic, quadratic, rosenbrock
+from helpers.second_order_problems import DT, LX, LY, A, B, logistic, quadratic, rosenbrock
 from torch import Tensor
 from torch.nn import functional as F
 

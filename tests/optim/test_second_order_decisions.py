@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from second_order_problems import DT, LX, LY, A, B, logistic, quadratic, rosenbrock
+from helpers.second_order_problems import DT, LX, LY, A, B, logistic, quadratic, rosenbrock
 from torch import Tensor
 from torch.nn import functional as F
 

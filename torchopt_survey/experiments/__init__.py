@@ -5,9 +5,9 @@ Run ``python -m torchopt_survey.experiments --help``. Needs the ``experiments`` 
 
 The public surface (``__all__`` here and in :mod:`.api`, :mod:`.cli`, :mod:`.tasks.protocol`):
 the :class:`Task` protocol and its helper classes (a task of your own is built from them), the
-optimizer registry, the commands as Python functions (``api.run``, ``api.sweep``,
-``api.report``) and the command-line parser (``cli.build_parser``, ``cli.main``). The rest is
-the harness's own.
+typed run spec (:class:`RunSpec`), the optimizer registry, the commands as Python functions
+(``api.run``, ``api.sweep``, ``api.report``) and the command-line parser (``cli.build_parser``,
+``cli.main``). The rest is the harness's own.
 
 Layers, each importing only from those below it (checked by ``lint-imports``): :mod:`.cli`,
 :mod:`.sweep`, :mod:`.report`, :mod:`.runs`, :mod:`.tasks`, :mod:`.runtime`.
@@ -15,6 +15,7 @@ Layers, each importing only from those below it (checked by ``lint-imports``): :
 
 from .tasks.optimizers import OPTIMIZER_NAMES, OPTIMIZERS, build_optimizer, resolve_optimizer_names
 from .tasks.protocol import Capabilities, Claim, Defaults, Metric, Task, TaskData
+from .tasks.spec import RunSpec, SweepPoint
 
 __all__ = [
     "Capabilities",
@@ -23,6 +24,8 @@ __all__ = [
     "Metric",
     "OPTIMIZERS",
     "OPTIMIZER_NAMES",
+    "RunSpec",
+    "SweepPoint",
     "Task",
     "TaskData",
     "build_optimizer",

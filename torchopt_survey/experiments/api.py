@@ -62,12 +62,12 @@ def _results(logdir: str, experiment: str | None = None) -> list[dict[str, Any]]
 
 def run(task: str, logdir: str = "runs", **options: Any) -> list[dict[str, Any]]:
     """Every run of ``task`` with the options of ``python -m torchopt_survey.experiments run``
-    (or of the ``mnist``, ``karate`` and ``all`` commands for a built-in task).
+    (or of a built-in task's own command, or of ``all``, for built-in tasks).
 
     Args:
         task (str): a task of your own as ``package.module:Class`` (importable; see
-            :class:`~torchopt_survey.experiments.Task`), or a built-in one: ``"mnist"``,
-            ``"karate"``, or ``"all"`` (both).
+            :class:`~torchopt_survey.experiments.Task`), or a built-in task's name (the
+            commands ``--help`` lists beside ``run``), or ``"all"`` (every built-in task).
         logdir (str, optional): the runs' root folder, ``--logdir`` (default ``"runs"``).
         **options: the command's other flags as keyword arguments, e.g. ``optimizers=["sgd",
             "adam"]``, ``seeds=[0, 1, 2]``, ``epochs=3``, ``resume=True``,
@@ -96,8 +96,8 @@ def sweep(task: str, lr_grid: str, logdir: str = "runs", **options: Any,
     learning rate (and more) on validation, over seeds.
 
     Args:
-        task (str): a task of your own as ``package.module:Class``, or ``"mnist"`` or
-            ``"karate"``.
+        task (str): a task of your own as ``package.module:Class``, or a built-in task's
+            name.
         lr_grid (str): the learning rates, ``--lr-grid``: ``"LO:HI:N"`` (``N`` values spaced
             logarithmically from ``LO`` to ``HI``, both included), e.g. ``"1e-3:1e-1:3"``.
         logdir (str, optional): the root folder, ``--logdir`` (default ``"runs"``); the sweep

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from typing import Any
 
 from ..runs.folder import run_id
 from ..tasks.config import (
-    EXPERIMENTS,
     apply_override,
     load_config_file,
     merge,
     parse_override,
 )
 from ..tasks.optimizers import OPTIMIZER_NAMES, SECOND_ORDER_NAMES
-from ..tasks.registry import default_config, entry
+from ..tasks.registry import BUILTIN, default_config, entry
 from ..tasks.registry import validate as validate_config
 
 
@@ -135,11 +135,11 @@ def build_configs(args: argparse.Namespace, experiments: list[str] | None = None
             or a value the schema rejects; the message names the flag.
     """
     if experiments is None:
-        experiments = list(EXPERIMENTS) if args.command == "all" else [args.command]
+        experiments = list(BUILTIN) if args.command == "all" else [args.command]
     exps = experiments
     cfgs = {e: default_config(e) for e in exps}
     for path in args.config:
-        data = load_config_file(path)
+        data = load_config_file(path, BUILTIN)
         exp = data["experiment"]
         if exp not in cfgs:
             raise ValueError(
@@ -171,7 +171,7 @@ def build_configs(args: argparse.Namespace, experiments: list[str] | None = None
 class RunBar:
     """tqdm bar for one run: steps with epoch, loss, accuracy and ETA."""
 
-    def __init__(self, spec: dict[str, Any], position: int = 0) -> None:
+    def __init__(self, spec: Mapping[str, Any], position: int = 0) -> None:
         from tqdm.auto import tqdm
 
         self.bar = tqdm(

@@ -18,9 +18,9 @@ from ..runs.pool import run_many
 from ..runs.writer import declare_experiment
 from ..runtime import distributed
 from ..runtime.process import RunOptions, resolve_device
-from ..tasks.config import EXPERIMENTS
-from ..tasks.registry import check_data, entry, expand
+from ..tasks.registry import BUILTIN, check_data, entry, expand
 from ..tasks.registry import load as load_task
+from ..tasks.spec import RunSpec
 from .options import (
     RunBar,
     add_config_flags,
@@ -33,19 +33,19 @@ from .options import (
 
 HELP = {
     "run": "every run of a task defined outside the package (--task package.module:Class)",
-    **{name: entry(name).help for name in EXPERIMENTS},
-    "all": " and ".join(EXPERIMENTS),
+    **{name: entry(name).help for name in BUILTIN},
+    "all": " and ".join(BUILTIN),
 }
 
 
 def add_parsers(sub: Any) -> None:
-    for name in ("run", *EXPERIMENTS, "all"):
+    for name in ("run", *BUILTIN, "all"):
         p = sub.add_parser(name, help=HELP[name], description=HELP[name], allow_abbrev=False)
         if name == "run":
             p.add_argument("--task", required=True, metavar="MODULE:CLASS",
                            help="the task: an object of the Task protocol "
                            "(torchopt_survey.experiments.tasks.protocol), importable from here")
-        own = {"run": (), "all": tuple(EXPERIMENTS)}.get(name, (name,))
+        own = {"run": (), "all": tuple(BUILTIN)}.get(name, (name,))
         add_config_flags(p, own)
         p.add_argument("--lr", type=float, help="learning rate for every optimizer (paper: 0.01)")
         if name == "run":
@@ -60,7 +60,7 @@ def experiments_of(args: argparse.Namespace) -> list[str]:
     experiments for ``all``, else the one the command names."""
     if args.command == "run":
         return [load_task(args.task)]
-    return list(EXPERIMENTS) if args.command == "all" else [args.command]
+    return list(BUILTIN) if args.command == "all" else [args.command]
 
 
 def main(args: argparse.Namespace) -> int:
@@ -80,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, cfgs: list[dict[str, Any]], device: str, quiet: bool,
          ) -> int:
     ctx = distributed.context()
-    specs: list[dict[str, Any]] = []
+    specs: list[RunSpec] = []
     if ctx is not None and not ctx.is_main:
         distributed.barrier()  # rank 0 checks the data first: it may download into the cache
     for cfg in cfgs:

@@ -15,9 +15,8 @@ from ..sweep.execute import run_sweep
 from ..sweep.grid import check_grid, expand_sweep, parse_grid, parse_lr_grid
 from ..sweep.ray_backend import require_ray, run_sweep_ray
 from ..sweep.tables import best_table, settings_table, widen_advice, write_tables
-from ..tasks.config import EXPERIMENTS
 from ..tasks.optimizers import resolve_optimizer_names
-from ..tasks.registry import check_data, entry, expand
+from ..tasks.registry import BUILTIN, check_data, entry, expand
 from ..tasks.registry import load as load_task
 from ..tasks.registry import validate as validate_config
 from .options import add_config_flags, add_run_flags, build_configs, check_workers
@@ -28,10 +27,10 @@ HELP = "tune each optimizer's learning rate (and more) on validation, over seeds
 def add_parsers(sub: Any) -> None:
     p = sub.add_parser("sweep", help=HELP, description=HELP, allow_abbrev=False)
     what = p.add_mutually_exclusive_group()
-    what.add_argument("--experiment", choices=EXPERIMENTS, help="what to tune (this or --task)")
+    what.add_argument("--experiment", choices=BUILTIN, help="what to tune (this or --task)")
     what.add_argument("--task", metavar="MODULE:CLASS",
                       help="a task defined outside the package (the Task protocol)")
-    add_config_flags(p, tuple(EXPERIMENTS))
+    add_config_flags(p, tuple(BUILTIN))
     add_run_flags(p)
     g = p.add_argument_group("sweep")
     g.add_argument("--lr-grid", metavar="LO:HI:N",

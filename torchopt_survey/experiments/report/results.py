@@ -191,29 +191,27 @@ def write_figures(groups: Group, out: Path) -> list[Path]:
     variants: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = defaultdict(dict)
     for (exp, variant, opt), runs in groups.items():
         variants[(exp, variant)][opt] = runs
-    # Fig. 1: the GD / SGD / mini-batch regimes of plain SGD.
-    datasets = sorted({v.rsplit("-", 1)[0] for (e, v) in variants if e == "mnist"})
-    for ds in datasets:
-        series = []
-        for regime, label in (
-            ("gd", "GD (full batch)"),
-            ("sgd", "SGD (batch 1)"),
-            ("minibatch", "MBGD"),
-        ):
-            runs = variants.get(("mnist", f"{ds}-{regime}"), {}).get("sgd")
-            if runs:
-                series.append((label, runs))
-        if series:
-            name = "fig1_mnist_regimes.png" if ds == "mnist" else f"fig1_{ds}_regimes.png"
-            p = out / name
-            figure(p, f"{ds}: gradient descent regimes (SGD optimizer)", series,
-                   entry("mnist").figures.panels)
-            paths.append(p)
+    # The tasks' overview figures (MNIST: Fig. 1, the regimes of plain SGD), then each
+    # variant's own figure.
+    covered: set[tuple[str, str]] = set()
+    for exp in sorted({e for e, _ in variants}):
+        task = entry(exp)
+        if task.overview is None:
+            continue
+        names = [v for (e, v) in variants if e == exp]
+        for name, title, wanted in task.overview.figures(names):
+            series = [(label, runs) for label, v, o in wanted
+                      if (runs := variants.get((exp, v), {}).get(o))]
+            if series:
+                p = out / name
+                figure(p, title, series, task.figures.panels)
+                paths.append(p)
+        covered |= {(exp, v) for v in names
+                    if task.overview.covers(v, sorted(variants[(exp, v)], key=opt_order))}
     for (exp, variant), by_opt in sorted(variants.items()):
         series = [(o, by_opt[o]) for o in sorted(by_opt, key=opt_order)]
-        if exp == "mnist" and variant.rsplit("-", 1)[1] in ("gd", "sgd") and \
-                len(series) == 1 and series[0][0] == "sgd":
-            continue  # already in Fig. 1
+        if (exp, variant) in covered:
+            continue  # already in an overview figure
         look = entry(exp).figures
         p = out / look.names.get(variant, f"fig_{variant}.png")
         figure(p, look.title.format(variant=variant), series, look.panels)

@@ -25,6 +25,7 @@ import torch
 from torchopt_survey import ConjugateGradient, Newton
 
 from ..tasks.optimizers import SECOND_ORDER_NAMES
+from ..tasks.registry import entry
 from .plotting import pyplot, save_figure
 from .stats import (
     ALPHA,
@@ -50,11 +51,12 @@ def _curve(run: Run) -> list[tuple[int, float, float, float, float]]:
     evals = h.get("opt/func_evals", [float(i + 1) for i in range(epochs)])
     hvps = h.get("opt/hvp_evals", [0.0] * epochs)
     out = []
-    if spec["experiment"] == "karate":
+    curve = entry(spec["experiment"], spec.get("task")).loss_curve
+    if curve.after_epoch:
         for i in range(epochs):
-            out.append((i + 1, h["train/loss"][i], evals[i], hvps[i], secs[i]))
+            out.append((i + 1, h[curve.tag][i], evals[i], hvps[i], secs[i]))
     else:  # loss at the start of epoch k+1 = after k iterations
-        losses = h["train/loss_epoch"]
+        losses = h[curve.tag]
         out.append((0, losses[0], 0.0, 0.0, 0.0))
         for k in range(1, epochs):
             out.append((k, losses[k], evals[k - 1] if second else float(k), hvps[k - 1],
@@ -251,10 +253,10 @@ def claims(variants: dict[tuple[str, str], tuple[float, list[dict[str, Any]]]],
                 detail = (f"wall s: {ev(by['cg'], 'seconds', 2)} vs "
                           f"{ev(by['newton'], 'seconds', 2)}; Newton Hessian-vector products "
                           f"{_fmt(by['newton']['hvps'], 0)}")
-            elif exp == "mnist":
+            elif entry(exp).no_newton:
                 verdict, how = "cannot decide (no Newton runs)", "none"
-                detail = ("Newton cannot run: 397,510 parameters need a 632 GB Hessian "
-                          f"(float32); CG reached the target in {_fmt(by['cg']['seconds'], 2)} s")
+                detail = (f"{entry(exp).no_newton}; CG reached the target in "
+                          f"{_fmt(by['cg']['seconds'], 2)} s")
             else:
                 verdict, how, detail = "cannot decide (no Newton runs)", "none", "-"
             out.append(f"| CG is computationally more efficient than Newton | {data} | "

@@ -16,10 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
-from ..tasks.models import build_mlp
-from ..tasks.techniques import MNIST_TECHNIQUE_DEFAULTS, TREATMENTS
+from ..tasks.registry import entry
+from ..tasks.technique_options import OPTION_DEFAULTS, TREATMENTS
 from .plotting import loss_curves, pyplot, save_figure
 from .stats import ALPHA, mean_std, welch_p
 
@@ -28,7 +26,7 @@ Runs = list[dict[str, Any]]
 
 def is_technique_run(result: dict[str, Any]) -> bool:
     """A run with any §V option (or a label) set: it belongs to this section."""
-    return any(k in result["spec"] for k in MNIST_TECHNIQUE_DEFAULTS)
+    return any(k in result["spec"] for k in OPTION_DEFAULTS)
 
 
 def treatments(spec: dict[str, Any]) -> dict[str, Any]:
@@ -45,10 +43,11 @@ def _tkey(t: dict[str, Any]) -> str:
 
 
 def setups(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, Runs]]:
-    """set-up key -> treatment key -> runs (over seeds), for the MNIST technique runs."""
+    """set-up key -> treatment key -> runs (over seeds), for the technique runs of the tasks
+    this section reads (those that name their weights: :attr:`.registry.Entry.weight_names`)."""
     out: dict[str, dict[str, Runs]] = defaultdict(lambda: defaultdict(list))
     for r in results:
-        if r["spec"]["experiment"] == "mnist" and is_technique_run(r):
+        if _weight_names_of(r["spec"]) is not None and is_technique_run(r):
             out[_setup_key(r["spec"])][_tkey(treatments(r["spec"]))].append(r)
     return {k: dict(v) for k, v in out.items()}
 
@@ -56,17 +55,15 @@ def setups(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, Runs]]:
 # ----------------------------------------------------------------------------- metrics
 
 
+def _weight_names_of(spec: dict[str, Any]) -> Callable[[dict[str, Any]], list[str]] | None:
+    return entry(spec["experiment"], spec.get("task")).weight_names
+
+
 def linear_weight_names(spec: dict[str, Any]) -> list[str]:
-    """Parameter names of the MLP's Linear weights, input layer first (depth order)."""
-    model = build_mlp(
-        784,
-        spec["hidden"],
-        10,
-        spec["activation"],
-        spec.get("norm", "none"),
-        float(spec.get("dropout", 0.0)),
-    )
-    return [f"{i}.weight" for i, m in enumerate(model) if isinstance(m, nn.Linear)]
+    """Parameter names of the model's Linear weights, input layer first (depth order)."""
+    names = _weight_names_of(spec)
+    assert names is not None
+    return names(spec)
 
 
 def first_epoch_grad_norms(run: dict[str, Any]) -> list[float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,12 @@ RESULT = "result.json"
 CURVE_POINTS = 2000
 
 
-def run_id(spec: dict[str, Any]) -> str:
+def run_id(spec: Mapping[str, Any]) -> str:
     """Relative run folder, e.g. ``mnist/mnist-minibatch/adam/seed0``."""
     return f"{spec['experiment']}/{spec['variant']}/{spec['optimizer']}/seed{spec['seed']}"
 
 
-def _renamed(stored: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+def _renamed(stored: Mapping[str, Any], spec: Mapping[str, Any]) -> dict[str, Any]:
     """A stored spec with today's variant names (a sweep's runs also name their base run)."""
     out = {**stored, "variant": spec["variant"]}
     if isinstance(stored.get("sweep"), dict) and isinstance(spec.get("sweep"), dict):
@@ -34,7 +35,7 @@ def _renamed(stored: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def migrate_old_id(logdir: str | os.PathLike[str], spec: dict[str, Any]) -> Path | None:
+def migrate_old_id(logdir: str | os.PathLike[str], spec: Mapping[str, Any]) -> Path | None:
     """Move the folder of ``spec``'s run saved under an older id format (floats written in
     full, ``val_split0.16666666666666666``) to today's id, so ``--resume`` finds it; the
     variant in its ``result.json`` and checkpoint is renamed with it. Returns the old folder,

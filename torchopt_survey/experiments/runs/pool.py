@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
@@ -14,20 +14,20 @@ from .folder import run_id
 from .single import execute_run
 
 
-def longest_first(specs: Sequence[dict[str, Any]]) -> list[int]:
+def longest_first(specs: Sequence[Mapping[str, Any]]) -> list[int]:
     """Indices of ``specs`` by expected cost, longest first (ties keep their order), so the
     longest run never starts last and leaves the other workers idle while it finishes."""
     return sorted(range(len(specs)), key=lambda i: -expected_cost(specs[i]))
 
 
-def failure(spec: dict[str, Any], exc: BaseException) -> dict[str, Any]:
+def failure(spec: Mapping[str, Any], exc: BaseException) -> dict[str, Any]:
     """The record of a run that raised: its error's last line, for the sweep's tables."""
     message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     return {"status": "failed", "error": message.splitlines()[-1][:300], "run_id": run_id(spec),
-            "spec": spec}
+            "spec": dict(spec)}
 
 
-def run_guarded(spec: dict[str, Any], opts: RunOptions) -> dict[str, Any]:
+def run_guarded(spec: Mapping[str, Any], opts: RunOptions) -> dict[str, Any]:
     """:func:`execute_run` with its outcome as ``status``: a run that raises is recorded as
     failed and the others go on."""
     try:
@@ -37,10 +37,10 @@ def run_guarded(spec: dict[str, Any], opts: RunOptions) -> dict[str, Any]:
 
 
 def run_many(
-    specs: Sequence[dict[str, Any]],
+    specs: Sequence[Mapping[str, Any]],
     opts: RunOptions,
     workers: int = 1,
-    progress_factory: Callable[[dict[str, Any], int], Any] | None = None,
+    progress_factory: Callable[[Mapping[str, Any], int], Any] | None = None,
     on_done: Callable[[dict[str, Any]], None] | None = None,
     keep_going: bool = False,
 ) -> list[dict[str, Any]]:

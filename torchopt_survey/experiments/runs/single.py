@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +12,13 @@ import torch
 from ..runtime import distributed
 from ..runtime.process import RunOptions, flush_denormal, prepare_process
 from ..tasks.registry import make_task
-from .folder import normalise, run_id
+from ..tasks.spec import RunSpec
+from .folder import run_id
 from .writer import RunWriter, Start, inspect, settle_pending
 
 
 def execute_run(
-    spec: dict[str, Any],
+    spec: Mapping[str, Any],
     opts: RunOptions,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
@@ -26,7 +27,7 @@ def execute_run(
     The result is written atomically to ``result.json`` only when every epoch is done; a
     checkpoint is written atomically after every epoch.
     """
-    spec = normalise(spec)
+    spec = RunSpec.of(spec).normalised()
     # Under torchrun rank 0 alone reads and writes the run folder; the others follow it.
     main = distributed.is_main()
     if main and opts.resume:  # (a vectorised program's epoch left half-committed)
@@ -37,19 +38,20 @@ def execute_run(
     assert start is not None
     if start.finished is not None:
         return start.finished
+    spec = start.spec or spec  # (a checkpoint its task resumes as it ran: as it ran)
     device = prepare_process(opts)
-    with flush_denormal(bool(spec.get("flush_denormal", False))):
+    with flush_denormal(spec.techniques.flush_denormal):
         return _train(spec, opts, start, device, on_progress, main)
 
 
-def _train(spec: dict[str, Any], opts: RunOptions, start: Start, device: torch.device,
+def _train(spec: RunSpec, opts: RunOptions, start: Start, device: torch.device,
            on_progress: Callable[[dict[str, Any]], None] | None, main: bool) -> dict[str, Any]:
     # Build the task (loads data) before touching the run folder: a data error leaves nothing.
     task = make_task(spec, device, opts.data_dir)
     ctx = distributed.context()
     if ctx is not None:
         task.distribute(ctx)
-    epochs, spe = int(spec["epochs"]), task.steps_per_epoch
+    epochs, spe = spec.epochs, task.steps_per_epoch
     writer = RunWriter(spec, opts, start, spe, main)
     if start.state is not None:
         task.load_state_dict(start.state["task"])

@@ -11,29 +11,32 @@ goes on as the same program: the numbers of a sweep never killed.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..runtime.process import RunOptions, prepare_process
 from ..tasks.registry import make_stacked, replica_group
-from .folder import normalise, run_id
+from ..tasks.spec import RunSpec
+from .folder import run_id
 from .single import execute_run
 from .writer import RunWriter, Start, inspect, settle_pending
 
+Spec = Mapping[str, Any]
 
-def plan_groups(specs: Sequence[dict[str, Any]], max_replicas: int = 64,
-                ) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]]]:
+
+def plan_groups(specs: Sequence[Spec], max_replicas: int = 64,
+                ) -> tuple[list[list[Spec]], list[Spec]]:
     """Split ``specs`` into vectorisable groups (2+ runs) and runs to do one by one."""
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    alone: list[dict[str, Any]] = []
+    groups: dict[tuple[Any, ...], list[Spec]] = {}
+    alone: list[Spec] = []
     for spec in specs:
         key = replica_group(spec)
         if key is None:
             alone.append(spec)
         else:
             groups.setdefault(key, []).append(spec)
-    out: list[list[dict[str, Any]]] = []
+    out: list[list[Spec]] = []
     for members in groups.values():
         for i in range(0, len(members), max_replicas):
             chunk = members[i : i + max_replicas]
@@ -45,7 +48,7 @@ def plan_groups(specs: Sequence[dict[str, Any]], max_replicas: int = 64,
 
 
 def execute_vectorized(
-    specs: Sequence[dict[str, Any]],
+    specs: Sequence[Mapping[str, Any]],
     opts: RunOptions,
     on_done: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -55,7 +58,7 @@ def execute_vectorized(
     common checkpointed epoch. Runs that cannot (a checkpoint set aside as unusable left them
     at another epoch) are continued one by one.
     """
-    specs = [normalise(s) for s in specs]
+    specs = [RunSpec.of(s).normalised() for s in specs]
     if opts.resume:
         settle_pending([Path(opts.logdir) / run_id(s) for s in specs])
     results: list[dict[str, Any]] = []
@@ -65,11 +68,13 @@ def execute_vectorized(
         if on_done:
             on_done(res)
 
-    todo: list[tuple[dict[str, Any], Start]] = []
+    todo: list[tuple[RunSpec, Start]] = []
     for spec in specs:
         start = inspect(spec, opts)
         if start.finished is not None:
             done(start.finished)
+        elif start.spec is not None:  # resumed as its checkpoint's spec: alone
+            done(execute_run(spec, opts))
         else:
             todo.append((spec, start))
     if not todo:
@@ -83,7 +88,7 @@ def execute_vectorized(
     prog = make_stacked([spec for spec, _ in todo], device, opts.data_dir)
     spe = prog.steps_per_epoch
     writers = [RunWriter(spec, opts, start, spe) for spec, start in todo]
-    first, epochs = writers[0].start_epoch, int(todo[0][0]["epochs"])
+    first, epochs = writers[0].start_epoch, todo[0][0].epochs
     if first:
         prog.load_replica_states([start.state["task"] for _, start in todo if start.state])
     try:

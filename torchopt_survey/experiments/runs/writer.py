@@ -22,6 +22,9 @@ import torch
 from ..runtime import distributed
 from ..runtime.files import load_checkpoint, load_json, save_checkpoint, save_json
 from ..runtime.process import RunOptions
+from ..tasks.registry import resume_as
+from ..tasks.spec import RunSpec
+from ..tasks.techniques import OPTION_DEFAULTS
 from ..tasks.techniques import hparams as technique_hparams
 from .folder import (
     CHECKPOINT,
@@ -51,13 +54,17 @@ class Start:
     state: dict[str, Any] | None = None
     #: (file suffix, reason) of a checkpoint that cannot be used: set aside, train from scratch
     unusable: tuple[str, str] | None = None
+    #: the spec the run continues as when its checkpoint (or result) was saved under another
+    #: one that its task resumes as it ran (:func:`.registry.resume_as`), and why
+    spec: RunSpec | None = None
+    note: str = ""
 
     @property
     def epoch(self) -> int:
         return 0 if self.state is None else int(self.state["epoch"])
 
 
-def inspect(spec: dict[str, Any], opts: RunOptions) -> Start:
+def inspect(spec: RunSpec, opts: RunOptions) -> Start:
     """How the run of ``spec`` (normalised) starts under ``opts``; writes only to move a run
     folder of an older id format to today's id (:func:`migrate_old_id`) under ``--resume``."""
     run_dir = Path(opts.logdir) / run_id(spec)
@@ -68,7 +75,7 @@ def inspect(spec: dict[str, Any], opts: RunOptions) -> Start:
     if result_path.is_file():
         try:
             done = load_json(result_path)
-            if done.get("spec") == spec:
+            if done.get("spec") == spec or resume_as(done.get("spec"), spec) is not None:
                 return Start(finished={**done, "skipped": True})
         except (OSError, ValueError):
             pass  # unreadable result: train again
@@ -79,7 +86,10 @@ def inspect(spec: dict[str, Any], opts: RunOptions) -> Start:
     except Exception as exc:  # any unreadable file: say so, keep it, start over
         return Start(unusable=("corrupt", f"unreadable: {type(exc).__name__}: {exc}"[:300]))
     if state.get("spec") != spec:
-        return Start(unusable=("other-spec", "saved by a run with a different spec"))
+        as_ran = resume_as(state.get("spec"), spec)
+        if as_ran is None:
+            return Start(unusable=("other-spec", "saved by a run with a different spec"))
+        return Start(state=state, spec=as_ran[0], note=as_ran[1])
     return Start(state=state)
 
 
@@ -124,13 +134,18 @@ class RunWriter:
     the events a killed attempt logged past it. Under torchrun only rank 0 writes.
     """
 
-    def __init__(self, spec: dict[str, Any], opts: RunOptions, start: Start,
+    def __init__(self, spec: RunSpec, opts: RunOptions, start: Start,
                  steps_per_epoch: int, main: bool = True) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.spec, self.opts, self.main = spec, opts, main
-        self.run_dir = Path(opts.logdir) / run_id(spec)
-        self.spe, self.epochs = steps_per_epoch, int(spec["epochs"])
+        # (what checkpoints and result.json store: the spec the run trains as)
+        self.spec: dict[str, Any] = (start.spec or spec).to_dict()
+        self.opts, self.main = opts, main
+        self.note = start.note
+        if self.note and main:
+            log.warning("%s: checkpoint %s", spec.run_id, self.note)
+        self.run_dir = Path(opts.logdir) / spec.run_id
+        self.spe, self.epochs = steps_per_epoch, spec.epochs
         self.step_losses = torch.full((self.epochs * steps_per_epoch,), float("nan"))
         self.history: dict[str, list[float]] = {}
         self.elapsed = 0.0
@@ -256,6 +271,8 @@ class RunWriter:
             "resumed_from_epoch": self.start_epoch if self.resumed else None,
             "epochs_trained": self.epochs - self.start_epoch,  # by this attempt
             "discarded_checkpoints": self.discarded,
+            # why this attempt trains as the checkpoint's spec, not today's ("": it does not)
+            "resume_note": self.note,
             "device": str(device),
             "torch": torch.__version__,
         }
@@ -311,6 +328,7 @@ def overview_columns(results: Sequence[dict[str, Any]]) -> tuple[list[str], list
     between runs; one value shared by every run is no comparison); metrics with accuracy/AUC
     and loss first."""
     runs = [r for r in results if r.get("hparams")]
+    defaults = hparam_values(technique_hparams({}, OPTION_DEFAULTS))
     keys = list(dict.fromkeys(k for r in runs for k in r["hparams"]))
     lead = [k for k in LEAD_HPARAMS if k in keys]
     rest = []
@@ -319,10 +337,8 @@ def overview_columns(results: Sequence[dict[str, Any]]) -> tuple[list[str], list
             continue
         values = {repr(r["hparams"].get(k)) for r in runs}
         away = False
-        for r in runs:
-            defaults = hparam_values(technique_hparams(
-                {"experiment": r["spec"]["experiment"]}))
-            away |= k in defaults and r["hparams"].get(k) != defaults[k]
+        for r in runs:  # (a run's hparams hold every technique option its task takes)
+            away |= k in defaults and k in r["hparams"] and r["hparams"][k] != defaults[k]
         if len(values) > 1 or away:
             rest.append(k)
     metrics = sorted({t for r in results for t in r.get("hparam_metrics", [])}, key=_metric_rank)

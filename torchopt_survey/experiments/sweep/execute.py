@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..runs.folder import run_id
@@ -11,11 +11,11 @@ from ..runs.pool import failure, run_guarded, run_many
 from ..runs.vectorized import execute_vectorized, plan_groups
 from ..runtime.process import RunOptions
 from ..tasks.registry import replica_group, sweep_metric, why_not_stacked
-from .grid import setting_label
+from ..tasks.spec import SweepPoint
 
 
-def plan_units(specs: Sequence[dict[str, Any]], vectorize: bool, log: Callable[[str], None],
-               ) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]]]:
+def plan_units(specs: Sequence[Mapping[str, Any]], vectorize: bool, log: Callable[[str], None],
+               ) -> tuple[list[list[Mapping[str, Any]]], list[Mapping[str, Any]]]:
     """(vectorised groups, runs one by one); says why runs are not vectorised."""
     if not vectorize:
         log("sweep: --no-vectorize: every run separately")
@@ -26,8 +26,8 @@ def plan_units(specs: Sequence[dict[str, Any]], vectorize: bool, log: Callable[[
     return groups, alone
 
 
-def run_group(group: Sequence[dict[str, Any]], opts: RunOptions, log: Callable[[str], None],
-              results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def run_group(group: Sequence[Mapping[str, Any]], opts: RunOptions, log: Callable[[str], None],
+              results: dict[str, dict[str, Any]]) -> list[Mapping[str, Any]]:
     """One vectorised program into ``results``; returns the runs left to do one by one."""
     log(f"sweep: {len(group)} runs of {group[0]['optimizer']} as one vectorised program")
     try:
@@ -51,7 +51,7 @@ def run_unit(unit: Sequence[dict[str, Any]], opts: RunOptions, log: Callable[[st
     return [row(spec, results[run_id(spec)]) for spec in unit]
 
 
-def run_sweep(specs: Sequence[dict[str, Any]], opts: RunOptions, vectorize: bool, workers: int,
+def run_sweep(specs: Sequence[Mapping[str, Any]], opts: RunOptions, vectorize: bool, workers: int,
               log: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run every spec (vectorised groups first, then the rest through the pool, longest
     first); returns (rows, timing)."""
@@ -69,7 +69,7 @@ def run_sweep(specs: Sequence[dict[str, Any]], opts: RunOptions, vectorize: bool
                   "runs": len(specs)}
 
 
-def failed_row(spec: dict[str, Any], exc: BaseException) -> dict[str, Any]:
+def failed_row(spec: Mapping[str, Any], exc: BaseException) -> dict[str, Any]:
     """The row of a run that never reported (its process died with ``exc``)."""
     return row(spec, failure(spec, exc))
 
@@ -86,8 +86,9 @@ def _steps_to_target(res: dict[str, Any], tag: str, target: float) -> tuple[Any,
     return None, None
 
 
-def row(spec: dict[str, Any], res: dict[str, Any]) -> dict[str, Any]:
+def row(spec: Mapping[str, Any], res: dict[str, Any]) -> dict[str, Any]:
     """One run's row of the sweep's tables (``res``: its result with a ``status``)."""
+    point = SweepPoint.of(spec["sweep"])  # (a result's stored spec, maybe a failed run's)
     exp = spec["experiment"]
     metric = sweep_metric(exp)
     val_tag, test_tag = metric.val_tag, metric.test_tag
@@ -95,8 +96,8 @@ def row(spec: dict[str, Any], res: dict[str, Any]) -> dict[str, Any]:
     steps, seconds = _steps_to_target(res, val_tag, metric.target) \
         if res["status"] == "ok" else (None, None)
     return {
-        "experiment": exp, "base": spec["sweep"]["base"], "optimizer": spec["optimizer"],
-        "setting": setting_label(spec["sweep"]["setting"]), "lr": spec["sweep"]["setting"]["lr"],
+        "experiment": exp, "base": point.base, "optimizer": spec["optimizer"],
+        "setting": point.label, "lr": point.setting["lr"],
         "seed": spec["seed"], "status": res["status"], "val": final.get(val_tag),
         "test": final.get(test_tag), "wall_time_s": res.get("wall_time_s"),
         "vectorized": res.get("vectorized", 1), "steps_to_target": steps,

@@ -10,6 +10,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..tasks.optimizers import OPTIMIZERS
+from ..tasks.spec import RunSpec, setting_label
+
+__all__ = ["check_grid", "expand_sweep", "parse_grid", "parse_lr_grid", "setting_label"]
 
 
 def parse_lr_grid(text: str) -> list[float]:
@@ -81,12 +84,8 @@ def check_grid(optimizers: Sequence[str], grid: dict[str, list[Any]]) -> None:
                 )
 
 
-def setting_label(hp: dict[str, Any]) -> str:
-    return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in hp.items())
-
-
-def expand_sweep(base_specs: Sequence[dict[str, Any]], lrs: Sequence[float],
-                 grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+def expand_sweep(base_specs: Sequence[RunSpec], lrs: Sequence[float],
+                 grid: dict[str, list[Any]]) -> list[RunSpec]:
     """One spec per (base spec, grid point): the setting is part of the run's variant."""
     keys = list(grid)
     points = [dict(zip(keys, combo)) for combo in itertools.product(*grid.values())] or [{}]
@@ -94,9 +93,5 @@ def expand_sweep(base_specs: Sequence[dict[str, Any]], lrs: Sequence[float],
     for spec in base_specs:
         for lr in lrs:
             for point in points:
-                hp = {"lr": lr, **point}
-                kwargs = {**spec["optimizer_kwargs"], **hp}
-                specs.append({**spec, "optimizer_kwargs": kwargs,
-                              "variant": f"{spec['variant']}-sweep~{setting_label(hp)}",
-                              "sweep": {"base": spec["variant"], "setting": hp}})
+                specs.append(RunSpec.of(spec).at({"lr": lr, **point}))
     return specs

@@ -21,7 +21,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ def _trial_dirname(trial: Any) -> str:
     return f"unit{trial.config['unit']}"
 
 
-def trial_rows(unit: Sequence[dict[str, Any]], metrics: dict[str, Any] | None,
+def trial_rows(unit: Sequence[Mapping[str, Any]], metrics: dict[str, Any] | None,
                error: BaseException | None) -> list[dict[str, Any]] | None:
     """A trial's rows: as reported, else every run of the unit failed with the trial's error
     (its process died); None where it neither reported nor failed (the sweep was stopped)."""
@@ -70,8 +70,8 @@ def trial_rows(unit: Sequence[dict[str, Any]], metrics: dict[str, Any] | None,
     return [failed_row(spec, error) for spec in unit]
 
 
-def run_sweep_ray(specs: Sequence[dict[str, Any]], opts: RunOptions, vectorize: bool, workers: int,
-                  address: str | None, log: Callable[[str], None],
+def run_sweep_ray(specs: Sequence[Mapping[str, Any]], opts: RunOptions, vectorize: bool,
+                  workers: int, address: str | None, log: Callable[[str], None],
                   ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """:func:`.execute.run_sweep` on Ray Tune; returns (rows, timing) in its format.
 

@@ -14,7 +14,7 @@ import copy
 import importlib
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -23,7 +23,6 @@ from torch.func import vmap
 
 from ..runtime.distributed import DistContext, all_reduce_sum, wrap_ddp
 from .closure_step import closure_step, needs_closure, refuse_closure_optimizers
-from .config import validate_common
 from .optimizers import SECOND_ORDER_NAMES, build_optimizer, optimizer_hparams
 from .protocol import (
     Capabilities,
@@ -36,6 +35,7 @@ from .protocol import (
     Task,
     TaskData,
 )
+from .schema import validate_common
 from .stacking import StackedReplicas
 from .stacking import group_key as stacked_group_key
 from .techniques import (
@@ -161,7 +161,7 @@ def _task_metrics(task: Task, out: torch.Tensor, y: torch.Tensor, split: str,
 class TaskRun(TechniqueHooks, ModelOptimizerState):
     """One run of a custom task: what :func:`..runs.single.execute_run` trains."""
 
-    def __init__(self, task: Task, spec: dict[str, Any], device: torch.device) -> None:
+    def __init__(self, task: Task, spec: Mapping[str, Any], device: torch.device) -> None:
         self.task, self.spec, self.device = task, spec, device
         self.data = task.data(device)
         n = self.data.x_train.shape[0]
@@ -263,7 +263,7 @@ class TaskRun(TechniqueHooks, ModelOptimizerState):
 class StackedTaskRun(StackedReplicas):
     """Several runs of a custom task (one architecture, one optimizer) as one program."""
 
-    def __init__(self, task: Task, specs: Sequence[dict[str, Any]],
+    def __init__(self, task: Task, specs: Sequence[Mapping[str, Any]],
                  device: torch.device) -> None:
         self.task, self.device = task, device
         self.data = task.data(device)
@@ -326,7 +326,7 @@ class StackedTaskRun(StackedReplicas):
 class TaskRunInfo:
     """What a run logs about itself, without building it."""
 
-    def __init__(self, task: Task, spec: dict[str, Any], batch_size: int) -> None:
+    def __init__(self, task: Task, spec: Mapping[str, Any], batch_size: int) -> None:
         self.task, self.spec, self.batch_size = task, spec, batch_size
 
     def hparams(self) -> dict[str, Any]:
@@ -385,11 +385,11 @@ class CustomConfig:
         return specs
 
     # -- registry hooks
-    def make_run(self, spec: dict[str, Any], device: torch.device,
+    def make_run(self, spec: Mapping[str, Any], device: torch.device,
                  data_dir: str | None) -> TaskRun:
         return TaskRun(self.task, spec, device)
 
-    def make_stacked(self, specs: list[dict[str, Any]], device: torch.device,
+    def make_stacked(self, specs: Sequence[Mapping[str, Any]], device: torch.device,
                      data_dir: str | None) -> StackedTaskRun:
         return StackedTaskRun(self.task, specs, device)
 
@@ -398,10 +398,10 @@ class CustomConfig:
             check_contract(self.task, self.path, torch.device("cpu"))
             self._checked = True
 
-    def expected_cost(self, spec: dict[str, Any]) -> float:
+    def expected_cost(self, spec: Mapping[str, Any]) -> float:
         return float(spec["epochs"])
 
-    def why_not(self, spec: dict[str, Any]) -> str | None:
+    def why_not(self, spec: Mapping[str, Any]) -> str | None:
         name = self.task.name
         if not self.task.capabilities.stacked_replicas:
             return f"{name} runs are not vectorised (the task's capabilities say its model " \
@@ -413,7 +413,7 @@ class CustomConfig:
             return f"runs with {', '.join(techniques)} are not vectorised"
         return None
 
-    def group_key(self, spec: dict[str, Any]) -> tuple[Any, ...] | None:
+    def group_key(self, spec: Mapping[str, Any]) -> tuple[Any, ...] | None:
         return None if self.why_not(spec) is not None else stacked_group_key(spec)
 
     def sweep_metric(self) -> SweepMetric:

@@ -17,18 +17,64 @@ from .closure_step import closure_step, needs_closure, refuse_closure_optimizers
 from .data import load_graph
 from .models import LINK_MODELS, GCNLinkModel, PaperLinkModel
 from .optimizers import build_optimizer, optimizer_hparams
-from .protocol import Claim, Figures, ModelOptimizerState, ReportMetric, SweepMetric
+from .protocol import Claim, Figures, LossCurve, ModelOptimizerState, ReportMetric, SweepMetric
+from .schema import COMMON, check_choice, check_int
 from .techniques import (
+    COMMON_OPTIONS,
     TechniqueHooks,
     TechniqueOptions,
     Techniques,
     attach_step_in_backward,
     init_weights,
     optimizer_arguments,
+    technique_defaults,
     technique_spec,
     variant_suffix,
 )
 from .techniques import hparams as technique_hparams
+
+NAME = "karate"
+
+#: the §V technique options this task takes: the common ones
+TECHNIQUE_OPTIONS = COMMON_OPTIONS
+
+#: the paper's configuration of this task (``--config``, ``--set`` and flags override it)
+DEFAULTS: dict[str, Any] = {
+    **COMMON,
+    "experiment": NAME,
+    "seeds": list(range(10)),
+    "epochs": 100,
+    "edge_list": None,  # None: PyG's built-in KarateClub
+    "models": ["paper", "gcn"],
+    "decoder": "dot",
+    "embedding_dim": 16,
+    "channels": 16,
+    "hidden": 32,
+    "val_ratio": 0.1,
+    "test_ratio": 0.2,
+    **technique_defaults(TECHNIQUE_OPTIONS),
+}
+
+
+def validate_config(cfg: dict[str, Any]) -> None:
+    """Check (and normalise in place) this task's own keys of a config."""
+    models = cfg["models"]
+    if isinstance(models, str):
+        models = [models]
+    if not isinstance(models, list) or not models:
+        raise ValueError(f"models: expected a non-empty list, got {cfg['models']!r}")
+    for m in models:
+        check_choice("models", m, LINK_MODELS)
+    cfg["models"] = list(dict.fromkeys(models))
+    check_choice("decoder", cfg["decoder"], ("dot", "mlp"))
+    for key in ("embedding_dim", "channels", "hidden"):
+        check_int(cfg, key)
+    for key in ("val_ratio", "test_ratio"):
+        v = cfg[key]
+        if not isinstance(v, int | float) or not 0 < v < 0.5:
+            raise ValueError(f"{key}: expected a fraction in (0, 0.5), got {v!r}")
+    if cfg["edge_list"] is not None:
+        cfg["edge_list"] = str(cfg["edge_list"])
 
 
 def expand(cfg: dict[str, Any]) -> list[dict[str, Any]]:
@@ -45,7 +91,7 @@ def expand(cfg: dict[str, Any]) -> list[dict[str, Any]]:
             for seed in cfg["seeds"]:
                 specs.append(
                     {
-                        "experiment": "karate",
+                        "experiment": NAME,
                         "variant": f"{graph}-{model}{variant_suffix(cfg)}",
                         "graph": graph,
                         "edge_list": cfg["edge_list"],
@@ -200,7 +246,7 @@ class KarateTask(TechniqueHooks, ModelOptimizerState):
               "seed": s["seed"], "model": s["model"]}  # (first in the HParams dashboard)
         hp.update({k: s[k] for k in ("graph", "epochs", "embedding_dim")})
         hp.update({f"opt/{k}": v for k, v in s["optimizer_kwargs"].items()})
-        hp.update(technique_hparams(s))
+        hp.update(technique_hparams(s, TECHNIQUE_OPTIONS))
         return hp
 
     def hparam_metrics(self) -> list[str]:
@@ -273,6 +319,17 @@ class KarateTask(TechniqueHooks, ModelOptimizerState):
             out[f"{name}/accuracy"] = float(((logits > 0).float() == labels).float().mean())
             out[f"{name}/auc"] = roc_auc(logits.cpu(), labels.cpu())
         return out
+
+# ----------------------------------------------------------------------------- its report
+
+#: the report's second-order section: ``train/loss`` on fixed negatives after each epoch
+LOSS_CURVE = LossCurve("train/loss", after_epoch=True)
+
+
+def why_not(spec: dict[str, Any]) -> str:
+    """Why a run trains alone (every one does)."""
+    return "karate runs are not vectorised (graph models: PyG message passing)"
+
 
 # ----------------------------------------------------------------------------- its CLI
 

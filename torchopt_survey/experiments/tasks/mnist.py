@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -16,21 +16,107 @@ from ..runtime.distributed import DistContext, all_reduce_sum, wrap_ddp
 from .closure_step import closure_step, needs_closure, refuse_closure_optimizers
 from .data import DATASETS, ImageData, load_image_dataset
 from .models import ACTIVATIONS, build_mlp
-from .optimizers import SECOND_ORDER_NAMES, build_optimizer, optimizer_hparams
-from .protocol import Claim, Figures, ModelOptimizerState, ReportMetric, SweepMetric
+from .optimizers import (
+    SECOND_ORDER_NAMES,
+    build_optimizer,
+    optimizer_hparams,
+    resolve_optimizer_names,
+)
+from .protocol import Claim, Figures, ModelOptimizerState, Overview, ReportMetric, SweepMetric
+from .schema import COMMON, check_choice, check_int
+from .spec import RunSpec
 from .techniques import (
+    COMMON_OPTIONS,
+    MODEL_OPTIONS,
     TechniqueHooks,
     TechniqueOptions,
     Techniques,
     attach_step_in_backward,
+    check_hidden,
     init_weights,
     optimizer_arguments,
     scheduler_entry,
+    technique_defaults,
     technique_spec,
     val_split_indices,
     variant_suffix,
 )
 from .techniques import hparams as technique_hparams
+
+NAME = "mnist"
+
+#: the §V technique options this task takes: every one (it implements the model ones)
+TECHNIQUE_OPTIONS = (*COMMON_OPTIONS, *MODEL_OPTIONS)
+
+#: the paper's configuration of this task (``--config``, ``--set`` and flags override it)
+DEFAULTS: dict[str, Any] = {
+    **COMMON,
+    "experiment": NAME,
+    "dataset": "mnist",
+    "hidden": 500,
+    "activation": "linear",
+    "train_subset": None,
+    "test_subset": None,
+    "eval_batch_size": 10000,
+    # the compiled training step (torchopt_survey.compile_step): "auto" where it was measured
+    # to win (CPU, batches smaller than the training set), true wherever the run allows it,
+    # false: eager everywhere
+    "compile": "auto",
+    # Regimes of the first survey, all with the same optimizer options: batch_size "full" is
+    # full-batch gradient descent (one step per epoch).
+    "regimes": {
+        "gd": {"batch_size": "full", "optimizers": ["sgd"]},
+        "sgd": {"batch_size": 1, "optimizers": ["sgd"], "log_every": 100},
+        "minibatch": {"batch_size": 64, "optimizers": ["all"]},
+    },
+    # §V techniques (init, norm, dropout, l1/l2, clipping, val_split/early_stopping, ...).
+    **technique_defaults(TECHNIQUE_OPTIONS),
+}
+
+# Keys a regime may set; missing ones fall back to the top level.
+REGIME_KEYS = ("batch_size", "optimizers", "epochs", "log_every", "lr")
+
+
+def validate_config(cfg: dict[str, Any]) -> None:
+    """Check (and normalise in place) this task's own keys of a config."""
+    # torchvision's spelling too: FashionMNIST, Fashion-MNIST, KMNIST ...
+    dataset = str(cfg["dataset"]).lower().replace("-", "").replace("_", "")
+    check_choice("dataset", dataset, tuple(DATASETS))
+    cfg["dataset"] = dataset
+    check_choice("activation", cfg["activation"], tuple(ACTIVATIONS))
+    check_hidden(cfg["hidden"])
+    check_int(cfg, "eval_batch_size")
+    for key in ("train_subset", "test_subset"):
+        if cfg[key] is not None:
+            check_int(cfg, key)
+    if not (isinstance(cfg["compile"], bool) or cfg["compile"] == "auto"):
+        raise ValueError(f"compile: expected auto, true or false, got {cfg['compile']!r}")
+    if cfg["compile"] is True and cfg["step_in_backward"]:
+        raise ValueError("compile: the compiled step cannot run the update inside backward "
+                         "(step_in_backward=true); set compile=false or compile=auto")
+    regimes = cfg["regimes"]
+    if not isinstance(regimes, dict) or not regimes:
+        raise ValueError("regimes: expected a non-empty mapping {name: {batch_size: ...}}")
+    for rname, spec in regimes.items():
+        if not isinstance(spec, dict):
+            raise ValueError(f"regimes.{rname}: expected a mapping with keys {REGIME_KEYS}")
+        for k in spec:
+            if k not in REGIME_KEYS:
+                raise ValueError(
+                    f"config: unknown key 'regimes.{rname}.{k}'; valid keys: "
+                    + ", ".join(REGIME_KEYS)
+                )
+        bs = spec.get("batch_size", 64)
+        if bs != "full" and (isinstance(bs, bool) or not isinstance(bs, int) or bs < 1):
+            raise ValueError(
+                f"regimes.{rname}.batch_size: expected a positive integer or 'full', got {bs!r}"
+            )
+        spec["batch_size"] = bs
+        spec["optimizers"] = resolve_optimizer_names(spec.get("optimizers", cfg["optimizers"]))
+        for k in ("epochs", "log_every"):
+            if k in spec:
+                check_int({k: spec[k]}, k)
+
 
 _DATA_CACHE: dict[tuple[Any, ...], ImageData] = {}
 
@@ -92,7 +178,7 @@ def expand(cfg: dict[str, Any]) -> list[dict[str, Any]]:
             for seed in cfg["seeds"]:
                 specs.append(
                     {
-                        "experiment": "mnist",
+                        "experiment": NAME,
                         "variant": f"{cfg['dataset']}-{regime}{variant_suffix(cfg)}",
                         "dataset": cfg["dataset"],
                         "regime": regime,
@@ -209,7 +295,7 @@ class MnistTask(TechniqueHooks, ModelOptimizerState):
         hp["batch_size"] = self.batch_size
         hp.update({f"opt/{k}": v for k, v in s["optimizer_kwargs"].items()})
         hp["hidden"] = str(s["hidden"])
-        hp.update(technique_hparams(s))
+        hp.update(technique_hparams(s, TECHNIQUE_OPTIONS))
         hp["compile"] = str(s["compile"])
         hp["compiled"] = self.compiled is not None
         hp["compile_why_not"] = self.compile_why_not or ""
@@ -409,6 +495,53 @@ class MnistTask(TechniqueHooks, ModelOptimizerState):
             correct += (out.argmax(1) == y[i : i + step]).sum()
         n = x.shape[0]
         return {f"{name}/accuracy": float(correct) / n, f"{name}/loss": float(loss_sum) / n}
+
+def resume_as(stored: Any, spec: RunSpec) -> tuple[RunSpec, str] | None:
+    """A checkpoint saved without the compiled step (``compile`` false, or absent as in 0.1)
+    while today's spec says ``compile=auto``: the run continues eager, as it ran (the compiled
+    step rounds differently), with ``compile=false`` in its spec from then on."""
+    if not isinstance(stored, Mapping) or spec.settings.get("compile") != "auto" \
+            or stored.get("compile", False) is not False:
+        return None
+    as_ran = spec.with_settings(compile=False)
+    if as_ran != {**stored, "compile": False}:
+        return None
+    why = "absent" if "compile" not in stored else "false"
+    return as_ran, (f"saved with compile {why} (eager, as 0.1 ran): resumed eager, as it ran "
+                    "(compile=false; today's default compile=auto would round differently)")
+
+
+# ----------------------------------------------------------------------------- its report
+
+#: Fig. 1 of the paper: plain SGD in the three regimes, one figure per dataset
+_REGIMES = (("gd", "GD (full batch)"), ("sgd", "SGD (batch 1)"), ("minibatch", "MBGD"))
+
+
+def _regime_figures(variants: Sequence[str]) -> list[tuple[str, str, list[tuple[str, str, str]]]]:
+    out = []
+    for ds in sorted({v.rsplit("-", 1)[0] for v in variants}):
+        name = "fig1_mnist_regimes.png" if ds == "mnist" else f"fig1_{ds}_regimes.png"
+        out.append((name, f"{ds}: gradient descent regimes (SGD optimizer)",
+                    [(label, f"{ds}-{regime}", "sgd") for regime, label in _REGIMES]))
+    return out
+
+
+OVERVIEW = Overview(
+    _regime_figures,
+    covers=lambda variant, optimizers: (variant.rsplit("-", 1)[1] in ("gd", "sgd")
+                                        and list(optimizers) == ["sgd"]),
+)
+
+#: why the report's second-order section has no Newton runs of this task
+NO_NEWTON = "Newton cannot run: 397,510 parameters need a 632 GB Hessian (float32)"
+
+
+def weight_names(spec: dict[str, Any]) -> list[str]:
+    """Parameter names of the MLP's Linear weights, input layer first (depth order)."""
+    model = build_mlp(784, spec["hidden"], 10, spec["activation"], spec.get("norm", "none"),
+                      float(spec.get("dropout", 0.0)))
+    return [f"{i}.weight" for i, m in enumerate(model) if isinstance(m, torch.nn.Linear)]
+
 
 # ----------------------------------------------------------------------------- its CLI
 

@@ -17,17 +17,17 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from .mnist import MnistTask
+from .mnist import TECHNIQUE_OPTIONS, MnistTask
 from .optimizers import SECOND_ORDER_NAMES
 from .stacking import StackedReplicas
 from .stacking import group_key as stacked_group_key
-from .techniques import TechniqueOptions, technique_defaults, val_split_indices
+from .techniques import TechniqueOptions, val_split_indices
 
 
 def _techniques(spec: dict[str, Any]) -> list[str]:
     """§V technique options of an MNIST run that the vectorised program does not implement
     (a validation split it does)."""
-    return [k for k in technique_defaults("mnist")
+    return [k for k in TECHNIQUE_OPTIONS
             if k in spec and k not in ("val_split", "name")]
 
 

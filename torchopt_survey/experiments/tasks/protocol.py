@@ -270,3 +270,25 @@ class ReportMetric:
     tag: str
     #: column label, e.g. ``test acc``
     label: str
+
+
+@dataclass(frozen=True)
+class LossCurve:
+    """Where the report's second-order section reads a run's training loss per iteration."""
+
+    #: the per-epoch history tag
+    tag: str = "train/loss_epoch"
+    #: True: the value after each epoch's step (a fixed evaluation); False: the loss over the
+    #: epoch's first step, i.e. the loss at the epoch's start (full batch)
+    after_epoch: bool = False
+
+
+@dataclass(frozen=True)
+class Overview:
+    """Figures that compare some of a task's variants, drawn before each variant's own."""
+
+    #: the task's variant names -> (file name, title, [(series label, variant, optimizer)])
+    #: per figure; series without runs are left out, a figure without any is not drawn
+    figures: Callable[[Sequence[str]], list[tuple[str, str, list[tuple[str, str, str]]]]]
+    #: (variant, its optimizers) -> True when an overview already shows its figure
+    covers: Callable[[str, Sequence[str]], bool] = lambda variant, optimizers: False

@@ -9,17 +9,19 @@ path (``package.module:Class``), which run specs and results record so that a la
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from . import config as builtin_config
-from . import custom, karate, mnist, mnist_vectorized
-from .protocol import Claim, Figures, ReportMetric, SweepMetric
+from . import custom, karate, mnist, mnist_vectorized, schema
+from .protocol import Claim, Figures, LossCurve, Overview, ReportMetric, SweepMetric
+from .spec import RunSpec
+from .technique_options import COMMON_OPTIONS
 
-Spec = dict[str, Any]
+Spec = Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,7 @@ class Entry:
     #: the object that trains one run: ``make(spec, device, data_dir)``
     make: Callable[[Spec, torch.device, str | None], Any]
     #: a validated config -> its run specs
-    expand: Callable[[dict[str, Any]], list[Spec]]
+    expand: Callable[[dict[str, Any]], Sequence[Spec]]
     #: read the data of a config once (a missing file stops the command before any run)
     check_data: Callable[[dict[str, Any], str | None], None]
     #: a run's rough relative cost (the pool starts the longest first)
@@ -39,7 +41,7 @@ class Entry:
     claims: tuple[Claim, ...]
     figures: Figures
     #: the stacked program of several runs: ``stacked(specs, device, data_dir)``, or None
-    stacked: Callable[[list[Spec], torch.device, str | None], Any] | None = None
+    stacked: Callable[[Sequence[Spec], torch.device, str | None], Any] | None = None
     #: what runs must share to be one stacked program (None: the run trains alone)
     group_key: Callable[[Spec], tuple[Any, ...] | None] | None = None
     #: why a run trains alone
@@ -59,26 +61,47 @@ class Entry:
     help: str = ""
     #: every optimizer a validated config runs
     optimizers_of: Callable[[dict[str, Any]], list[str]] = lambda cfg: list(cfg["optimizers"])
+    #: a built-in task's default config and the check of its own keys (in place)
+    defaults: dict[str, Any] | None = None
+    validate_own: Callable[[dict[str, Any]], None] = lambda cfg: None
+    #: the §V technique options the task takes (the HParams dashboard shows each)
+    technique_options: tuple[str, ...] = COMMON_OPTIONS
+    #: how the second-order section reads a run's training loss per iteration
+    loss_curve: LossCurve = LossCurve()
+    #: the report's section on §V technique runs reads the task's runs (per-layer gradient
+    #: norms need ``weight_names``: its Linear weights' parameter names, input layer first)
+    weight_names: Callable[[Spec], list[str]] | None = None
+    #: the report's figures that compare the task's variants (``overview(variants, out,
+    #: draw)``) and which variants' own figures they replace
+    overview: Overview | None = None
+    #: why the second-order section has no Newton runs of the task ("": none given)
+    no_newton: str = ""
+    #: ``resume_as(stored, spec)``: the spec a run of ``spec`` continues as from a checkpoint
+    #: saved under the spec ``stored`` (an older release's), and the note saying so; None:
+    #: the checkpoint is of another run (set aside)
+    resume_as: Callable[[Any, RunSpec], tuple[RunSpec, str] | None] = \
+        lambda stored, spec: None
 
 
-def _builtin(cls: Any, expand: Callable[[dict[str, Any]], list[Spec]], **more: Any) -> Entry:
-    return Entry(make=cls, expand=expand, check_data=cls.check_data,
+def _builtin(module: Any, cls: Any, **more: Any) -> Entry:
+    """A built-in task: its module's config schema, flags and help, its class's hooks."""
+    return Entry(make=cls, expand=module.expand, check_data=cls.check_data,
                  expected_cost=cls.expected_cost, sweep_metric=cls.sweep_metric,
                  report_metrics=cls.report_metrics, claims=cls.claims, figures=cls.figures,
-                 **more)
+                 defaults=module.DEFAULTS, validate_own=module.validate_config,
+                 technique_options=module.TECHNIQUE_OPTIONS, add_flags=module.add_flags,
+                 apply_flags=module.apply_flags, help=module.HELP, **more)
 
 
 TASKS: dict[str, Entry] = {
-    "mnist": _builtin(mnist.MnistTask, mnist.expand, stacked=mnist_vectorized.VectorMnist,
-                      group_key=mnist_vectorized.group_key, why_not=mnist_vectorized.why_not,
-                      add_flags=mnist.add_flags, apply_flags=mnist.apply_flags,
-                      sweep_flags=mnist.sweep_flags, prepare_sweep=mnist.prepare_sweep,
-                      optimizers_of=mnist.optimizers_of, help=mnist.HELP),
-    "karate": _builtin(karate.KarateTask, karate.expand,
-                       why_not=lambda spec: "karate runs are not vectorised (graph models: PyG "
-                       "message passing)",
-                       add_flags=karate.add_flags, apply_flags=karate.apply_flags,
-                       help=karate.HELP),
+    mnist.NAME: _builtin(mnist, mnist.MnistTask, stacked=mnist_vectorized.VectorMnist,
+                         group_key=mnist_vectorized.group_key, why_not=mnist_vectorized.why_not,
+                         sweep_flags=mnist.sweep_flags, prepare_sweep=mnist.prepare_sweep,
+                         optimizers_of=mnist.optimizers_of, weight_names=mnist.weight_names,
+                         overview=mnist.OVERVIEW, no_newton=mnist.NO_NEWTON,
+                         resume_as=mnist.resume_as),
+    karate.NAME: _builtin(karate, karate.KarateTask, why_not=karate.why_not,
+                          loss_curve=karate.LOSS_CURVE),
 }
 
 
@@ -119,14 +142,20 @@ def of(spec: Spec) -> Entry:
     return entry(spec["experiment"], spec.get("task"))
 
 
+def resume_as(stored: Any, spec: RunSpec) -> tuple[RunSpec, str] | None:
+    """The spec the run of ``spec`` continues as from a checkpoint (or result) saved under the
+    spec ``stored`` that differs from it, and why; None when the task does not resume it."""
+    return of(spec).resume_as(stored, spec)
+
+
 def make_task(spec: Spec, device: torch.device, data_dir: str | None) -> Any:
     """The object that trains the run of ``spec``."""
     return of(spec).make(spec, device, data_dir)
 
 
-def expand(cfg: dict[str, Any]) -> list[Spec]:
+def expand(cfg: dict[str, Any]) -> list[RunSpec]:
     """One run spec per run of a validated config."""
-    return of(cfg).expand(cfg)
+    return [RunSpec.of(spec) for spec in of(cfg).expand(cfg)]
 
 
 def check_data(cfg: dict[str, Any], data_dir: str | None) -> None:
@@ -149,7 +178,7 @@ def why_not_stacked(spec: Spec) -> str:
     return of(spec).why_not(spec) or "not vectorised"
 
 
-def make_stacked(specs: list[Spec], device: torch.device, data_dir: str | None) -> Any:
+def make_stacked(specs: Sequence[Spec], device: torch.device, data_dir: str | None) -> Any:
     """The program that trains the runs of ``specs`` (one :func:`replica_group`) together."""
     stacked = of(specs[0]).stacked
     assert stacked is not None
@@ -163,12 +192,18 @@ def sweep_metric(experiment: str) -> SweepMetric:
 
 def default_config(experiment: str) -> dict[str, Any]:
     """A fresh copy of the default configuration of ``experiment``."""
-    config = entry(experiment).config
-    return builtin_config.default_config(experiment) if config is None else \
-        config.default_config()
+    e = entry(experiment)
+    if e.config is not None:
+        return e.config.default_config()
+    assert e.defaults is not None
+    return copy.deepcopy(e.defaults)
 
 
 def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     """Check every value of a config (ValueError naming the key); returns a normalised copy."""
-    config = of(cfg).config
-    return builtin_config.validate(cfg) if config is None else config.validate(cfg)
+    if cfg.get("experiment") not in TASKS and not cfg.get("task"):
+        schema.check_choice("experiment", cfg.get("experiment"), BUILTIN)
+    e = of(cfg)
+    if e.config is not None:
+        return e.config.validate(cfg)
+    return schema.validate(cfg, e.validate_own, e.optimizers_of)

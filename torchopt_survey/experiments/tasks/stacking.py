@@ -10,7 +10,7 @@ a per-replica [N] tensor (see ``torchopt_survey.optim.core.replicas``).
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -29,7 +29,7 @@ def float_hparams(kwargs: dict[str, Any]) -> dict[str, Any]:
             if isinstance(v, float | int) and not isinstance(v, bool)}
 
 
-def stacked_hparams(specs: Sequence[dict[str, Any]], dtype: torch.dtype) -> dict[str, Any]:
+def stacked_hparams(specs: Sequence[Mapping[str, Any]], dtype: torch.dtype) -> dict[str, Any]:
     """One optimizer's kwargs for all replicas: differing floats become [N] tensors."""
     first = specs[0]["optimizer_kwargs"]
     out: dict[str, Any] = {}
@@ -50,7 +50,7 @@ def stacked_hparams(specs: Sequence[dict[str, Any]], dtype: torch.dtype) -> dict
     return out
 
 
-def group_key(spec: dict[str, Any]) -> tuple[Any, ...]:
+def group_key(spec: Mapping[str, Any]) -> tuple[Any, ...]:
     """What runs must share to be one program: everything but the per-replica keys, and the
     optimizer's arguments other than numbers."""
     shared = {k: v for k, v in spec.items() if k not in PER_REPLICA_KEYS}
@@ -65,7 +65,7 @@ class StackedReplicas:
     runs' optimizer over the stacked parameters. ``forward(params, buffers, x)`` takes one
     batch per replica ([N, B, ...]), ``forward_shared`` one batch for all ([B, ...])."""
 
-    def __init__(self, specs: Sequence[dict[str, Any]], models: Sequence[nn.Module]) -> None:
+    def __init__(self, specs: Sequence[Mapping[str, Any]], models: Sequence[nn.Module]) -> None:
         self.specs = list(specs)
         self.n = len(self.specs)
         self.skeleton = copy.deepcopy(models[0]).to("meta")

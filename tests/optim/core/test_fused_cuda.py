@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_fused import (  # sibling test modules (pytest puts tests/ on sys.path)
+from helpers.fused_cases import (
     CASES,
     DTYPES,
     STEPS,
@@ -24,9 +24,9 @@ from test_fused import (  # sibling test modules (pytest puts tests/ on sys.path
     make_params,
     run,
 )
-from test_optim_replicas import CASES as REPLICA_CASES
-from test_optim_replicas import FLOAT32_TOL, stacked_vs_alone
-from test_optim_replicas import case_id as replica_case_id
+from helpers.replica_cases import CASES as REPLICA_CASES
+from helpers.replica_cases import FLOAT32_TOL, stacked_vs_alone
+from helpers.replica_cases import case_id as replica_case_id
 
 import torchopt_survey.optim as O
 

@@ -1,7 +1,9 @@
-"""Helpers shared by the experiments' tests: the CLI as a subprocess, its data, its events."""
+"""Helpers shared by the experiments' tests: the CLI (parsed, or as a subprocess), its data, its
+events."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -26,6 +28,13 @@ def data_env(tmp: Path) -> dict[str, str]:
     env["OMP_NUM_THREADS"] = "1"
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def parse_cli(*argv: str) -> argparse.Namespace:
+    """The parsed arguments of ``python -m torchopt_survey.experiments ARGV`` (no run)."""
+    from torchopt_survey.experiments import cli as experiments_cli
+
+    return experiments_cli.build_parser().parse_args(list(argv))
 
 
 def cli(*args: str) -> list[str]:

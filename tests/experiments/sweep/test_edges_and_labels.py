@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.processes import ROOT
 
 from torchopt_survey.experiments.sweep.tables import (
     best_table,
@@ -89,7 +90,7 @@ def test_tables_mark_edges_with_one_precision_and_readable_ids(tmp_path: Path) -
     assert read_runs_csv(again / "sweep_runs.csv")[0]["val"] == _rows()[0]["val"]
 
 
-SWEEPS = Path(__file__).resolve().parents[2] / "experiments" / "results" / "sweep"
+SWEEPS = ROOT / "experiments" / "results" / "sweep"
 
 
 @pytest.mark.parametrize("study", ["mnist", "karate"])

@@ -9,22 +9,28 @@ on the CPU, every capturable class, bfloat16 and int8 state, forloop / foreach /
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS))
-
-from optim_infos import OPTIMS  # noqa: E402
-from test_optim_conformance import build, make_params, problem, run  # noqa: E402
+from helpers.conformance_problem import groups, loss_fn, make_params, problem
+from helpers.optim_cases import OPTIMS
 
 CAPTURABLE = [info for info in OPTIMS if info.capturable]
 PATHS = {"forloop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 COMPACT = {"bfloat16": (torch.bfloat16,), "int8": (torch.int8, torch.uint8)}
 STEPS = 10
+
+
+def build(info, config, params, **flags):
+    return info.cls(groups(params), **{**info.base, **config, **flags})
+
+
+def run(optimizer, params, steps, targets, weights):
+    sign = -1.0 if optimizer.param_groups[0].get("maximize", False) else 1.0
+    for _ in range(steps):
+        optimizer.zero_grad()
+        (sign * loss_fn(params, targets, weights)).backward()
+        optimizer.step()
+    return [p.detach().clone() for p in params]
 
 
 @pytest.mark.parametrize("state_dtype", list(COMPACT))

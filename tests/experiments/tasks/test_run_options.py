@@ -5,6 +5,7 @@ where it cannot be."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,11 @@ from torchopt_survey.experiments.runtime import process
 from torchopt_survey.experiments.runtime.process import RunOptions, flushing_denormals
 from torchopt_survey.experiments.tasks import karate, mnist
 from torchopt_survey.experiments.tasks.config import default_config, merge, validate
-from torchopt_survey.experiments.tasks.data import write_synthetic_mnist
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(write_synthetic_mnist(tmp_path_factory.mktemp("synth"), n_train=240, n_test=60))
+@pytest.fixture
+def synth(synthetic_mnist: Callable[[int, int], Path]) -> str:
+    return str(synthetic_mnist(240, 60))
 
 
 def _spec(optimizer: str = "sgd", batch_size: int | str = 16, **opts: Any) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers.processes import ROOT
 from torch import nn
 from torch.nn import functional as F
 
@@ -30,8 +31,6 @@ from torchopt_survey.experiments.tasks.techniques import (
     init_weights,
     val_split_indices,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

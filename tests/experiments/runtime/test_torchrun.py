@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from helpers.processes import ROOT, free_port
 
 from torchopt_survey.experiments.runtime.distributed import DistContext
 from torchopt_survey.experiments.runtime.files import load_checkpoint
 from torchopt_survey.experiments.tasks.data import write_synthetic_mnist
 
-ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 180  # per launch; every process is killed past it
 #: float32 training; one process and two ranks differ only in summation order
 TOL = 2e-6
@@ -46,12 +45,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return e
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "torchopt_survey.experiments", *args]
 
@@ -59,7 +52,7 @@ def _cli(*args: str) -> list[str]:
 def _torchrun(*args: str, nproc: int = 2) -> list[str]:
     return [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-        "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+        "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
         "--monitor-interval", "0.1", "-m", "torchopt_survey.experiments", *args,
     ]  # fmt: skip
 
@@ -243,7 +236,7 @@ def test_survivor_of_a_silent_rank_gives_up_after_the_timeout(
 ) -> None:
     """No launcher to stop it: a rank whose peer stops answering (SIGSTOP) must fail after the
     process-group timeout with a one-line message, not wait forever."""
-    logdir, port = tmp_path / "runs", _free_port()
+    logdir, port = tmp_path / "runs", free_port()
     procs = []
     for rank in (0, 1):
         e = dict(env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",

@@ -12,21 +12,15 @@ from __future__ import annotations
 import copy
 import io
 import pickle
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers.conformance_problem import groups, loss_fn, make_params, problem
+from helpers.optim_cases import CASE_IDS, CASES, OPTIMS
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS))
-
-from optim_infos import CASE_IDS, CASES, OPTIMS  # noqa: E402
-from test_optim_conformance import groups, loss_fn, make_params, problem  # noqa: E402
-
-import torchopt_survey.optim as O  # noqa: E402
-from torchopt_survey.optim.core import codes as code_maps  # noqa: E402
-from torchopt_survey.optim.core import compact_state as C  # noqa: E402
+import torchopt_survey.optim as O
+from torchopt_survey.optim.core import codes as code_maps
+from torchopt_survey.optim.core import compact_state as C
 
 DTYPES = ["bfloat16", "int8"]
 PATHS = {"forloop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}

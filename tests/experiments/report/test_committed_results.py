@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers.processes import ROOT
 
 from torchopt_survey.experiments.report.results import (
     claims_markdown,
@@ -13,7 +14,7 @@ from torchopt_survey.experiments.report.results import (
     table_markdown,
 )
 
-RESULTS = Path(__file__).resolve().parents[2] / "experiments" / "results"
+RESULTS = ROOT / "experiments" / "results"
 STUDIES = [RESULTS, RESULTS / "second_order"]
 
 

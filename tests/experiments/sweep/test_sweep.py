@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +24,14 @@ from torchopt_survey.experiments.runtime.files import load_checkpoint
 from torchopt_survey.experiments.runtime.process import RunOptions
 from torchopt_survey.experiments.tasks import config as C
 from torchopt_survey.experiments.tasks import mnist
-from torchopt_survey.experiments.tasks.data import write_synthetic_mnist
 
-ROOT = Path(__file__).resolve().parents[2]
 #: float32: the batched (vmap) matmuls sum in another order than the separate runs' ones
 TOL = {"atol": 2e-5, "rtol": 1e-4}
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(write_synthetic_mnist(tmp_path_factory.mktemp("syn"), n_train=64, n_test=40))
+@pytest.fixture
+def data_dir(synthetic_mnist: Callable[[int, int], Path]) -> str:
+    return str(synthetic_mnist(64, 40))
 
 
 def _specs(optimizer: str, batch: Any, lrs: list[float], seeds: list[int],

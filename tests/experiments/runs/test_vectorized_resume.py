@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from experiments_helpers import cli, data_env, raw_scalars
+from helpers.experiments_cli import cli, data_env, raw_scalars
 
 from torchopt_survey.experiments.runs.folder import CHECKPOINT, PENDING
 from torchopt_survey.experiments.runs.writer import settle_pending

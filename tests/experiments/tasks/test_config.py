@@ -1,4 +1,4 @@
-"""Config, registry and CLI argument errors of the experiments."""
+"""Configs, presets and the optimizer registry of the experiments."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.experiments_cli import parse_cli
 
 from torchopt_survey.experiments import cli
 from torchopt_survey.experiments.tasks.config import (
@@ -21,8 +22,6 @@ from torchopt_survey.experiments.tasks.optimizers import (
     build_optimizer,
     resolve_optimizer_names,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_registry_names_and_paper_defaults() -> None:
@@ -73,47 +72,6 @@ def test_paper_configs_match_builtin_defaults() -> None:
     assert len(validate(default_config("karate"))["seeds"]) >= 10
 
 
-def _args(*argv: str):
-    return cli.build_parser().parse_args(list(argv))
-
-
-def test_cli_overrides_and_set() -> None:
-    (cfg,) = cli.build_configs(
-        _args("mnist", "--optimizers", "adam", "sgd", "--epochs", "2", "--regimes", "minibatch",
-              "--set", "hidden=32", "--set", "regimes.minibatch.batch_size=16")
-    )  # fmt: skip
-    assert list(cfg["regimes"]) == ["minibatch"]
-    assert cfg["regimes"]["minibatch"] == {"batch_size": 16, "optimizers": ["adam", "sgd"]}
-    assert cfg["epochs"] == 2 and cfg["hidden"] == 32
-    cfgs = cli.build_configs(_args("all", "--set", "karate.epochs=5", "--seeds", "3"))
-    assert [c["experiment"] for c in cfgs] == ["mnist", "karate"]
-    assert cfgs[1]["epochs"] == 5 and cfgs[0]["epochs"] == 10
-    assert cfgs[0]["seeds"] == [3] == cfgs[1]["seeds"]
-
-
-@pytest.mark.parametrize(
-    ("argv", "needle"),
-    [
-        (["mnist", "--optimizers", "adamz"], "valid choices: all, sgd, momentum, nag"),
-        (["karate", "--set", "bogus=1"], "valid keys:"),
-        (["mnist", "--regimes", "tiny"], "valid choices: gd, sgd, minibatch"),
-        (["karate", "--models", "mlp"], "valid choices: paper, gcn"),
-        (["mnist", "--dataset", "cifar"], "fashionmnist"),  # argparse quoting varies
-        (["mnist", "--device", "tpu"], "valid choices: auto, cpu, cuda"),
-        (["mnist", "--set", "regimes.gd.batch_size=0"], "batch_size"),
-        (["frobnicate"], "report"),
-    ],
-)
-def test_cli_bad_input_exits_2_with_choices(
-    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    with pytest.raises(SystemExit) as exc:
-        raise SystemExit(cli.main([*argv, "--logdir", str(tmp_path / "runs")]))
-    assert exc.value.code == 2
-    assert needle in capsys.readouterr().err
-    assert not (tmp_path / "runs").exists()
-
-
 def test_presets_ship_in_the_package_and_load_by_name_or_path(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch,
                                                             ) -> None:
@@ -122,7 +80,7 @@ def test_presets_ship_in_the_package_and_load_by_name_or_path(tmp_path: Path,
     assert PRESETS.parent.name == "experiments" and deep["experiment"] == "mnist"
     for spelling in ("mnist_deep", "mnist_deep.yaml", "configs/mnist_deep.yaml"):
         assert load_config_file(spelling) == deep, spelling
-    (cfg,) = cli.build_configs(_args("mnist", "--config", "mnist_deep"))
+    (cfg,) = cli.build_configs(parse_cli("mnist", "--config", "mnist_deep"))
     assert cfg["hidden"] == deep["hidden"]
     mine = tmp_path / "mnist_deep.yaml"  # a file of the user's wins over the preset
     mine.write_text("experiment: mnist\nhidden: 7\n")
@@ -133,49 +91,11 @@ def test_presets_ship_in_the_package_and_load_by_name_or_path(tmp_path: Path,
 
 def test_config_file_of_wrong_experiment_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'karate' config"):
-        cli.build_configs(_args("mnist", "--config", str(PRESETS / "karate_paper.yaml")))
+        cli.build_configs(parse_cli("mnist", "--config", str(PRESETS / "karate_paper.yaml")))
     bad = tmp_path / "bad.yaml"
     bad.write_text("experiment: mnist\nlearning_rate: 0.1\n")
     with pytest.raises(ValueError, match="unknown key 'learning_rate'"):
-        cli.build_configs(_args("mnist", "--config", str(bad)))
-
-
-def _help(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    with pytest.raises(SystemExit):
-        cli.main([*argv, "--help"])
-    return capsys.readouterr().out
-
-
-def test_help_explains_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
-    top = _help(capsys)
-    for command in ("mnist", "karate", "all", "sweep", "report"):
-        assert command in top
-    common = "--config --optimizers --seeds --epochs --device --data-dir --logdir --resume --quiet"
-    for command, own in (("mnist", "--dataset --regimes --lr"), ("karate", "--edge-list --lr"),
-                         ("all", "--dataset --edge-list --lr"),
-                         ("sweep", "--experiment --lr-grid --grid --backend --val-split")):
-        text = _help(capsys, command)
-        for flag in [*common.split(), *own.split(), "--set", "--workers"]:
-            assert flag in text, (command, flag)
-    assert "--out" in _help(capsys, "report")
-
-
-@pytest.mark.parametrize(("argv", "flag"), [
-    (["mnist", "--lr-grid", "1e-3:1e-1:3"], "--lr-grid"),
-    (["mnist", "--edge-list", "g.txt"], "--edge-list"),
-    (["karate", "--dataset", "mnist"], "--dataset"),
-    (["sweep", "--experiment", "mnist", "--lr", "0.1"], "--lr"),
-    (["report", "--workers", "2"], "--workers"),
-])  # fmt: skip
-def test_a_flag_the_command_does_not_take_exits_2_naming_both(
-    argv: list[str], flag: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    with pytest.raises(SystemExit) as exc:
-        cli.main([*argv, "--logdir", str(tmp_path / "runs")])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert f"the {argv[0]} command does not take flag {flag}" in err, err
-    assert not (tmp_path / "runs").exists()
+        cli.build_configs(parse_cli("mnist", "--config", str(bad)))
 
 
 def test_fused_flag_reaches_optimizer_kwargs_and_trains(
@@ -186,7 +106,8 @@ def test_fused_flag_reaches_optimizer_kwargs_and_trains(
     from torchopt_survey.experiments.tasks import karate
     from torchopt_survey.optim.core import fused
 
-    (cfg,) = cli.build_configs(_args("karate", "--fused", "--optimizers", "adam", "--seeds", "0"))
+    argv = ("karate", "--fused", "--optimizers", "adam", "--seeds", "0")
+    (cfg,) = cli.build_configs(parse_cli(*argv))
     specs = karate.expand(cfg)
     assert all(s["optimizer_kwargs"]["fused"] is True for s in specs)
     spec = {**specs[0], "epochs": 3}
@@ -204,5 +125,5 @@ def test_fused_flag_reaches_optimizer_kwargs_and_trains(
     assert len(calls) >= steps and all(c[:2] == ("Adam", True) and c[2] > 0 for c in calls)
     assert len(res["history"]["test/auc"]) == 3
     assert res["history"]["train/loss_epoch"][-1] < res["history"]["train/loss_epoch"][0]
-    (plain,) = cli.build_configs(_args("karate"))
+    (plain,) = cli.build_configs(parse_cli("karate"))
     assert "fused" not in karate.expand(plain)[0]["optimizer_kwargs"]

@@ -16,14 +16,13 @@ import json
 import shutil
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from torchopt_survey.experiments import cli
-from torchopt_survey.experiments.tasks.data import write_synthetic_mnist
 
 #: a sweep of 2 optimizers x 2 learning rates, 1 seed: 2 vectorised groups, 2 Ray trials
 SWEEP = ["sweep", "--experiment", "mnist", "--optimizers", "sgd", "adam", "--lr-grid",
@@ -38,9 +37,10 @@ RAY_FILES = ("params.pkl", "progress.csv", "tuner.pkl", "experiment_state-*.json
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+             synthetic_mnist: Callable[[int, int], Path]) -> str:
     monkeypatch.setenv("TORCHOPT_SURVEY_CACHE", str(tmp_path / "cache"))  # (Ray's workers too)
-    return str(write_synthetic_mnist(tmp_path / "syn", n_train=64, n_test=40))
+    return str(synthetic_mnist(64, 40))
 
 
 @pytest.fixture

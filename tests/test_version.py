@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import re
 from importlib import metadata
-from pathlib import Path
 
 import pytest
+from helpers.processes import ROOT
 
 import torchopt_survey
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_version_matches_pyproject_when_installed():

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from experiments_helpers import cli as _cli
-from experiments_helpers import data_env as make_data_env
-from experiments_helpers import raw_scalars as _raw_scalars
+from helpers.experiments_cli import cli as _cli
+from helpers.experiments_cli import data_env as make_data_env
+from helpers.experiments_cli import raw_scalars as _raw_scalars
 
 from torchopt_survey.experiments.runtime.files import load_checkpoint
 

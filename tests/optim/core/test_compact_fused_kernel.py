@@ -12,21 +12,15 @@ within float32 and one-code tolerances.
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers.optim_cases import CASE_IDS, CASES
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS))
-
-from optim_infos import CASE_IDS, CASES  # noqa: E402
-
-import torchopt_survey.optim as O  # noqa: E402
-from torchopt_survey.optim.core import codes as code_maps  # noqa: E402
-from torchopt_survey.optim.core import compact_state as C  # noqa: E402
-from torchopt_survey.optim.core import (  # noqa: E402
+import torchopt_survey.optim as O
+from torchopt_survey.optim.core import codes as code_maps
+from torchopt_survey.optim.core import compact_state as C
+from torchopt_survey.optim.core import (
     emit_c,
     fused,
 )

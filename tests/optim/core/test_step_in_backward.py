@@ -13,18 +13,14 @@ import os
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
+from helpers.conformance_problem import groups, loss_fn, make_params, problem
+from helpers.optim_cases import BY_NAME, CASE_IDS, CASES, OPTIMS
+from helpers.processes import checkout_pythonpath
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS))
-
-from optim_infos import BY_NAME, CASE_IDS, CASES, OPTIMS  # noqa: E402
-from test_optim_conformance import groups, loss_fn, make_params, problem  # noqa: E402
-
-import torchopt_survey.optim as O  # noqa: E402
+import torchopt_survey.optim as O
 
 STEPS = 12
 PATHS = {"forloop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
@@ -279,15 +275,14 @@ def test_refuses_distributed_data_parallel(tmp_path) -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# the Triton kernels (interpreted on CPU, in a subprocess: see tests/test_fused_triton.py)
+# the Triton kernels (interpreted on CPU, in a subprocess: see test_fused_triton.py)
 # ------------------------------------------------------------------------------------------
 TRITON_NAMES = ["SGD", "Momentum", "Adagrad", "Adadelta", "RMSprop", "Adam", "NAdam", "Adamax"]
 
 
 def test_triton_kernels_in_backward_under_interpreter() -> None:
     pytest.importorskip("triton")
-    root = TESTS.parent
-    path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    path = checkout_pythonpath()
     env = dict(os.environ, TRITON_INTERPRET="1", TORCHOPT_SURVEY_FUSED_BACKEND="triton",
                OMP_NUM_THREADS="1", PYTHONPATH=path)
     result = subprocess.run([sys.executable, __file__, "--interpret"], env=env,

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from experiments_helpers import ROOT, cli, raw_scalars
+from helpers.experiments_cli import ROOT, cli, raw_scalars
 
 TASK = "regression_task:Regression"
 COMMON = ["--seeds", "0", "1", "--epochs", "4", "--threads", "1", "--quiet"]

@@ -15,20 +15,17 @@ import os
 import subprocess
 import sys
 import traceback
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
+from helpers.processes import ROOT, checkout_pythonpath
 
 
 def test_triton_kernels_under_interpreter() -> None:
     pytest.importorskip("triton")
     # the checkout under test goes first on the path: an installed (editable) copy elsewhere
     # must not be what the subprocess imports
-    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    path = checkout_pythonpath()
     env = dict(os.environ, TRITON_INTERPRET="1", TORCHOPT_SURVEY_FUSED_BACKEND="triton",
                OMP_NUM_THREADS="1", PYTHONPATH=path)
     result = subprocess.run([sys.executable, __file__, "--interpret"], env=env,
@@ -46,9 +43,7 @@ def test_triton_kernels_under_interpreter() -> None:
 # ---------------------------------------------------------------------------------------------
 def _checks() -> dict[str, Any]:
     import torch
-
-    sys.path.insert(0, str(HERE))
-    import test_fused as F
+    from helpers import fused_cases as F
 
     import torchopt_survey
     import torchopt_survey.optim as O
@@ -181,7 +176,7 @@ def _checks() -> dict[str, Any]:
         check(f"parameters {offset} elements into their storage",
               lambda offset=offset: alignment(offset))
 
-    import test_optim_replicas as R
+    from helpers import replica_cases as R
 
     def per_replica(case: Any, dtype: Any) -> None:
         # programs of 32 elements: the [3, 4, 5] weight's replicas (20 elements each) straddle

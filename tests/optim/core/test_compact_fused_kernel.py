@@ -154,7 +154,7 @@ def test_in_kernel_step_agrees_with_the_forloop_compact_step(info, config, state
     for p, q in zip(params, loop_params):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
         for name, value in loop.state[q].items():
-            if name.endswith(C.ABSMAX) or not value.dim():
+            if name.endswith(C.SCALE) or not value.dim():
                 torch.testing.assert_close(opt.state[p][name].float(), value.float(),
                                            rtol=1e-5, atol=1e-7)
                 continue
@@ -162,12 +162,12 @@ def test_in_kernel_step_agrees_with_the_forloop_compact_step(info, config, state
                 torch.testing.assert_close(opt.state[p][name].float(), value.float(),
                                            rtol=2.0**-7, atol=1e-30)
                 continue
-            ours = C.dequantize_int8(opt.state[p][name], opt.state[p][name + C.ABSMAX], 256,
+            ours = C.dequantize_int8(opt.state[p][name], opt.state[p][name + C.SCALE], 256,
                                      torch.float32)
-            theirs = C.dequantize_int8(value, loop.state[q][name + C.ABSMAX], 256,
+            theirs = C.dequantize_int8(value, loop.state[q][name + C.SCALE], 256,
                                        torch.float32)
             # one code step of the signed map's finest decade: 0.9 / 64 of the block maximum
-            scale = loop.state[q][name + C.ABSMAX].repeat_interleave(256)[: value.numel()]
+            scale = loop.state[q][name + C.SCALE].repeat_interleave(256)[: value.numel()]
             bound = (0.9 / 64 + 1e-5) * scale.view(value.shape)
             assert bool(((ours - theirs).abs() <= bound).all()), name
 
@@ -186,14 +186,16 @@ def test_first_step_and_unsupported_layouts_take_the_general_path(kernel_calls) 
 
 
 def _hard_values(signed: bool) -> torch.Tensor:
-    """Every midpoint of the code map and its two float32 neighbours, every code value, and
-    magnitudes at and around the lookup's floor (2^-27), subnormals, zero; negated too for
-    the signed map; each block of 256 led by 1.0, so the block scale is exactly 1."""
-    table = code_maps.CodeTable(signed, torch.device("cpu"))
-    mids = table.upper[:-1]
-    tiny = torch.tensor([0.0, 1e-45, 1e-40, 2.0**-27, 2.0**-26, 3e-8, 5e-8, 1e-7, 5e-7, 1e-6])
+    """Every midpoint between neighbouring codes and its two float32 neighbours, every code
+    value, and magnitudes around the unsigned map's smallest normal (2^-30 of the top code),
+    subnormals, zero; negated too for the signed map; each block of 256 led by 1.0, so the
+    block scale is exactly 1."""
+    values = code_maps.code_map(signed, torch.device("cpu")).values.abs().unique()
+    mids = ((values[1:].double() + values[:-1].double()) / 2).float()
+    tiny = torch.tensor([0.0, 1e-45, 1e-40, 2.0**-31, 2.0**-30, 2.0**-29, 3e-8, 5e-8, 1e-7,
+                         5e-7, 1e-6, 1e-10, 1e-11])
     parts = [mids, torch.nextafter(mids, torch.tensor(2.0)), torch.nextafter(mids, torch.zeros(1)),
-             table.values.abs(), tiny, torch.nextafter(tiny, torch.ones(1))]
+             values, tiny, torch.nextafter(tiny, torch.ones(1))]
     magnitudes = torch.cat(parts)
     values = torch.cat([magnitudes, -magnitudes]) if signed else magnitudes
     blocks = values.split(255)
@@ -217,12 +219,12 @@ def test_kernel_quantiser_is_the_nearest_code_at_every_midpoint(signed, kernel_c
     opt.step()  # creates the state (general path)
     state = opt.state[param]
     state[name].zero_()
-    state[name + C.ABSMAX].zero_()  # a zero buffer: the new state is the gradient itself
+    state[name + C.SCALE].zero_()  # a zero buffer: the new state is the gradient itself
     param.grad = values.clone()
     opt.step()
     assert kernel_calls
     codes, absmax = C.quantize_int8(values, 256, non_negative=not signed)
-    assert torch.equal(state[name + C.ABSMAX], absmax)
+    assert torch.equal(state[name + C.SCALE], absmax)
     wrong = (state[name] != codes).nonzero().flatten()
     assert not wrong.numel(), (values[wrong][:5], state[name][wrong][:5], codes[wrong][:5])
 

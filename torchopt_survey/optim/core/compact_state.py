@@ -10,11 +10,12 @@ continues identically from a checkpoint.
 
 ``state_dtype="int8"`` stores each tensor state as one byte per element in blocks of
 ``state_block_size`` elements (default 256) with one float32 scale per block (the block's
-largest magnitude), through a *dynamic* code map (the idea of bitsandbytes' 8-bit optimizers):
-codes spaced like a decimal floating point number, fine near the block's maximum and reaching
-down to 1e-7 of it, so that small second moments do not collapse to zero. State a method
-declares non-negative (``StateSpec.non_negative``: second moments, accumulators) uses an
-unsigned map over [0, 1] (twice the resolution, never below zero); other state a signed one.
+largest magnitude), through a *power* code map (:mod:`.codes`): signed state as
+``sign(c) * (|c|/127)^2`` of the scale, state a method declares non-negative
+(``StateSpec.non_negative``: second moments, accumulators) as ``(c/255)^4`` of it (never below
+zero, and reaching down to 2.4e-10 of the block's maximum, so that small second moments do not
+collapse to zero). Both decode and encode by arithmetic alone, which the fused kernel's loops
+vectorise.
 
 Scalar state (``step``) stays as it is. On the fused CPU path the generated C kernel reads
 and writes the compact state itself (:func:`_step_in_kernel`, :func:`.emit_c.emit_c_compact`):
@@ -25,10 +26,12 @@ result is compacted again -- in chunks of parameters, so at most one chunk's ful
 state exists at a time.
 
 ``state_dict()`` holds the compact tensors themselves (bfloat16 tensors, or uint8/int8 codes
-plus ``<name>_absmax`` scales) -- plain tensors, loadable with ``weights_only=True``.
+plus ``<name>_blockmax`` scales) -- plain tensors, loadable with ``weights_only=True``.
 ``load_state_dict`` converts between layouts: a full-precision state dict loaded into a
 compact optimizer is compacted, a compact one loaded into a full-precision optimizer is
-expanded, and a compact one loaded into the same compact configuration is taken as is.
+expanded, and a compact one loaded into the same compact configuration is taken as is. int8
+state saved by version 0.2.0 (codes of its dynamic map with ``<name>_absmax`` scales) is
+decoded with that map and converted.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .codes import HASH_MULTIPLIERS, code_map
+from .codes import HASH_MULTIPLIERS, code_map, legacy_code_table
 
 STATE_DTYPES = ("bfloat16", "int8")
 DEFAULT_BLOCK_SIZE = 256
@@ -50,8 +53,10 @@ MAX_BLOCK_SIZE = 1 << 16
 CHUNK_ELEMENTS = 1 << 18
 #: elements quantised at once inside one tensor (bounds the temporaries of the code search)
 SLICE_ELEMENTS = 1 << 16
-#: suffix of an int8 state's per-block scales in the state dict
-ABSMAX = "_absmax"
+#: suffix of an int8 state's per-block scales in the state dict (power code maps)
+SCALE = "_blockmax"
+#: the suffix of version 0.2.0, whose codes were those of its dynamic map (read only)
+LEGACY_SCALE = "_absmax"
 #: state entry counting a parameter's updates where the method keeps no ``step`` (it seeds
 #: the stochastic rounding of bfloat16 state)
 ROUNDINGS = "bf16_roundings"
@@ -147,22 +152,30 @@ def quantize_int8(value: Tensor, block: int, non_negative: bool) -> tuple[Tensor
         peak = part.abs().amax(dim=1)
         absmax[start:start + step] = peak
         scale = torch.where(peak > 0, peak, torch.ones_like(peak))
-        nearest = table.nearest((part / scale[:, None]).clamp_(-1.0, 1.0))
+        inverse = torch.full_like(scale, table.numerator) / scale  # (as the kernel does)
+        nearest = table.nearest(part * inverse[:, None])
         codes[start:start + step] = nearest - table.zero if table.zero else nearest
     return codes.reshape(-1)[: flat.numel()].view(value.shape), absmax
 
 
-def dequantize_int8(codes: Tensor, absmax: Tensor, block: int, dtype: torch.dtype) -> Tensor:
-    """The full-precision tensor (``dtype``) that ``codes`` and ``absmax`` stand for."""
-    table = code_map(codes.dtype != torch.uint8, codes.device)
+def dequantize_int8(codes: Tensor, absmax: Tensor, block: int, dtype: torch.dtype,
+                    legacy: bool = False) -> Tensor:
+    """The full-precision tensor (``dtype``) that ``codes`` and ``absmax`` stand for
+    (``legacy``: codes of version 0.2.0's dynamic map)."""
+    signed = codes.dtype != torch.uint8
+    if legacy:
+        values, zero = legacy_code_table(signed).to(codes.device), 127 if signed else 0
+    else:
+        table = code_map(signed, codes.device)
+        values, zero = table.values, table.zero
     rows = _blocks(codes.reshape(-1), block)
     out = torch.empty(rows.shape, dtype=dtype, device=codes.device)
     step = max(1, SLICE_ELEMENTS // block)
     for start in range(0, rows.shape[0], step):
         index = rows[start:start + step].long()
-        if table.zero:
-            index += table.zero
-        out[start:start + step] = table.values[index] * absmax[start:start + step, None]
+        if zero:
+            index += zero
+        out[start:start + step] = values[index] * absmax[start:start + step, None]
     return out.reshape(-1)[: codes.numel()].view(codes.shape)
 
 
@@ -209,8 +222,9 @@ def round_bfloat16(value: Tensor, seed: int) -> Tensor:
     noise = rounding_noise(seed & _LOW32, value32.numel(), value.device).view(value32.shape)
     bits = value32.view(torch.int32)
     rounded = ((bits + noise) & -65536).view(torch.float32)  # -65536: 0xFFFF0000
-    # (non-finite values and values that would carry into infinity keep their own rounding)
-    rounded = torch.where(torch.isfinite(rounded), rounded, value32)
+    # (NaN stays NaN; infinities stay, and a value within one bfloat16 step of the largest
+    # finite one may round up to infinity, as stochastic rounding does)
+    rounded = torch.where(torch.isnan(value32), value32, rounded)
     return rounded.to(torch.bfloat16)
 
 
@@ -236,7 +250,7 @@ def expand(optimizer: Any, group: dict[str, Any], param: Tensor) -> None:
         if value is None or value.dtype not in _COMPACT_DTYPES:
             continue  # absent lazy state, or full precision (not compacted yet)
         if group["state_dtype"] == "int8":
-            full = dequantize_int8(value, state.pop(entry.name + ABSMAX), _block(group),
+            full = dequantize_int8(value, state.pop(entry.name + SCALE), _block(group),
                                    real_dtype)
         else:
             full = value.to(real_dtype)
@@ -267,7 +281,7 @@ def compact(optimizer: Any, group: dict[str, Any], param: Tensor, stochastic: bo
         if group["state_dtype"] == "int8":
             codes, absmax = quantize_int8(real, _block(group), entry.non_negative)
             state[entry.name] = codes
-            state[entry.name + ABSMAX] = absmax
+            state[entry.name + SCALE] = absmax
         elif stochastic:
             state[entry.name] = round_bfloat16(real, rounding_seed(position, slot, count))
         else:
@@ -367,7 +381,7 @@ def _step_in_kernel(optimizer: Any, group: dict[str, Any], params: list[Tensor])
                 if value.dtype != torch.float32:
                     return False
             elif (value.dtype not in _COMPACT_DTYPES or not value.is_contiguous()
-                  or value.shape != param.shape or (int8 and entry.name + ABSMAX not in state)):
+                  or value.shape != param.shape or (int8 and entry.name + SCALE not in state)):
                 return False
             row.append(value)
         rows.append(row)
@@ -380,7 +394,7 @@ def _step_in_kernel(optimizer: Any, group: dict[str, Any], params: list[Tensor])
     extras: list[list[int]] = []
     for param, state in work:
         if int8:
-            extras.append([state[entry.name + ABSMAX].data_ptr() for entry in entries])
+            extras.append([state[entry.name + SCALE].data_ptr() for entry in entries])
         else:
             count = _next_update_count(state)
             position = optimizer._compact_position(param)
@@ -407,9 +421,10 @@ def _next_update_count(state: dict[str, Any]) -> int:
 # ---------------------------------------------------------------------------------------------
 # state dicts
 # ---------------------------------------------------------------------------------------------
-def _saved_entry_full(value: Tensor, absmax: Tensor | None, block: int) -> Tensor:
+def _saved_entry_full(value: Tensor, absmax: Tensor | None, block: int,
+                      legacy: bool) -> Tensor:
     if absmax is not None:
-        return dequantize_int8(value, absmax, block, torch.float32)
+        return dequantize_int8(value, absmax, block, torch.float32, legacy=legacy)
     return value.float() if value.dtype == torch.bfloat16 else value
 
 
@@ -451,22 +466,28 @@ def before_load(optimizer: Any, state_dict: Any) -> tuple[Any, dict[Any, dict[st
                 continue
             full: dict[str, Any] = {}
             taken: dict[str, Any] = {}
+            legacy = False  # int8 codes of version 0.2.0's map: converted, never taken over
             for key, value in entries.items():
-                if key.endswith(ABSMAX) and key[: -len(ABSMAX)] in entries or key == ROUNDINGS:
+                if key == ROUNDINGS or any(key.endswith(suffix) and key[: -len(suffix)]
+                                           in entries for suffix in (SCALE, LEGACY_SCALE)):
                     taken[key] = value
                     continue
-                absmax = entries.get(key + ABSMAX)
+                absmax = entries.get(key + SCALE)
+                old_map = absmax is None and entries.get(key + LEGACY_SCALE) is not None
+                if old_map:
+                    absmax = entries[key + LEGACY_SCALE]
                 if isinstance(value, Tensor) and (absmax is not None
                                                   or value.dtype == torch.bfloat16):
                     taken[key] = value
-                    full[key] = _saved_entry_full(value, absmax, block)
+                    legacy = legacy or old_map
+                    full[key] = _saved_entry_full(value, absmax, block, legacy=old_map)
                     if full[key].dim() and full[key].shape[-1:] == (2,) and _complex_param(
                             optimizer, index, saved, saved_id):
                         full[key] = torch.view_as_complex(full[key].contiguous())
                 else:
                     full[key] = value
             new_state[saved_id] = full
-            if same:
+            if same and not legacy:
                 keep[saved_id] = taken
     return {**state_dict, "param_groups": new_groups, "state": new_state}, keep
 

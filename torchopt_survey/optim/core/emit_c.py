@@ -32,7 +32,19 @@ from typing import Any
 
 import torch
 
-from .codes import CELL_OFFSET, HASH_MULTIPLIERS, NCELLS, CodeTable
+from .codes import (
+    EXPONENT_REBASE,
+    HASH_MULTIPLIERS,
+    LEVELS,
+    MANTISSA_SHIFT,
+    SIGNED_FACTOR,
+    SMALLEST_NORMAL,
+    SUBNORMAL_CODES,
+    SUBNORMAL_STEP,
+    TOP,
+    TOP_INVERSE,
+    reciprocal,
+)
 from .emit import Dialect, walk
 from .kernel_cache import (
     COMPILE_LOG,
@@ -346,11 +358,8 @@ static inline uint16_t st_bf16_sr(float f, uint32_t index, uint32_t seed) {
     x ^= x >> 16; x *= 0x%08Xu; x ^= x >> 15; x *= 0x%08Xu; x ^= x >> 16;
     uint32_t u; memcpy(&u, &f, 4);
     const uint32_t r = (u + (x >> 16)) & 0xffff0000u;
-    float g; memcpy(&g, &r, 4);
-    if (isfinite(g)) return (uint16_t)(r >> 16);
-    if (f != f) return (uint16_t)0x7fc0u;  /* NaN */
-    u += 0x7fffu + ((u >> 16) & 1u);  /* non-finite after rounding: to nearest even */
-    return (uint16_t)(u >> 16);
+    /* NaN stays NaN (a select, not a branch, so that the element loop vectorises) */
+    return (uint16_t)(((u & 0x7fffffffu) > 0x7f800000u ? 0x7fc00000u : r) >> 16);
 }
 """
 
@@ -359,41 +368,44 @@ def _c_floats(values: Any) -> str:
     return ", ".join("INFINITY" if math.isinf(v) else f"{float(v).hex()}f" for v in values)
 
 
-def _cell_entries(table: Any) -> list[int]:
-    """Per cell (and one more for a magnitude of exactly 1): the cell's first code in the high
-    16 bits and, in the low 16, the low mantissa bits of the one midpoint inside the cell
-    (0xFFFF if none). A magnitude and a midpoint of one cell share their high 16 bits, so
-    comparing the low 16 is comparing the floats: one table read finds the nearest code."""
-    upper = table.upper.view(torch.int32).tolist()
-    entries = []
-    for cell, code in enumerate(table.first_code.tolist()):
-        bits = upper[code]
-        entries.append(code << 16 | (bits & 0xFFFF if bits >> 16 == cell + CELL_OFFSET
-                                     else 0xFFFF))
-    top = len(upper) - 1  # the code of 1.0 (magnitude bits >> 16 == CELL_OFFSET + NCELLS)
-    assert len(entries) == NCELLS
-    return [*entries, top << 16 | 0xFFFF]
-
-
-def _code_tables(signed: bool) -> list[str]:
-    """The int8 code map as static C arrays (values, per-cell entries) and its quantiser."""
-    table = CodeTable(signed, torch.device("cpu"))
-    name = "S" if signed else "U"
+def _code_functions(signed: bool) -> list[str]:
+    """The int8 code map's decoder and quantiser (see :mod:`.codes`): arithmetic only, the
+    float32 operations of :func:`.codes.unit_values` and :meth:`.codes.CodeMap.nearest`, so
+    that they vectorise and give the tensor path's bits. The quantiser takes the block's
+    ``inverse``: the map's ``numerator`` over the block's scale."""
+    if signed:
+        levels = LEVELS[True]
+        return [
+            "static inline float unit_S(int c) {",
+            f"    const float t = (float)c * {_c_floats([reciprocal()])};",
+            "    return t * fabsf(t);",
+            "}",
+            "static inline int quant_S(float v, float inverse) {",
+            "    const float q = v * inverse;",
+            "    const float m = fabsf(q);",
+            f"    float r = sqrtf(m) * {float(levels)!r}f;",
+            f"    r = r < {float(levels)!r}f ? r : {float(levels)!r}f;  /* (NaN too) */",
+            "    const float f = truncf(r);",
+            f"    const float code = f + (m * {SIGNED_FACTOR!r}f > f * f + f + 0.5f ? 1.0f"
+            " : 0.0f);",
+            "    return (int)copysignf(code, q);",
+            "}",
+        ]
+    half = 1 << (MANTISSA_SHIFT - 1)
     return [
-        f"static const float VALUES_{name}[{table.values.numel()}] = "
-        f"{{{_c_floats(table.values.tolist())}}};",
-        f"static const uint32_t CELLS_{name}[{NCELLS + 1}] = "
-        f"{{{', '.join(f'{v}u' for v in _cell_entries(table))}}};",
-        f"static inline int quant_{name}(float v, float scale) {{",
-        "    float q = v / scale;",
-        "    q = q < -1.0f ? -1.0f : (q > 1.0f ? 1.0f : q);",
-        "    const float m = fabsf(q);",
-        "    uint32_t u; memcpy(&u, &m, 4);",
-        f"    int32_t cell = (int32_t)(u >> 16) - {CELL_OFFSET};",
-        f"    cell = cell < 0 ? 0 : (cell > {NCELLS} ? {NCELLS} : cell);",
-        f"    const uint32_t entry = CELLS_{name}[cell];",
-        "    const int code = (int)(entry >> 16) + ((u & 0xffffu) > (entry & 0xffffu));",
-        "    return q < 0.0f ? -code : code;" if signed else "    return code;",
+        "static inline float unit_U(int c) {",
+        f"    const uint32_t b = (uint32_t)(c + {EXPONENT_REBASE}) << {MANTISSA_SHIFT};",
+        "    float w; memcpy(&w, &b, 4);",
+        f"    w = c < {SUBNORMAL_CODES} ? (float)c * {_c_floats([SUBNORMAL_STEP])} : w;",
+        f"    return w * {_c_floats([TOP_INVERSE])};",
+        "}",
+        "static inline int quant_U(float v, float inverse) {",
+        "    const float q = v * inverse;",
+        "    uint32_t u; memcpy(&u, &q, 4);",
+        f"    const int normal = (int)((u + {half}u) >> {MANTISSA_SHIFT}) - {EXPONENT_REBASE};",
+        f"    const int small = (int)(q * {_c_floats([1.0 / SUBNORMAL_STEP])} + 0.5f);",
+        f"    const int code = q < {_c_floats([SMALLEST_NORMAL])} ? small : normal;",
+        f"    return code < 0 ? 0 : (code > {LEVELS[False]} ? {LEVELS[False]} : code);",
         "}",
     ]
 
@@ -415,9 +427,8 @@ class CompactCDialect(CDialect):
             return super().load_tensor(index, slot)
         if kind == "bfloat16":
             return [f"{self.ct} v{index} = ({self.ct})ld_bf16(x{slot}[i]);"]
-        name, zero = ("S", " + 127") if kind == "int8" else ("U", "")
-        return [f"{self.ct} v{index} = ({self.ct})(VALUES_{name}[(int)x{slot}[i]{zero}]"
-                f" * amax{slot});"]
+        name = "S" if kind == "int8" else "U"
+        return [f"{self.ct} v{index} = ({self.ct})(unit_{name}((int)x{slot}[i]) * amax{slot});"]
 
     def store_tensor(self, slot: int, expr: str) -> str:
         kind = self.compact[slot]
@@ -470,6 +481,7 @@ def emit_c_compact(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool
     requantise = []
     for slot in written:
         name = "S" if compact[slot] == "int8" else "U"
+        numerator = "1.0f" if name == "S" else _c_floats([TOP])
         requantise += [
             "{",
             # the block's largest magnitude: the largest bit pattern of |y| (an integer
@@ -481,16 +493,16 @@ def emit_c_compact(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool
             "    }",
             "    float peak; memcpy(&peak, &most, 4);",
             f"    A{slot}[blk] = peak;",
-            "    const float scale = peak > 0.0f ? peak : 1.0f;",
+            f"    const float inverse = {numerator} / (peak > 0.0f ? peak : 1.0f);",
             "    #pragma GCC ivdep",
             "    for (int64_t i = a; i < z; ++i)",
-            f"        x{slot}[i] = ({types[dtypes[slot]]})quant_{name}(sc{slot}[i - a], scale);",
+            f"        x{slot}[i] = ({types[dtypes[slot]]})quant_{name}(sc{slot}[i - a], inverse);",
             "}",
         ]
     tables: list[str] = []
     for kind, signed in (("int8", True), ("uint8", False)):
         if kind in compact:
-            tables += _code_tables(signed)
+            tables += _code_functions(signed)
     nslots = len(dtypes) + len(compact_slots)
     scratch = len(written) * block
     allocate = f"(float*)malloc({scratch} * sizeof(float))" if scratch else "NULL"

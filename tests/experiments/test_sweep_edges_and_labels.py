@@ -1,6 +1,7 @@
 """Sweep tables: optima at the edge of their grid are marked (and the sweep says which grid to
 widen), numbers have one precision per column, ids are readable; the committed sweeps' tables
-regenerate from their per-run CSV byte for byte."""
+regenerate from their per-run CSV byte for byte, and their figures are the ones the code writes
+from it, under the code's file names."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from torchopt_survey.experiments.report.sweep import sensitivity_figure
 from torchopt_survey.experiments.sweep.grid import parse_lr_grid, setting_label
 from torchopt_survey.experiments.sweep.tables import (
     best_table,
@@ -149,3 +151,11 @@ def test_committed_sweep_tables_regenerate(study: str, tmp_path: Path) -> None:
                                        "sweep_best.md", "sweep_claims.md", "sweep_targets.md"}
     for p in paths:
         assert p.read_text() == (folder / p.name).read_text(), p.name
+
+
+@pytest.mark.parametrize("study", ["mnist", "karate"])
+def test_committed_sweep_figures_have_the_names_the_code_writes(study: str,
+                                                                tmp_path: Path) -> None:
+    folder = SWEEPS / study
+    paths = sensitivity_figure(read_runs_csv(folder / "sweep_runs.csv"), tmp_path)
+    assert sorted(p.name for p in paths) == sorted(p.name for p in folder.glob("*.png"))

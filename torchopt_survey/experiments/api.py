@@ -99,7 +99,9 @@ def sweep(task: str, lr_grid: str, logdir: str = "runs", **options: Any,
         task (str): a task of your own as ``package.module:Class``, or a built-in task's
             name.
         lr_grid (str): the learning rates, ``--lr-grid``: ``"LO:HI:N"`` (``N`` values spaced
-            logarithmically from ``LO`` to ``HI``, both included), e.g. ``"1e-3:1e-1:3"``.
+            logarithmically from ``LO`` to ``HI``, both included), e.g. ``"1e-3:1e-1:3"``,
+            or a comma list of such parts and single values (their union), e.g.
+            ``"2.15443e-5,1e-4:1:7"``.
         logdir (str, optional): the root folder, ``--logdir`` (default ``"runs"``); the sweep
             writes under ``LOGDIR/sweep``.
         **options: the command's other flags as keyword arguments, e.g. ``optimizers``,

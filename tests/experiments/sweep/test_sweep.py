@@ -134,6 +134,9 @@ def _sweep(tmp: Path, data_dir: str, *extra: str) -> int:
 @pytest.mark.parametrize("args,needle", [
     (["--lr-grid", "1e-3:1e-1"], "--lr-grid"),
     (["--lr-grid", "1e-3:1e-1:0"], "--lr-grid"),
+    (["--lr-grid", "1e-3:1e-1:3,"], "empty part"),
+    (["--lr-grid", "1e-5,1e-3:1e-1:3,fast"], "'fast'"),
+    (["--lr-grid", "1e-3:1e-1:3,0"], "must be > 0"),
     (["--lr-grid", "1e-3:1e-1:3", "--grid", "momentum=0.5,x"], "momentum"),
     (["--lr-grid", "1e-3:1e-1:3", "--grid", "momentum=0.9"], "momentum"),  # adam takes none
     (["--lr-grid", "1e-3:1e-1:3", "--grid", "momentum="], "empty"),

@@ -34,7 +34,10 @@ def add_parsers(sub: Any) -> None:
     add_run_flags(p)
     g = p.add_argument_group("sweep")
     g.add_argument("--lr-grid", metavar="LO:HI:N",
-                   help="N learning rates evenly spaced in log scale from LO to HI (required)")
+                   help="N learning rates evenly spaced in log scale from LO to HI, each "
+                   "rounded to 6 significant digits (required); a comma list of such parts "
+                   "and single lrs sweeps their union, e.g. 4.64159e-6,2.15443e-5,1e-4:1:7 "
+                   "widens 1e-4:1:7 by two points of its spacing below it")
     g.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="another hyperparameter to sweep (repeatable), e.g. momentum=0.8,0.9")
     g.add_argument("--vectorize", action=argparse.BooleanOptionalAction, default=True,

@@ -15,9 +15,9 @@ from ..tasks.spec import RunSpec, setting_label
 __all__ = ["check_grid", "expand_sweep", "parse_grid", "parse_lr_grid", "setting_label"]
 
 
-def parse_lr_grid(text: str) -> list[float]:
-    """``LO:HI:N`` -> N values evenly spaced in log scale from LO to HI (both included)."""
-    parts = text.split(":")
+def _log_points(part: str, text: str) -> list[float]:
+    """One ``LO:HI:N`` part: N values evenly spaced in log scale from LO to HI."""
+    parts = part.split(":")
     if len(parts) != 3:
         raise ValueError(f"--lr-grid: expected LO:HI:N (e.g. 1e-4:1:7), got {text!r}")
     try:
@@ -31,8 +31,40 @@ def parse_lr_grid(text: str) -> list[float]:
     if n == 1:
         return [lo]
     step = (math.log10(hi) - math.log10(lo)) / (n - 1)
-    # rounded to 6 significant digits: run folders and tables show them exactly
-    return [float(f"{10 ** (math.log10(lo) + i * step):.6g}") for i in range(n)]
+    return [10 ** (math.log10(lo) + i * step) for i in range(n)]
+
+
+def _value(part: str, text: str) -> list[float]:
+    """One single learning rate of a comma list."""
+    try:
+        lr = float(part)
+    except ValueError:
+        raise ValueError(
+            f"--lr-grid: expected LO:HI:N or a number in each comma-separated part, "
+            f"got {part!r} in {text!r}") from None
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"--lr-grid: a learning rate must be > 0, got {part!r} in {text!r}")
+    return [lr]
+
+
+def parse_lr_grid(text: str) -> list[float]:
+    """``LO:HI:N`` -> N values evenly spaced in log scale from LO to HI (both included), in
+    increasing order, each rounded to 6 significant digits (the digits run ids and tables
+    show).
+
+    A comma-separated list of such parts and single values is their union, sorted, each value
+    once: ``4.64159e-6,2.15443e-5,1e-4:1:7`` is the grid ``1e-4:1:7`` extended by two points of
+    its own spacing below it, with the 7 old points exactly as ``1e-4:1:7`` gives them (a
+    widened ``LO:HI:N`` from a rounded LO would shift every point in the last digits, and so
+    every run id)."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise ValueError(f"--lr-grid: an empty part in {text!r}")
+    values: set[float] = set()
+    for part in parts:
+        points = _log_points(part, text) if ":" in part else _value(part, text)
+        values.update(float(f"{v:.6g}") for v in points)
+    return sorted(values)
 
 
 def _number_or_word(text: str) -> Any:

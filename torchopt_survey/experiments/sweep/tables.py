@@ -98,6 +98,38 @@ def widen_advice(best: Sequence[dict[str, Any]]) -> list[str]:
             for (exp, base, key, where, value), opts in by.items()]
 
 
+def _grid_text(settings: Sequence[str]) -> str:
+    """``lr 0.0001, 0.01, 1`` (one part per swept key, values in increasing order)."""
+    points = [parse_setting(x) for x in settings]
+    keys = list(dict.fromkeys(k for p in points for k in p))
+
+    def order(v: Any) -> tuple[bool, float, str]:
+        return (not isinstance(v, float), v if isinstance(v, float) else 0.0, str(v))
+
+    return "; ".join(f"{k} " + ", ".join(f"{v:g}" if isinstance(v, float) else str(v)
+                                         for v in sorted({p[k] for p in points if k in p},
+                                                         key=order))
+                     for k in keys)
+
+
+def grid_differences(settings: Sequence[dict[str, Any]]) -> list[str]:
+    """Where the optimizers of one (task, base run) ran different grids: one line per grid
+    with the optimizers that ran it (none when they all ran the same one). Each optimizer is
+    tuned, and its edges found, on the grid it ran."""
+    by: dict[tuple[str, str], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for s in settings:
+        by[(s["experiment"], s["base"])][s["optimizer"]].append(s["setting"])
+    lines = []
+    for (exp, base), per_opt in by.items():
+        grids: dict[str, list[str]] = defaultdict(list)
+        for opt, ran in per_opt.items():
+            grids[_grid_text(ran)].append(opt)
+        if len(grids) > 1:
+            lines += [f"{exp} {relabel(base)}: {', '.join(opts)}: {grid}"
+                      for grid, opts in grids.items()]
+    return lines
+
+
 def best_table(settings: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (base, optimizer): the setting with the best seed-mean validation metric (settings
     with a failed seed are not eligible), and the paper's lr 0.01 where it was swept."""
@@ -209,6 +241,10 @@ def write_tables(rows: Sequence[dict[str, Any]], timing: dict[str, Any], out: Pa
     md.append(f"Metric: {metrics}. Settings with a failed seed are not eligible. (edge: …): "
               "the tuned value is the lowest or highest of its grid, so the best may lie "
               "beyond it.")
+    differ = grid_differences(settings)
+    if differ:
+        md += ["", "Grids differ per optimizer (each is tuned, and its edges marked, on the grid "
+               "it ran):", "", *(f"- {line}" for line in differ)]
     advice = widen_advice(best)
     if advice:
         md += ["", "Grids to widen:", "", *(f"- {line}" for line in advice)]

@@ -203,6 +203,16 @@ class RunWriter:
         for summary in (ssi, sei):  # (the experiment summary: declare_experiment's)
             fw.add_summary(summary)
 
+    def _histogram(self, tag: str, values: torch.Tensor, epoch: int) -> None:
+        """A histogram of the finite values (a diverged run's nan/inf have none: its scalars
+        show them). TensorBoard's default buckets end at +-1e20, so a diverging run's larger
+        values get numpy's own bins rather than an empty histogram, which TensorBoard refuses."""
+        finite = values.detach()[torch.isfinite(values.detach())]
+        if not finite.numel():
+            return
+        bins = "tensorflow" if float(finite.abs().max()) < 1e20 else "auto"
+        self.tb.add_histogram(tag, finite, epoch, bins=bins)
+
     def epoch_losses(self, epoch: int) -> torch.Tensor:
         """The view of the per-step losses an epoch's training fills in."""
         base = (epoch - 1) * self.spe
@@ -218,7 +228,7 @@ class RunWriter:
         (:meth:`commit`, :func:`settle_pending`)."""
         self.elapsed += metrics["time/epoch_seconds"]
         for tag, values in (histograms or {}).items():
-            self.tb.add_histogram(tag, values, epoch)
+            self._histogram(tag, values, epoch)
         for k, v in metrics.items():
             self.history.setdefault(k, []).append(v)
         # Per-step loss (as the mean of each log_every window) on the global-step axis.

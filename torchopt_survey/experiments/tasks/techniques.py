@@ -230,13 +230,9 @@ class GradNormTracker:
         return {f"{GRAD_NORM_TAG}{n}": m for (n, _), m in zip(self.named, means, strict=True)}
 
     def histograms(self) -> dict[str, torch.Tensor]:
-        """Finite gradient values of the epoch's last step per parameter (a diverged run's
-        nan/inf gradients have no histogram; its gradient-norm scalars show them)."""
-        out = {}
-        for n, t in self.last.items():
-            t = t[torch.isfinite(t)]
-            if t.numel():
-                out[f"grad/{n}"] = t
+        """Gradient values of the epoch's last step per parameter (the run writer keeps their
+        finite values: a diverged run's nan/inf gradients show in its gradient-norm scalars)."""
+        out = {f"grad/{n}": t for n, t in self.last.items()}
         self.last = {}
         return out
 

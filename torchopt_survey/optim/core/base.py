@@ -336,6 +336,7 @@ class SurveyOptimizer(Optimizer):
         merged = {**self.defaults, **param_group}
         self._check_group(merged, where=where)
         replica_count(merged, params_list, where=where)
+        compact_state.check_params({**merged, "params": params_list}, where)
         super().add_param_group(param_group)
         if len(param_group["params"]) == 0:
             raise ValueError(f"{where}params: a parameter group must hold at least one tensor")

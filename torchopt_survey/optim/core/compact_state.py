@@ -103,6 +103,37 @@ def check_group(group: dict[str, Any], where: str) -> None:
         )
 
 
+def _is_dtensor(param: Tensor) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(param, DTensor)
+
+
+def check_params(group: dict[str, Any], where: str) -> None:
+    """Refuse compact state for DTensor parameters (FSDP2 shards, tensor parallelism).
+
+    Each rank would compact its local shard only: int8 blocks and their scales would follow
+    the shard's boundaries rather than the tensor's, and the per-block scales are not a
+    sharding of any global tensor, so torch.distributed.checkpoint could neither save them
+    under one name nor reshard them; the stochastic rounding of bfloat16 state is seeded by
+    element index, which on a shard is the local one. None of this is implemented, so it is
+    refused rather than run on DTensor arithmetic that mixes shards and plain tensors.
+    """
+    if not is_compact(group):
+        return
+    for index, param in enumerate(group["params"]):
+        if _is_dtensor(param):
+            raise ValueError(
+                f"{where}state_dtype={group['state_dtype']!r} is not supported for DTensor "
+                f"parameters (params[{index}]: FSDP2's fully_shard, tensor parallelism): "
+                "compact state is kept per whole tensor and cannot be sharded or checkpointed "
+                "with torch.distributed.checkpoint; use state_dtype=None under FSDP2, or keep "
+                "compact state with DistributedDataParallel (plain parameters)"
+            )
+
+
 def add_options(defaults: dict[str, Any], state_dtype: Any, state_block_size: Any) -> None:
     """Put the options into a constructor's defaults -- only when used, so that default
     groups keep torch.optim's keys."""

@@ -16,12 +16,15 @@ absolute parameter difference, or the error raised). Scenarios:
   fresh optimizer whose state dict is read before its first step must train exactly as one
   that never was (the checkpoint helper's state-initialisation step may not change it).
 * ``dcp-load1`` (one process): load the ``dcp`` checkpoint into an unsharded model and continue.
-* ``compact`` -- compact optimizer state (``state_dtype``). Under DDP (plain parameters) Adam
-  and RMSprop with bfloat16 and int8 state, foreach and fused, must match the one-process run
-  *with the same compact state*: every rank holds the whole tensor, so blocks, scales and
-  rounding seeds are the one process's, and the only difference left is the all-reduce's
-  summation order (a float64 rounding difference that a code or rounding decision would only
-  amplify at an exact tie). Under FSDP2 compact state is not supported (each rank would
+* ``compact`` -- compact optimizer state (``state_dtype``). Under DDP (plain parameters) Adam,
+  RMSprop and Momentum (lazy state) with bfloat16 and int8 state, foreach and fused, must match
+  the one-process run *with the same compact state*: every rank holds the whole tensor, so
+  blocks, scales and rounding seeds are the one process's, and the only difference left is the
+  all-reduce's summation order (a float64 rounding difference that a code or rounding decision
+  would only amplify at an exact tie). With torch.distributed.checkpoint: a state dict read
+  before the first step changes nothing, and saving after 3 steps, loading into fresh objects
+  and continuing equals the run never interrupted (exactly: codes, scales and rounding counts
+  are restored as saved). Under FSDP2 compact state is not supported (each rank would
   quantise its own shard, whose int8 blocks and scales belong to no global tensor that
   torch.distributed.checkpoint could save or reshard): every class must refuse it at
   construction and in ``add_param_group`` with a ValueError naming ``state_dtype``.
@@ -236,7 +239,7 @@ def scenario_dcp_load1(records: list[dict[str, Any]], out: Path) -> None:
 
 
 #: compact state under DDP: one Adam-family and one other method, each compact layout
-COMPACT_METHODS = ("Adam", "RMSprop")
+COMPACT_METHODS = ("Adam", "RMSprop", "Momentum")
 STATE_DTYPES = ("bfloat16", "int8")
 
 
@@ -251,7 +254,7 @@ def _refused(make: Callable[[], object]) -> float:
     raise AssertionError("compact state for DTensor parameters was accepted")
 
 
-def scenario_compact(rank: int, world: int, records: list[dict[str, Any]]) -> None:
+def scenario_compact(rank: int, world: int, records: list[dict[str, Any]], out: Path) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     x, y = batch(rank, world)
@@ -274,6 +277,34 @@ def scenario_compact(rank: int, world: int, records: list[dict[str, Any]]) -> No
                         return diff.abs().max().item()
                     check(records, f"ddp-compact/{info.name}-{state_dtype}-{path}", ddp)
 
+                    def lazy(info: OptimInfo = info, kwargs: dict[str, Any] = compact) -> float:
+                        model = DDP(make_model())
+                        opt = info.cls(model.parameters(), **kwargs)
+                        _dcp_state(model, opt)  # before the first step: must change nothing
+                        train(model, opt, x, y)
+                        diff = full_params(model.module) - reference(info, kwargs)
+                        return diff.abs().max().item()
+                    check(records, f"dcp-compact-lazy/{info.name}-{state_dtype}-{path}", lazy)
+
+                    def round_trip(info: OptimInfo = info, kwargs: dict[str, Any] = compact,
+                                   name: str = f"{info.name}-{state_dtype}-{path}") -> float:
+                        import torch.distributed.checkpoint as dcp
+
+                        ckpt = out / "ckpt-compact" / name
+                        model = DDP(make_model())
+                        opt = info.cls(model.parameters(), **kwargs)
+                        train(model, opt, x, y, 3)
+                        dcp.save(_dcp_state(model, opt), checkpoint_id=str(ckpt))
+                        train(model, opt, x, y, 3)
+                        want = full_params(model.module)
+                        model = DDP(make_model())
+                        opt = info.cls(model.parameters(), **kwargs)
+                        _dcp_load(model, opt, ckpt)
+                        train(model, opt, x, y, 3)
+                        return (full_params(model.module) - want).abs().max().item()
+                    check(records, f"dcp-compact-2to2/{info.name}-{state_dtype}-{path}",
+                          round_trip)
+
             def at_construction(info: OptimInfo = info, state_dtype: str = state_dtype) -> float:
                 model = shard(make_model())
                 return _refused(lambda: info.cls(model.parameters(), **info.base,
@@ -291,8 +322,7 @@ def scenario_compact(rank: int, world: int, records: list[dict[str, Any]]) -> No
             check(records, f"fsdp-compact-refused/{info.name}-{state_dtype}-added", added)
 
 
-SCENARIOS = {"ddp": scenario_ddp, "zero": scenario_zero, "fsdp": scenario_fsdp,
-             "compact": scenario_compact}
+SCENARIOS = {"ddp": scenario_ddp, "zero": scenario_zero, "fsdp": scenario_fsdp}
 
 
 def main() -> None:
@@ -311,6 +341,8 @@ def main() -> None:
             records = []
             if scenario == "dcp":
                 scenario_dcp(rank, world, records, out)
+            elif scenario == "compact":
+                scenario_compact(rank, world, records, out)
             else:
                 SCENARIOS[scenario](rank, world, records)
             (out / f"{scenario}-rank{rank}.json").write_text(json.dumps(records))

@@ -567,6 +567,11 @@ class SurveyOptimizer(Optimizer):
                 state.update(self._new_state(group, param))
                 for name in lazy:
                     state[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                if compact_state.is_compact(group):
+                    # in the layout a checkpoint holds (codes and scales), so that a template
+                    # made from this state receives a compact checkpoint entry by entry
+                    compact_state.materialise(self, group, param)
+                for name in lazy:
                     placeholders[id(state[name])] = state[name]
         self._placeholders = placeholders
 

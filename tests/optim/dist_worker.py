@@ -16,6 +16,18 @@ absolute parameter difference, or the error raised). Scenarios:
   fresh optimizer whose state dict is read before its first step must train exactly as one
   that never was (the checkpoint helper's state-initialisation step may not change it).
 * ``dcp-load1`` (one process): load the ``dcp`` checkpoint into an unsharded model and continue.
+* ``compact`` -- compact optimizer state (``state_dtype``). Under DDP (plain parameters) Adam,
+  RMSprop and Momentum (lazy state) with bfloat16 and int8 state, foreach and fused, must match
+  the one-process run *with the same compact state*: every rank holds the whole tensor, so
+  blocks, scales and rounding seeds are the one process's, and the only difference left is the
+  all-reduce's summation order (a float64 rounding difference that a code or rounding decision
+  would only amplify at an exact tie). With torch.distributed.checkpoint: a state dict read
+  before the first step changes nothing, and saving after 3 steps, loading into fresh objects
+  and continuing equals the run never interrupted (exactly: codes, scales and rounding counts
+  are restored as saved). Under FSDP2 compact state is not supported (each rank would
+  quantise its own shard, whose int8 blocks and scales belong to no global tensor that
+  torch.distributed.checkpoint could save or reshard): every class must refuse it at
+  construction and in ``add_param_group`` with a ValueError naming ``state_dtype``.
 """
 
 from __future__ import annotations
@@ -140,7 +152,7 @@ def scenario_fsdp(rank: int, world: int, records: list[dict[str, Any]]) -> None:
             def run(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs,
                     flags: dict[str, bool] = flags) -> float:
                 model = shard(make_model())
-                train(model, info.cls(model.parameters(), **kwargs, **DCP_FLAGS), x, y)
+                train(model, info.cls(model.parameters(), **kwargs, **flags), x, y)
                 return (full_params(model) - reference(info, kwargs)).abs().max().item()
             check(records, f"fsdp-{path}/{case_id}", run)
 
@@ -226,6 +238,90 @@ def scenario_dcp_load1(records: list[dict[str, Any]], out: Path) -> None:
         check(records, f"dcp-2to1/{case_id}", run)
 
 
+#: compact state under DDP: one Adam-family and one other method, each compact layout
+COMPACT_METHODS = ("Adam", "RMSprop", "Momentum")
+STATE_DTYPES = ("bfloat16", "int8")
+
+
+def _refused(make: Callable[[], object]) -> float:
+    """0.0 when ``make`` raises the ValueError that names ``state_dtype`` and FSDP2."""
+    try:
+        make()
+    except ValueError as exc:
+        if "state_dtype" in str(exc) and "FSDP2" in str(exc):
+            return 0.0
+        raise
+    raise AssertionError("compact state for DTensor parameters was accepted")
+
+
+def scenario_compact(rank: int, world: int, records: list[dict[str, Any]], out: Path) -> None:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    x, y = batch(rank, world)
+    for info in OPTIMS:
+        for state_dtype in STATE_DTYPES:
+            if info.name in COMPACT_METHODS:
+                for path in ("foreach", "fused"):
+                    compact = {**info.base, "state_dtype": state_dtype, **PATHS[path]}
+
+                    def ddp(info: OptimInfo = info, kwargs: dict[str, Any] = compact) -> float:
+                        model = DDP(make_model())
+                        opt = info.cls(model.parameters(), **kwargs)
+                        train(model, opt, x, y)
+                        if not all(v.dtype in (torch.bfloat16, torch.int8, torch.uint8)
+                                   for st in opt.state.values() for k, v in st.items()
+                                   if isinstance(v, torch.Tensor) and v.dim()
+                                   and not k.endswith("_blockmax")):
+                            raise AssertionError("the state is not compact")
+                        diff = full_params(model.module) - reference(info, kwargs)
+                        return diff.abs().max().item()
+                    check(records, f"ddp-compact/{info.name}-{state_dtype}-{path}", ddp)
+
+                    def lazy(info: OptimInfo = info, kwargs: dict[str, Any] = compact) -> float:
+                        model = DDP(make_model())
+                        opt = info.cls(model.parameters(), **kwargs)
+                        _dcp_state(model, opt)  # before the first step: must change nothing
+                        train(model, opt, x, y)
+                        diff = full_params(model.module) - reference(info, kwargs)
+                        return diff.abs().max().item()
+                    check(records, f"dcp-compact-lazy/{info.name}-{state_dtype}-{path}", lazy)
+
+                    def round_trip(info: OptimInfo = info, kwargs: dict[str, Any] = compact,
+                                   name: str = f"{info.name}-{state_dtype}-{path}") -> float:
+                        import torch.distributed.checkpoint as dcp
+
+                        ckpt = out / "ckpt-compact" / name
+                        model = DDP(make_model())
+                        opt = info.cls(model.parameters(), **kwargs)
+                        train(model, opt, x, y, 3)
+                        dcp.save(_dcp_state(model, opt), checkpoint_id=str(ckpt))
+                        train(model, opt, x, y, 3)
+                        want = full_params(model.module)
+                        model = DDP(make_model())
+                        opt = info.cls(model.parameters(), **kwargs)
+                        _dcp_load(model, opt, ckpt)
+                        train(model, opt, x, y, 3)
+                        return (full_params(model.module) - want).abs().max().item()
+                    check(records, f"dcp-compact-2to2/{info.name}-{state_dtype}-{path}",
+                          round_trip)
+
+            def at_construction(info: OptimInfo = info, state_dtype: str = state_dtype) -> float:
+                model = shard(make_model())
+                return _refused(lambda: info.cls(model.parameters(), **info.base,
+                                                 state_dtype=state_dtype))
+            check(records, f"fsdp-compact-refused/{info.name}-{state_dtype}", at_construction)
+
+            def added(info: OptimInfo = info, state_dtype: str = state_dtype) -> float:
+                plain = make_model()
+                opt = info.cls(plain.parameters(), **info.base, state_dtype=state_dtype)
+                sharded = shard(make_model())
+                diff = _refused(lambda: opt.add_param_group({"params": sharded.parameters()}))
+                if len(opt.param_groups) != 1:
+                    raise AssertionError("the refused group was added")
+                return diff
+            check(records, f"fsdp-compact-refused/{info.name}-{state_dtype}-added", added)
+
+
 SCENARIOS = {"ddp": scenario_ddp, "zero": scenario_zero, "fsdp": scenario_fsdp}
 
 
@@ -245,6 +341,8 @@ def main() -> None:
             records = []
             if scenario == "dcp":
                 scenario_dcp(rank, world, records, out)
+            elif scenario == "compact":
+                scenario_compact(rank, world, records, out)
             else:
                 SCENARIOS[scenario](rank, world, records)
             (out / f"{scenario}-rank{rank}.json").write_text(json.dumps(records))

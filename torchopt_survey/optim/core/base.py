@@ -336,6 +336,7 @@ class SurveyOptimizer(Optimizer):
         merged = {**self.defaults, **param_group}
         self._check_group(merged, where=where)
         replica_count(merged, params_list, where=where)
+        compact_state.check_params({**merged, "params": params_list}, where)
         super().add_param_group(param_group)
         if len(param_group["params"]) == 0:
             raise ValueError(f"{where}params: a parameter group must hold at least one tensor")
@@ -566,6 +567,11 @@ class SurveyOptimizer(Optimizer):
                 state.update(self._new_state(group, param))
                 for name in lazy:
                     state[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                if compact_state.is_compact(group):
+                    # in the layout a checkpoint holds (codes and scales), so that a template
+                    # made from this state receives a compact checkpoint entry by entry
+                    compact_state.materialise(self, group, param)
+                for name in lazy:
                     placeholders[id(state[name])] = state[name]
         self._placeholders = placeholders
 

@@ -103,6 +103,37 @@ def check_group(group: dict[str, Any], where: str) -> None:
         )
 
 
+def _is_dtensor(param: Tensor) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(param, DTensor)
+
+
+def check_params(group: dict[str, Any], where: str) -> None:
+    """Refuse compact state for DTensor parameters (FSDP2 shards, tensor parallelism).
+
+    Each rank would compact its local shard only: int8 blocks and their scales would follow
+    the shard's boundaries rather than the tensor's, and the per-block scales are not a
+    sharding of any global tensor, so torch.distributed.checkpoint could neither save them
+    under one name nor reshard them; the stochastic rounding of bfloat16 state is seeded by
+    element index, which on a shard is the local one. None of this is implemented, so it is
+    refused rather than run on DTensor arithmetic that mixes shards and plain tensors.
+    """
+    if not is_compact(group):
+        return
+    for index, param in enumerate(group["params"]):
+        if _is_dtensor(param):
+            raise ValueError(
+                f"{where}state_dtype={group['state_dtype']!r} is not supported for DTensor "
+                f"parameters (params[{index}]: FSDP2's fully_shard, tensor parallelism): "
+                "compact state is kept per whole tensor and cannot be sharded or checkpointed "
+                "with torch.distributed.checkpoint; use state_dtype=None under FSDP2, or keep "
+                "compact state with DistributedDataParallel (plain parameters)"
+            )
+
+
 def add_options(defaults: dict[str, Any], state_dtype: Any, state_block_size: Any) -> None:
     """Put the options into a constructor's defaults -- only when used, so that default
     groups keep torch.optim's keys."""
@@ -245,6 +276,7 @@ def expand(optimizer: Any, group: dict[str, Any], param: Tensor) -> None:
     if not state:
         return
     real_dtype = param.real.dtype if param.is_complex() else param.dtype
+    placeholders: dict[int, Tensor] = getattr(optimizer, "_placeholders", None) or {}
     for entry in _tensor_entries(optimizer, group):
         value = state.get(entry.name)
         if value is None or value.dtype not in _COMPACT_DTYPES:
@@ -255,6 +287,8 @@ def expand(optimizer: Any, group: dict[str, Any], param: Tensor) -> None:
         else:
             full = value.to(real_dtype)
         state[entry.name] = torch.view_as_complex(full) if param.is_complex() else full
+        if id(value) in placeholders:  # lazy state not created yet: its expansion is too
+            placeholders[id(state[entry.name])] = state[entry.name]
 
 
 def compact(optimizer: Any, group: dict[str, Any], param: Tensor, stochastic: bool) -> None:
@@ -286,6 +320,17 @@ def compact(optimizer: Any, group: dict[str, Any], param: Tensor, stochastic: bo
             state[entry.name] = round_bfloat16(real, rounding_seed(position, slot, count))
         else:
             state[entry.name] = real.to(torch.bfloat16)
+
+
+def materialise(optimizer: Any, group: dict[str, Any], param: Tensor) -> None:
+    """The initial state (just created, full precision) in the layout a checkpoint holds:
+    codes and scales, and the update counter of bfloat16 rounding where the method keeps no
+    ``step`` -- so that a template made from it (torch.distributed.checkpoint's) receives
+    every entry of a compact checkpoint."""
+    compact(optimizer, group, param, stochastic=False)
+    state = optimizer.state[param]
+    if group["state_dtype"] == "bfloat16" and "step" not in state:
+        state.setdefault(ROUNDINGS, torch.tensor(0, dtype=torch.int64))
 
 
 def _update_count(state: dict[str, Any]) -> int:
@@ -360,6 +405,7 @@ def _step_in_kernel(optimizer: Any, group: dict[str, Any], params: list[Tensor])
     if not entries:
         return False
     int8 = group["state_dtype"] == "int8"
+    placeholders = getattr(optimizer, "_placeholders", None) or {}
     rows: list[list[Tensor]] = []
     work: list[tuple[Tensor, dict[str, Any]]] = []
     for param in params:
@@ -375,7 +421,8 @@ def _step_in_kernel(optimizer: Any, group: dict[str, Any], params: list[Tensor])
         row = [param, grad]
         for entry in spec:
             value = state.get(entry.name)
-            if not isinstance(value, Tensor) or value.device != param.device:
+            if not isinstance(value, Tensor) or value.device != param.device or id(
+                    value) in placeholders:  # (lazy state not created yet)
                 return False
             if entry.kind == "scalar":
                 if value.dtype != torch.float32:

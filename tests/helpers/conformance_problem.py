@@ -49,3 +49,15 @@ def loss_fn(params, targets, weights) -> torch.Tensor:
 def groups(params, **second_group):
     """Two parameter groups: the second with its own lr (and whatever else is given)."""
     return [{"params": params[:3]}, {"params": params[3:], "lr": 0.02, **second_group}]
+
+
+def run(optimizer, params, steps: int, targets, weights) -> list[torch.Tensor]:
+    """``steps`` steps of ``optimizer`` on the problem; the parameters after them."""
+    # maximize=True runs maximise -loss (concave), so they converge like the others instead of
+    # growing to ~1e28, where a relative 1e-12 comparison would check little
+    sign = -1.0 if optimizer.param_groups[0].get("maximize", False) else 1.0
+    for _ in range(steps):
+        optimizer.zero_grad()
+        (sign * loss_fn(params, targets, weights)).backward()
+        optimizer.step()
+    return [p.detach().clone() for p in params]

@@ -13,21 +13,10 @@ import pickle
 
 import pytest
 import torch
-from helpers.conformance_problem import groups, loss_fn, make_params, problem
+from helpers.conformance_problem import groups, loss_fn, make_params, problem, run
 from helpers.optim_cases import CASE_IDS, CASES, OPTIMS, OptimInfo
 
 STEPS = 200
-
-
-def run(optimizer, params, steps: int, targets, weights) -> list[torch.Tensor]:
-    # maximize=True runs maximise -loss (concave), so they converge like the others instead of
-    # growing to ~1e28, where a relative 1e-12 comparison would check little
-    sign = -1.0 if optimizer.param_groups[0].get("maximize", False) else 1.0
-    for _ in range(steps):
-        optimizer.zero_grad()
-        (sign * loss_fn(params, targets, weights)).backward()
-        optimizer.step()
-    return [p.detach().clone() for p in params]
 
 
 def build(info: OptimInfo, config: dict, params, *, ours: bool = True, **flags):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers.conformance_problem import groups, loss_fn, make_params, problem
+from helpers.conformance_problem import groups, make_params, problem, run
 from helpers.optim_cases import OPTIMS
 
 CAPTURABLE = [info for info in OPTIMS if info.capturable]
@@ -22,15 +22,6 @@ STEPS = 10
 
 def build(info, config, params, **flags):
     return info.cls(groups(params), **{**info.base, **config, **flags})
-
-
-def run(optimizer, params, steps, targets, weights):
-    sign = -1.0 if optimizer.param_groups[0].get("maximize", False) else 1.0
-    for _ in range(steps):
-        optimizer.zero_grad()
-        (sign * loss_fn(params, targets, weights)).backward()
-        optimizer.step()
-    return [p.detach().clone() for p in params]
 
 
 @pytest.mark.parametrize("state_dtype", list(COMPACT))

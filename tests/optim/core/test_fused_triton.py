@@ -11,28 +11,17 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
 import sys
 import traceback
 from typing import Any
 
 import pytest
-from helpers.processes import ROOT, checkout_pythonpath
+from helpers.processes import ROOT, interpreted_report
 
 
 def test_triton_kernels_under_interpreter() -> None:
     pytest.importorskip("triton")
-    # the checkout under test goes first on the path: an installed (editable) copy elsewhere
-    # must not be what the subprocess imports
-    path = checkout_pythonpath()
-    env = dict(os.environ, TRITON_INTERPRET="1", TORCHOPT_SURVEY_FUSED_BACKEND="triton",
-               OMP_NUM_THREADS="1", PYTHONPATH=path)
-    result = subprocess.run([sys.executable, __file__, "--interpret"], env=env,
-                            capture_output=True, text=True, timeout=600)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
-    assert lines, f"no report (rc={result.returncode}):\n{result.stderr[-4000:]}"
-    report = json.loads(lines[-1][len("REPORT "):])
+    report = interpreted_report(__file__)
     assert report["checked"] >= 80, report
     assert report["package"].startswith(str(ROOT)), report["package"]
     assert not report["failures"], "\n\n".join(report["failures"])

@@ -9,8 +9,6 @@ ordinary ones; what cannot be done inside backward must be refused.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import warnings
 
@@ -18,7 +16,7 @@ import pytest
 import torch
 from helpers.conformance_problem import groups, loss_fn, make_params, problem
 from helpers.optim_cases import BY_NAME, CASE_IDS, CASES, OPTIMS
-from helpers.processes import checkout_pythonpath
+from helpers.processes import interpreted_report
 
 import torchopt_survey.optim as O
 
@@ -282,14 +280,7 @@ TRITON_NAMES = ["SGD", "Momentum", "Adagrad", "Adadelta", "RMSprop", "Adam", "NA
 
 def test_triton_kernels_in_backward_under_interpreter() -> None:
     pytest.importorskip("triton")
-    path = checkout_pythonpath()
-    env = dict(os.environ, TRITON_INTERPRET="1", TORCHOPT_SURVEY_FUSED_BACKEND="triton",
-               OMP_NUM_THREADS="1", PYTHONPATH=path)
-    result = subprocess.run([sys.executable, __file__, "--interpret"], env=env,
-                            capture_output=True, text=True, timeout=600)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
-    assert lines, f"no report (rc={result.returncode}):\n{result.stderr[-4000:]}"
-    report = json.loads(lines[-1][len("REPORT "):])
+    report = interpreted_report(__file__)
     assert report["checked"] == len(TRITON_NAMES) + 2, report
     assert not report["failures"], "\n\n".join(report["failures"])
 

@@ -28,7 +28,7 @@ from torchopt_survey.experiments.tasks.config import default_config, merge, vali
 
 RESULTS = ROOT / "experiments" / "results"
 #: the studies whose raw per-run data is committed
-STUDIES = [RESULTS / "second_order"]
+STUDIES = [RESULTS, RESULTS / "second_order", RESULTS / "techniques"]
 #: committed files the report does not write
 HANDWRITTEN = {"README.md"}
 

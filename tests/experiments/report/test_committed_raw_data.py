@@ -1,7 +1,9 @@
 """Committed studies regenerate from their committed raw per-run data (``runs.json``): every
 table byte for byte, every figure with the same plotted data, no file that the report does
-not write; a report started from a log folder and one started from its ``runs.json`` agree;
-runs of earlier versions (gradient norms under ``grad_norm/``) are still read and resumed."""
+not write (a study folder's subfolders are other studies, checked on their own), whatever
+the order of the runs; a report started from a log folder and one started from its
+``runs.json`` agree; runs of earlier versions (gradient norms under ``grad_norm/``) are still
+read and resumed."""
 
 from __future__ import annotations
 
@@ -26,15 +28,20 @@ from torchopt_survey.experiments.tasks.config import default_config, merge, vali
 
 RESULTS = ROOT / "experiments" / "results"
 #: the studies whose raw per-run data is committed
-STUDIES = [RESULTS / "second_order"]
+STUDIES = [RESULTS, RESULTS / "second_order", RESULTS / "techniques"]
 #: committed files the report does not write
 HANDWRITTEN = {"README.md"}
 
 
+def files(folder: Path) -> set[str]:
+    """The names of a folder's files (its subfolders are other studies)."""
+    return {p.name for p in folder.iterdir() if p.is_file()}
+
+
 def assert_same_report(committed: Path, written: Path) -> None:
     """The same files; tables byte for byte, figures with the same plotted data."""
-    names = {p.name for p in committed.iterdir()} - HANDWRITTEN
-    assert names == {p.name for p in written.iterdir()}  # nothing stale, nothing missing
+    names = files(committed) - HANDWRITTEN
+    assert names == files(written)  # nothing stale, nothing missing
     for name in sorted(names):
         if name.endswith(".png"):
             digest = read_data_digest(committed / name)
@@ -48,6 +55,19 @@ def assert_same_report(committed: Path, written: Path) -> None:
 def test_study_regenerates_from_its_raw_data(folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
     write_report(None, out, runs=folder / RUNS_FILE)
+    assert_same_report(folder, out)
+
+
+@pytest.mark.parametrize("folder", STUDIES, ids=lambda p: p.name)
+def test_study_regenerates_from_its_runs_in_any_order(folder: Path, tmp_path: Path) -> None:
+    """A log folder is read in path order, ``runs.json`` in run-id order: the report must not
+    depend on which."""
+    data = json.loads((folder / RUNS_FILE).read_text())
+    data["runs"].reverse()
+    reversed_runs = tmp_path / RUNS_FILE
+    reversed_runs.write_text(json.dumps(data))
+    out = tmp_path / "report"
+    write_report(None, out, runs=reversed_runs)
     assert_same_report(folder, out)
 
 
@@ -110,7 +130,8 @@ def test_runs_with_the_old_grad_norm_tags_are_read_and_resumed(tmp_path: Path) -
 def test_cli_report_from_runs_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from torchopt_survey.experiments.cli import main
 
-    runs = str(STUDIES[0] / RUNS_FILE)
+    second_order = RESULTS / "second_order"
+    runs = str(second_order / RUNS_FILE)
     assert main(["report", "--runs", runs]) == 2  # no --out: nowhere to write
     assert "give --out" in capsys.readouterr().err
     bad = tmp_path / "bad.json"
@@ -119,4 +140,4 @@ def test_cli_report_from_runs_json(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "not a runs.json of format 1" in capsys.readouterr().err
     assert main(["report", "--runs", runs, "--out", str(tmp_path / "out"), "--quiet"]) == 0
     assert (tmp_path / "out" / "second_order.md").read_bytes() == (
-        STUDIES[0] / "second_order.md").read_bytes()
+        second_order / "second_order.md").read_bytes()

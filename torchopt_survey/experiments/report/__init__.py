@@ -49,6 +49,9 @@ def write_report(logdir: str | os.PathLike[str] | None, out: str | os.PathLike[s
         every = load_results(logdir)
     else:
         raise ValueError("report: give a log folder or a runs.json")
+    # One order whatever the source (a log folder's paths, runs.json's ids): seed means are
+    # float sums, and their last digit must not depend on the order they were read in.
+    every = sorted(every, key=lambda r: r["run_id"])
     for r in every:  # tasks defined outside the package: loaded from the path runs record
         entry(r["spec"]["experiment"], r["spec"].get("task"))
     sweep_paths: list[Path] = []

@@ -45,12 +45,18 @@ def _tkey(t: dict[str, Any]) -> str:
 
 def setups(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, Runs]]:
     """set-up key -> treatment key -> runs (over seeds), for the technique runs of the tasks
-    this section reads (those that name their weights: :attr:`.registry.Entry.weight_names`)."""
+    this section reads (those that name their weights: :attr:`.registry.Entry.weight_names`).
+    Everything in a fixed order (set-ups by key, treatments fewest options first, runs by id),
+    so the tables and figures do not depend on the order the runs were read in (a log
+    folder's paths or ``runs.json``'s run ids)."""
     out: dict[str, dict[str, Runs]] = defaultdict(lambda: defaultdict(list))
-    for r in results:
+    for r in sorted(results, key=lambda r: r["run_id"]):
         if _weight_names_of(r["spec"]) is not None and is_technique_run(r):
             out[_setup_key(r["spec"])][_tkey(treatments(r["spec"]))].append(r)
-    return {k: dict(v) for k, v in out.items()}
+    return {
+        k: dict(sorted(out[k].items(), key=lambda kv: (len(json.loads(kv[0])), kv[0])))
+        for k in sorted(out)
+    }
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -311,7 +317,8 @@ def claims_markdown(results: Sequence[dict[str, Any]]) -> str:
         for c, line in zip(comps, lines, strict=True):
             by_metrics[id(c["metrics"])].append(line)
             metric_sets[id(c["metrics"])] = c["metrics"]
-        for mid, mlines in by_metrics.items():
+        order = [id(m) for m in (VANISH, EXPLODE, OVERFIT)]  # (vanishing before exploding)
+        for mid, mlines in sorted(by_metrics.items(), key=lambda kv: order.index(kv[0])):
             heads = " | ".join(m[0] for m in metric_sets[mid])
             out.append(f"| set-up | baseline → treatment | seeds | {heads} | verdict | runs |")
             out.append("|---|---|---:|" + "---|" * len(metric_sets[mid]) + "---|---|")
@@ -470,7 +477,7 @@ def write_figures(results: Sequence[dict[str, Any]], out: Path) -> list[Path]:
                             label=label if s == 0 else None,
                         )
                         color = line.get_color()
-                if any("early_stopping" in r for r in runs):
+                if any(r["spec"].get("early_stopping") for r in runs):
                     for c in curves:
                         ax.plot(len(c), c[-1], "x", color=line.get_color(), ms=8, mew=2)
                 color = line.get_color()

@@ -269,3 +269,44 @@ def test_bad_arguments_are_refused() -> None:
     opt.register_step_pre_hook(lambda *args: None)
     with pytest.raises(ValueError, match="hooks"):
         ts.compile_step(model, F.cross_entropy, opt)
+
+
+# a process that compiles one step and prints Inductor's cache counters and its losses
+_CACHE_PROBE = """
+import json, torch
+import torchopt_survey as ts
+from torch._dynamo.utils import counters
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(12, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+step = ts.compile_step(model, torch.nn.functional.cross_entropy, ts.Adam(model.parameters()))
+x, y = torch.randn(16, 12), torch.randint(0, 3, (16,))
+losses = [float(step(x, y)) for _ in range(3)]
+print(json.dumps({"losses": losses, "inductor": dict(counters["inductor"]),
+                  "aot": dict(counters["aot_autograd"])}))
+"""
+
+
+def test_a_new_process_loads_the_step_from_inductors_disk_caches(tmp_path) -> None:
+    """The next worker or command does not lower the step and generate its code again: it
+    finds the program in Inductor's FX graph cache and AOTAutograd's cache on disk."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from helpers.processes import checkout_pythonpath
+
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"),
+               OMP_NUM_THREADS="1", PYTHONPATH=checkout_pythonpath())
+    env.pop("TORCHINDUCTOR_FORCE_DISABLE_CACHES", None)
+    runs = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", _CACHE_PROBE], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    first, second = runs
+    assert first["inductor"].get("fxgraph_cache_miss") == 1, first
+    assert second["inductor"].get("fxgraph_cache_hit") == 1, second
+    assert second["aot"].get("autograd_cache_hit") == 1, second
+    assert second["losses"] == first["losses"]

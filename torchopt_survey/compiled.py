@@ -286,10 +286,19 @@ class CompiledStep:
             graph.code, tuple((a.shape, a.stride(), a.dtype, a.device) for a in args))
         program = _SHARED_PROGRAMS.get(shared) if shared is not None else None
         if program is None:
+            from torch._guards import TracingContext, tracing
+            from torch._subclasses.fake_tensor import FakeTensorMode
+            from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+            # Inductor's on-disk caches (the FX graph's generated code, AOTAutograd's graphs)
+            # read the shape environment of the tracing context; without one they are
+            # bypassed and every process lowers the step and generates its code again. The
+            # shapes are static: the environment holds no symbols.
             # (Inductor returns a callable whose declared type is a private output class)
-            program = cast(Callable[..., Any], torch._inductor.compile(
-                graph, cast(list[Any], args),
-                options={"post_grad_custom_post_pass": _step_graph_pass()}))
+            with tracing(TracingContext(FakeTensorMode(shape_env=ShapeEnv()))):
+                program = cast(Callable[..., Any], torch._inductor.compile(
+                    graph, cast(list[Any], args),
+                    options={"post_grad_custom_post_pass": _step_graph_pass()}))
             if shared is not None:
                 _SHARED_PROGRAMS[shared] = program
         self._programs[key] = program

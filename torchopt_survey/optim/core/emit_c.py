@@ -45,7 +45,7 @@ from .codes import (
     TOP_INVERSE,
     reciprocal,
 )
-from .emit import Dialect, walk
+from .emit import Body, Dialect, walk
 from .kernel_cache import (
     COMPILE_LOG,
     cache_dir,
@@ -184,6 +184,49 @@ GRAIN = 32768
 ALIGN = 64
 
 
+def _driver_head(ct: str) -> list[str]:
+    """The exported entry point's opening lines (both kernels take the same arguments)."""
+    return [
+        "int64_t torchopt_threads_used = 0;  /* threads of the last call (for tests) */",
+        "",
+        "void torchopt_fused(int64_t ntensors, const int64_t* numels, void* const* ptrs,",
+        "                    const double* hp, const float* grad_scale, int64_t nthreads,",
+        "                    int64_t grain, int64_t nrep) {",
+        f"    const {ct} gs = grad_scale ? ({ct})*grad_scale : ({ct})1;",
+    ]
+
+
+#: the thread team over ``total`` units of work, at least ``grain`` units a thread
+_THREAD_TEAM = [
+    "    if (grain < 1) grain = 1;",
+    "    if (nthreads > total / grain) nthreads = total / grain;",
+    "    if (nthreads < 1) nthreads = 1;",
+    "    #pragma omp parallel num_threads(nthreads) if(nthreads > 1)",
+    "    {",
+    "#ifdef _OPENMP",
+    "        const int64_t tid = omp_get_thread_num(), nth = omp_get_num_threads();",
+    "#else",
+    "        const int64_t tid = 0, nth = 1;",
+    "#endif",
+    "        if (tid == 0) torchopt_threads_used = nth;",
+]
+
+
+def _scalar_stores(body: Body, nslots: int) -> list[str]:
+    """New scalar state, stored once per tensor after the parallel region (every thread has
+    read the old value by then)."""
+    if not body.scalar_stores:
+        return []
+    return [
+        "    for (int64_t t = 0; t < ntensors; ++t) {",
+        f"        void* const* P = ptrs + t * {nslots};",
+        "        const int64_t r = 0; (void)r;  /* scalar state never depends on r */",
+        *("        " + line for line in body.scalar_lines),  # (unused ones: dead code)
+        *("        " + line for line in body.scalar_stores),
+        "    }",
+    ]
+
+
 def emit_c(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool) -> str:
     """C source of the fused step for one layout.
 
@@ -229,25 +272,10 @@ def emit_c(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool) -> str
             "    }",
             "}",
             "",
-            "int64_t torchopt_threads_used = 0;  /* threads of the last call (for tests) */",
-            "",
-            "void torchopt_fused(int64_t ntensors, const int64_t* numels, void* const* ptrs,",
-            "                    const double* hp, const float* grad_scale, int64_t nthreads,",
-            "                    int64_t grain, int64_t nrep) {",
-            f"    const {ct} gs = grad_scale ? ({ct})*grad_scale : ({ct})1;",
+            *_driver_head(ct),
             "    int64_t total = 0;",
             "    for (int64_t t = 0; t < ntensors; ++t) total += numels[t];",
-            "    if (grain < 1) grain = 1;",
-            "    if (nthreads > total / grain) nthreads = total / grain;",
-            "    if (nthreads < 1) nthreads = 1;",
-            "    #pragma omp parallel num_threads(nthreads) if(nthreads > 1)",
-            "    {",
-            "#ifdef _OPENMP",
-            "        const int64_t tid = omp_get_thread_num(), nth = omp_get_num_threads();",
-            "#else",
-            "        const int64_t tid = 0, nth = 1;",
-            "#endif",
-            "        if (tid == 0) torchopt_threads_used = nth;",
+            *_THREAD_TEAM,
             "        int64_t per = (total + nth - 1) / nth;",
             f"        per = (per + {ALIGN - 1}) / {ALIGN} * {ALIGN};",
             "        const int64_t lo = tid * per < total ? tid * per : total;",
@@ -261,14 +289,7 @@ def emit_c(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool) -> str
             "            base += n;",
             "        }",
             "    }",
-            *([
-                "    for (int64_t t = 0; t < ntensors; ++t) {",
-                f"        void* const* P = ptrs + t * {nslots};",
-                "        const int64_t r = 0; (void)r;  /* scalar state never depends on r */",
-                *("        " + line for line in body.scalar_lines),  # (unused ones: dead code)
-                *("        " + line for line in body.scalar_stores),
-                "    }",
-            ] if body.scalar_stores else []),
+            *_scalar_stores(body, nslots),
             "}",
             "",
         ]
@@ -536,27 +557,12 @@ def emit_c_compact(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool
             "    }",
             "}",
             "",
-            "int64_t torchopt_threads_used = 0;  /* threads of the last call (for tests) */",
-            "",
-            "void torchopt_fused(int64_t ntensors, const int64_t* numels, void* const* ptrs,",
-            "                    const double* hp, const float* grad_scale, int64_t nthreads,",
-            "                    int64_t grain, int64_t nrep) {",
-            f"    const {ct} gs = grad_scale ? ({ct})*grad_scale : ({ct})1;",
+            *_driver_head(ct),
             "    int64_t total = 0;  /* blocks */",
             f"    for (int64_t t = 0; t < ntensors; ++t) total += (numels[t] + {block - 1}) / "
             f"{block};",
             f"    grain = grain / {block};",
-            "    if (grain < 1) grain = 1;",
-            "    if (nthreads > total / grain) nthreads = total / grain;",
-            "    if (nthreads < 1) nthreads = 1;",
-            "    #pragma omp parallel num_threads(nthreads) if(nthreads > 1)",
-            "    {",
-            "#ifdef _OPENMP",
-            "        const int64_t tid = omp_get_thread_num(), nth = omp_get_num_threads();",
-            "#else",
-            "        const int64_t tid = 0, nth = 1;",
-            "#endif",
-            "        if (tid == 0) torchopt_threads_used = nth;",
+            *_THREAD_TEAM,
             f"        float* scratch = {allocate};  /* the updated blocks, before quantising */",
             "        const int64_t per = (total + nth - 1) / nth;",
             "        const int64_t lo = tid * per < total ? tid * per : total;",
@@ -572,14 +578,7 @@ def emit_c_compact(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool
             "        }",
             "        free(scratch);",
             "    }",
-            *([
-                "    for (int64_t t = 0; t < ntensors; ++t) {",
-                f"        void* const* P = ptrs + t * {nslots};",
-                "        const int64_t r = 0; (void)r;  /* scalar state never depends on r */",
-                *("        " + line for line in body.scalar_lines),
-                *("        " + line for line in body.scalar_stores),
-                "    }",
-            ] if body.scalar_stores else []),
+            *_scalar_stores(body, nslots),
             "}",
             "",
         ]

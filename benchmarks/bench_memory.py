@@ -297,6 +297,48 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], dict[str, int]]:
     return list(rows.values()), held
 
 
+@dataclass
+class ShapeRow:
+    depth: int
+    batch: int
+    grad_bytes: int
+    saving: float  # (ordinary fused peak - in-backward peak) / gradient bytes
+    ceiling: float  # 1 - (largest layer's gradient + activations) / gradient bytes
+    at_ceiling: bool
+    goal_met: bool  # saving >= 0.9
+
+
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    """``"16x32,32x32"`` -> [(depth, batch), ...]; ValueError naming the bad item."""
+    shapes = []
+    for item in text.split(","):
+        depth, sep, batch = item.strip().partition("x")
+        if not sep or not depth.isdigit() or not batch.isdigit() or not int(depth) or not int(
+                batch):
+            raise ValueError(f"--shapes: {item!r} is not DEPTHxBATCH with both >= 1")
+        shapes.append((int(depth), int(batch)))
+    return shapes
+
+
+def measure_shapes(args: argparse.Namespace, shapes: list[tuple[int, int]]) -> list[ShapeRow]:
+    """The in-backward peak saving and its ceiling for each (depth, batch) of the MLP."""
+    found = []
+    for depth, batch in shapes:
+        shape_args = argparse.Namespace(**{**vars(args), "depth": depth, "batch": batch,
+                                           "steps": 1,
+                                           "only": ["ours fp32 fused",
+                                                    "ours in-backward fp32 fused"]})
+        rows, held = measure(shape_args)
+        checked = goals(rows, held)
+        saving = checked["in_backward_peak_saving_of_grad_bytes"]
+        ceiling = checked["in_backward_peak_saving_ceiling"]
+        found.append(ShapeRow(depth, batch, rows[0].grad_bytes, saving, ceiling,
+                              checked["in_backward_peak_at_ceiling"], saving >= 0.9))
+        print(f"depth {depth:3d} batch {batch:4d}: saving {saving:.3f} of the gradient bytes, "
+              f"ceiling {ceiling:.3f}")
+    return found
+
+
 def goals(rows: list[Row], held: dict[str, int] | None = None) -> dict[str, Any]:
     by = {row.setting: row for row in rows}
     out: dict[str, Any] = {}
@@ -341,6 +383,30 @@ def print_table(rows: list[Row]) -> None:
               f"{row.iteration_s * 1e3:8.2f} {step}")
 
 
+def write_shapes(args: argparse.Namespace, found: list[ShapeRow]) -> int:
+    possible = [row for row in found if row.ceiling >= 0.9]
+    checked = {
+        "shapes_at_ceiling": sum(row.at_ceiling for row in found),
+        "shapes_ceiling_allows_goal": len(possible),
+        "shapes_goal_met": sum(row.goal_met for row in found),
+        "goal_met_wherever_ceiling_allows": all(row.goal_met for row in possible),
+        "every_shape_at_ceiling": all(row.at_ceiling for row in found),
+    }
+    for key, value in checked.items():
+        print(f"{key}: {value}")
+    if args.json:
+        folder = os.path.dirname(args.json)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        env = environment(args.threads, args.device)
+        env.update(width=args.width, shapes=args.shapes)
+        with open(args.json, "w") as handle:
+            json.dump({"mode": "memory-in-backward-shapes", "environment": env,
+                       "rows": [asdict(r) for r in found], "goals": checked}, handle, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -353,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", default=None, metavar="WORD",
                         help="run only the settings whose name contains one of these")
     parser.add_argument("--json", default=None, help="write the rows and goals here")
+    parser.add_argument("--shapes", default=None, metavar="DEPTHxBATCH,...",
+                        help="instead: the in-backward peak saving and its ceiling for each of "
+                             "these MLP shapes (e.g. 8x32,16x32,32x32,16x8)")
     args = parser.parse_args(argv)
     for name, value in (("width", args.width), ("depth", args.depth), ("batch", args.batch),
                         ("steps", args.steps), ("threads", args.threads)):
@@ -360,6 +429,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--{name} must be >= 1, got {value}", file=sys.stderr)
             return 2
     torch.set_num_threads(args.threads)
+    if args.shapes is not None:
+        try:
+            shapes = parse_shapes(args.shapes)
+        except ValueError as error:
+            print(error, file=sys.stderr)
+            return 2
+        return write_shapes(args, measure_shapes(args, shapes))
     rows, held = measure(args)
     print_table(rows)
     checked = goals(rows, held)

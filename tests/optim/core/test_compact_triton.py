@@ -18,12 +18,14 @@ and a partial last one per tensor) and of 96 (not a power of two: masked lanes).
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import traceback
 from typing import Any
 
 import pytest
-from helpers.processes import interpreted_report
+from helpers.processes import checkout_pythonpath, interpreted_report
 
 #: sizes: several blocks with a partial last one, a one-element tensor, an exact block, empty
 SHAPES = [(100,), (7, 5), (1,), (64,), (0,)]
@@ -55,9 +57,147 @@ def test_the_compact_triton_kernel_ran(report) -> None:
     assert not report["not_in_kernel"], report["not_in_kernel"]
 
 
+def test_cuda_source_compiles_for_sm90() -> None:
+    """The GPU spelling of the kernel, which the interpreter never runs (its dequantising
+    product is inline assembly there): compiled for sm_90 with triton's bundled ptxas, in a
+    process without the interpreter -- no GPU needed."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(PYTHONPATH=checkout_pythonpath(), OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, __file__, "--compile-cuda"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
+    assert lines, f"no report (rc={result.returncode}):\n{result.stderr[-4000:]}"
+    report = json.loads(lines[-1][len("REPORT "):])
+    if report.get("skip"):
+        pytest.skip(report["skip"])
+    assert len(report["kernels"]) == 3, report
+    for label, (products, flushed) in report["kernels"].items():
+        # int8: the dequantising products are their own non-flushing mul.rn.f32
+        assert products > 0 if "int8" in label else products == 0, (label, products)
+        assert flushed == 0, (label, flushed)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: f"{v[0]}-{v[1]}")
+def test_cuda_compact_kernel_is_the_general_path(variant, monkeypatch) -> None:
+    """On the GPU (skipped without one): every class, the compact kernel against the general
+    path, bit for bit as under the interpreter -- the dequantising product is its own
+    instruction, so the compiler's multiply-add contraction sees what the general path's
+    kernel sees."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    spy = Spy()
+    for module, name, value in spy.patches:
+        monkeypatch.setattr(module, name, value)
+    for info, config in _first_configs().values():
+        for param_dtype in (torch.float32, torch.float64):
+            compare(info, config, *variant, spy, param_dtype, device="cuda")
+    assert not spy.not_in_kernel, spy.not_in_kernel
+
+
 # ---------------------------------------------------------------------------------------------
 # the checks (run in the subprocess)
 # ---------------------------------------------------------------------------------------------
+class Spy:
+    """Counts, per step, the compact kernel's launches and the general path's expansions."""
+
+    def __init__(self) -> None:
+        from torchopt_survey.optim.core import compact_state as C
+        from torchopt_survey.optim.core import fused
+
+        self.launches = self.expands = 0
+        self.not_in_kernel: list[str] = []
+        run_kernel: Any = fused.run_compact_triton
+        expand: Any = C.expand
+
+        def spy_kernel(*args: Any, **kwargs: Any) -> None:
+            self.launches += 1
+            run_kernel(*args, **kwargs)
+
+        def spy_expand(*args: Any, **kwargs: Any) -> None:
+            self.expands += 1
+            expand(*args, **kwargs)
+
+        self.patches = [(fused, "run_compact_triton", spy_kernel), (C, "expand", spy_expand)]
+
+
+def _params(dtype: Any, device: str) -> list[Any]:
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    return [torch.randn(s, generator=generator, dtype=torch.float64).to(device, dtype)
+            .requires_grad_(True) for s in SHAPES]
+
+
+def _run(opt: Any, params: list[Any], label: str, spy: Spy | None) -> None:
+    """``STEPS`` steps; with ``spy``, every step after the first must be one launch of the
+    compact kernel per group and no expansion."""
+    import torch
+
+    for step in range(STEPS):
+        generator = torch.Generator().manual_seed(100 + step)
+        for p in params:
+            p.grad = (torch.randn(p.shape, generator=generator, dtype=torch.float64)
+                      .to(p.device, p.dtype) + 0.5 * p.detach())
+        if spy is not None:
+            spy.launches = spy.expands = 0
+        opt.step()
+        if spy is not None and step and (spy.launches != len(opt.param_groups)
+                                         or spy.expands):
+            spy.not_in_kernel.append(f"{label} step {step}: {spy.launches} launches, "
+                                     f"{spy.expands} expansions")
+
+
+def _build(info: Any, config: dict, params: list[Any], dtype: str, block: int | None) -> Any:
+    groups = [{"params": params[:2]}, {"params": params[2:], "lr": 0.02}]
+    extra = {"state_block_size": block} if block else {}
+    return info.cls(groups, **{**info.base, **config}, fused=True, state_dtype=dtype, **extra)
+
+
+def compare(info: Any, config: dict, dtype: str, block: int | None, spy: Spy,
+            param_dtype: Any = None, device: str = "cpu") -> str:
+    """The compact kernel's run against the general path's (``_step_in_kernel`` off), bit
+    for bit: parameters, every state entry (codes, scales, bfloat16 state, step)."""
+    import torch
+
+    from torchopt_survey.optim.core import compact_state as C
+
+    param_dtype = param_dtype or torch.float32
+    label = f"{info.name} {dtype} {config} block={block} {param_dtype}"
+    params = _params(param_dtype, device)
+    opt = _build(info, config, params, dtype, block)
+    _run(opt, params, label, spy)
+    in_kernel = C._step_in_kernel
+    C._step_in_kernel = lambda *args: False  # the general path
+    try:
+        ref_params = _params(param_dtype, device)
+        ref = _build(info, config, ref_params, dtype, block)
+        _run(ref, ref_params, label, None)
+    finally:
+        C._step_in_kernel = in_kernel
+    for index, (p, q) in enumerate(zip(params, ref_params)):
+        assert torch.equal(p, q), (index, (p - q).abs().max().item())
+        assert opt.state[p].keys() == ref.state[q].keys(), index
+        for name, value in ref.state[q].items():
+            mine = opt.state[p][name]
+            assert mine.dtype == value.dtype and torch.equal(mine, value), (index, name)
+    return label
+
+
+def _first_configs() -> dict[str, Any]:
+    """Each class's first configuration that keeps tensor state (plain SGD keeps none)."""
+    from helpers.optim_cases import CASES
+
+    firsts: dict[str, Any] = {}
+    for info, config in CASES:
+        if info.name not in firsts and (info.name != "SGD" or config.get("momentum")):
+            firsts[info.name] = (info, config)
+    return firsts
+
+
 def _checks() -> dict[str, Any]:
     import torch
     from helpers.optim_cases import CASES, OPTIMS
@@ -72,91 +212,33 @@ def _checks() -> dict[str, Any]:
     TF.BF16_UNIT = 32  # bfloat16: the 100- and 64-element tensors take several programs
     failures: list[str] = []
     checked: list[str] = []
-    not_in_kernel: list[str] = []
-    launches: list[int] = []
-    expands: list[int] = []
-    run_kernel, expand = fused.run_compact_triton, C.expand
-
-    def spy_kernel(*args: Any, **kwargs: Any) -> None:
-        launches.append(1)
-        run_kernel(*args, **kwargs)
-
-    def spy_expand(*args: Any, **kwargs: Any) -> None:
-        expands.append(1)
-        expand(*args, **kwargs)
-
-    fused.run_compact_triton, C.expand = spy_kernel, spy_expand
-
-    def params(dtype: Any) -> list[Any]:
-        generator = torch.Generator().manual_seed(0)
-        return [torch.randn(s, generator=generator, dtype=torch.float64).to(dtype)
-                .requires_grad_(True) for s in SHAPES]
-
-    def run(opt: Any, ps: list[Any], label: str, watch: bool) -> None:
-        for step in range(STEPS):
-            generator = torch.Generator().manual_seed(100 + step)
-            for p in ps:
-                p.grad = (torch.randn(p.shape, generator=generator, dtype=torch.float64)
-                          .to(p.dtype) + 0.5 * p.detach())
-            del launches[:], expands[:]
-            opt.step()
-            if watch and step and (len(launches) != len(opt.param_groups) or expands):
-                not_in_kernel.append(f"{label} step {step}: {len(launches)} launches, "
-                                     f"{len(expands)} expansions")
-
-    def build(info: Any, config: dict, ps: list[Any], dtype: str, block: int | None) -> Any:
-        groups = [{"params": ps[:2]}, {"params": ps[2:], "lr": 0.02}]
-        extra = {"state_block_size": block} if block else {}
-        return info.cls(groups, **{**info.base, **config}, fused=True, state_dtype=dtype,
-                        **extra)
-
-    def compare(info: Any, config: dict, dtype: str, block: int | None,
-                param_dtype: Any = torch.float32) -> None:
-        label = f"{info.name} {dtype} {config} block={block} {param_dtype}"
-        ps = params(param_dtype)
-        opt = build(info, config, ps, dtype, block)
-        run(opt, ps, label, watch=True)
-        in_kernel = C._step_in_kernel
-        C._step_in_kernel = lambda *args: False  # the general path
-        try:
-            qs = params(param_dtype)
-            ref = build(info, config, qs, dtype, block)
-            run(ref, qs, label, watch=False)
-        finally:
-            C._step_in_kernel = in_kernel
-        for index, (p, q) in enumerate(zip(ps, qs)):
-            assert torch.equal(p, q), (index, (p - q).abs().max().item())
-            assert opt.state[p].keys() == ref.state[q].keys(), index
-            for name, value in ref.state[q].items():
-                mine = opt.state[p][name]
-                assert mine.dtype == value.dtype and torch.equal(mine, value), (index, name)
-        checked.append(label)
+    spy = Spy()
+    for module, name, value in spy.patches:
+        setattr(module, name, value)
 
     def check(fn: Any, *args: Any, **kwargs: Any) -> None:
         try:
-            fn(*args, **kwargs)
+            label = fn(*args, **kwargs)
+            if label:
+                checked.append(label)
         except Exception:  # noqa: BLE001 -- every failure is reported, the run goes on
             failures.append(f"{fn.__name__}{args}:\n{traceback.format_exc(limit=6)}")
 
-    # every class (the first configuration with tensor state) with both state dtypes
-    firsts = {}
-    for info, config in CASES:
-        if info.name not in firsts and (info.name != "SGD" or config.get("momentum")):
-            firsts[info.name] = (info, config)
+    firsts = _first_configs()
     assert len(firsts) == len(OPTIMS)
-    for info, config in firsts.values():
+    for info, config in firsts.values():  # every class with both state dtypes
         for dtype, block in VARIANTS:
-            check(compare, info, config, dtype, block)
+            check(compare, info, config, dtype, block, spy)
     # float64 parameters; the default block size; one that is not a power of two; the
     # remaining configurations of the Adam family (amsgrad's read-only max, decoupled decay)
     adam = next(info for info in OPTIMS if info.name == "Adam")
     for dtype, block in VARIANTS:
-        check(compare, adam, {}, dtype, block, torch.float64)
-    check(compare, adam, {"amsgrad": True}, "int8", None)
-    check(compare, adam, {"weight_decay": 0.1}, "int8", 96)
+        check(compare, adam, {}, dtype, block, spy, torch.float64)
+    check(compare, adam, {"amsgrad": True}, "int8", None, spy)
+    check(compare, adam, {"weight_decay": 0.1}, "int8", 96, spy)
     for info, config in CASES:
         if info.name in ("AdamW", "NAdam", "RMSprop") and (info, config) not in firsts.values():
-            check(compare, info, config, "int8", 32)
+            check(compare, info, config, "int8", 32, spy)
 
     def midpoints(signed: bool) -> None:
         """The quantiser on every midpoint between codes and its float32 neighbours (see
@@ -179,9 +261,9 @@ def _checks() -> dict[str, Any]:
         state[name].zero_()
         state[name + C.SCALE].zero_()  # a zero buffer: the new state is the gradient itself
         param.grad = values.clone()
-        del launches[:]
+        spy.launches = 0
         opt.step()
-        assert launches, "the compact kernel did not run"
+        assert spy.launches, "the compact kernel did not run"
         codes, absmax = C.quantize_int8(values, 256, non_negative=not signed)
         assert torch.equal(state[name + C.SCALE], absmax)
         wrong = (state[name] != codes).nonzero().flatten()
@@ -190,9 +272,59 @@ def _checks() -> dict[str, Any]:
     for signed in (True, False):
         check(midpoints, signed)
     compiled = sum(1 for label, _seconds, _disk in COMPILE_LOG if label.endswith(" compact"))
-    return {"checked": checked, "failures": failures, "not_in_kernel": not_in_kernel,
+    return {"checked": checked, "failures": failures, "not_in_kernel": spy.not_in_kernel,
             "compiled": compiled}
+
+
+def _compile_cuda() -> dict[str, Any]:
+    from pathlib import Path
+
+    import torch
+    import triton
+
+    import torchopt_survey.optim as O
+    from torchopt_survey.optim.core import emit_triton as TF
+    from torchopt_survey.optim.core import fused
+
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.backends.nvidia import compiler as nvidia
+        from triton.compiler import ASTSource
+    except ImportError as error:
+        return {"skip": f"triton without its CUDA backend: {error}"}
+    if not (Path(nvidia.__file__).parent / "bin" / "ptxas").exists():
+        return {"skip": "triton's bundled ptxas is missing"}
+    signature = {name: kind for name, kind in [
+        ("table_ptr", "*i64"), ("aux_ptr", "*i64"), ("numel_ptr", "*i64"),
+        ("chunk_tensor_ptr", "*i32"), ("chunk_start_ptr", "*i64"), ("counter_ptr", "*i32"),
+        ("nchunks_ptr", "*i32"), ("hp_ptr", "*fp64"), ("UNIT", "constexpr"),
+        ("BLOCK", "constexpr")]}
+    kernels = {}
+    for state_dtype, dtype in (("int8", torch.float32), ("int8", torch.float64),
+                               ("bfloat16", torch.float32)):
+        opt = O.Adam([torch.zeros(4, dtype=dtype, requires_grad=True)], fused=True,
+                     state_dtype=state_dtype)
+        group = opt.param_groups[0]
+        spec = opt._state_spec(group)
+        traced = fused.get_trace(opt, spec, group, ())
+        forms = [None if entry.kind == "scalar" else "bfloat16" if state_dtype == "bfloat16"
+                 else "uint8" if entry.non_negative else "int8" for entry in spec]
+        storage = {None: torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8,
+                   "uint8": torch.uint8}
+        unit = 256
+        source = TF.emit_triton_compact(
+            traced, (dtype, dtype, *(storage[form] for form in forms)),
+            (None,) * len(traced.graph.hp_nodes), (None, None, *forms), unit)
+        kernel = TF.load_kernel(source, "sm90 check")
+        compiled = triton.compile(ASTSource(kernel, signature, constexprs={"UNIT": unit,
+                                                                           "BLOCK": unit}),
+                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": 1})
+        ptx = compiled.asm["ptx"]
+        kernels[f"{state_dtype} {dtype}"] = (ptx.count("mul.rn.f32"), ptx.count("mul.rn.ftz"))
+    return {"kernels": kernels}
 
 
 if __name__ == "__main__" and "--interpret" in sys.argv:
     print("REPORT " + json.dumps(_checks()))
+if __name__ == "__main__" and "--compile-cuda" in sys.argv:
+    print("REPORT " + json.dumps(_compile_cuda()))

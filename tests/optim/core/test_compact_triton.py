@@ -92,9 +92,10 @@ def test_cuda_compact_kernel_is_the_general_path(variant, monkeypatch) -> None:
     spy = Spy()
     for module, name, value in spy.patches:
         monkeypatch.setattr(module, name, value)
+    dtype, block = variant
     for info, config in _first_configs().values():
         for param_dtype in (torch.float32, torch.float64):
-            compare(info, config, *variant, spy, param_dtype, device="cuda")
+            compare(info, config, dtype, block, spy, param_dtype, device="cuda")
     assert not spy.not_in_kernel, spy.not_in_kernel
 
 

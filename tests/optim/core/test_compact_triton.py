@@ -244,11 +244,11 @@ def _checks() -> dict[str, Any]:
     def midpoints(signed: bool) -> None:
         """The quantiser on every midpoint between codes and its float32 neighbours (see
         test_compact_fused_kernel.py): the kernel stores what ``quantize_int8`` stores."""
-        from test_compact_fused_kernel import _hard_values
+        from helpers.compact_cases import hard_values
 
         import torchopt_survey.optim as O
 
-        values = _hard_values(signed)
+        values = hard_values(signed)
         param = torch.zeros(values.numel(), requires_grad=True)
         if signed:
             opt = O.SGD([param], lr=0.0, momentum=0.9, fused=True, state_dtype="int8")

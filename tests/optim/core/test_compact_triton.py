@@ -12,7 +12,8 @@ As in ``test_fused_triton.py`` the checks run in a subprocess (the interpreter m
 before triton is imported); the pytest tests only read its report. Tiny tensors, three steps;
 the bfloat16 unit of work is shrunk so that tensors span several programs (which exercises
 the "last program writes the step" counter), and int8 runs with blocks of 32 (several blocks
-and a partial last one per tensor) and of 96 (not a power of two: masked lanes).
+and a partial last one per tensor; one pass), of 96 (not a power of two: masked lanes) and of
+256, the latter two wider than the program's lanes (shrunk to 64), so walked twice.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def test_cuda_source_compiles_for_sm90() -> None:
     report = json.loads(lines[-1][len("REPORT "):])
     if report.get("skip"):
         pytest.skip(report["skip"])
-    assert len(report["kernels"]) == 3, report
+    assert len(report["kernels"]) == 4, report
     for label, (products, flushed) in report["kernels"].items():
         # int8: the dequantising products are their own non-flushing mul.rn.f32
         assert products > 0 if "int8" in label else products == 0, (label, products)
@@ -79,12 +80,12 @@ def test_cuda_source_compiles_for_sm90() -> None:
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: f"{v[0]}-{v[1]}")
+@pytest.mark.parametrize("variant", [*VARIANTS, ("int8", 8192)], ids=lambda v: f"{v[0]}-{v[1]}")
 def test_cuda_compact_kernel_is_the_general_path(variant, monkeypatch) -> None:
     """On the GPU (skipped without one): every class, the compact kernel against the general
     path, bit for bit as under the interpreter -- the dequantising product is its own
     instruction, so the compiler's multiply-add contraction sees what the general path's
-    kernel sees."""
+    kernel sees. Blocks of 8192 are wider than a program's lanes (walked twice)."""
     import torch
 
     if not torch.cuda.is_available():
@@ -211,6 +212,7 @@ def _checks() -> dict[str, Any]:
     assert fused.BACKEND == "triton"
     torch.set_num_threads(1)
     TF.BF16_UNIT = 32  # bfloat16: the 100- and 64-element tensors take several programs
+    TF.MAX_LANES = 64  # int8 blocks of 96 and 256 are walked in steps (blocks of 32 are not)
     failures: list[str] = []
     checked: list[str] = []
     spy = Spy()
@@ -301,8 +303,9 @@ def _compile_cuda() -> dict[str, Any]:
         ("nchunks_ptr", "*i32"), ("hp_ptr", "*fp64"), ("UNIT", "constexpr"),
         ("BLOCK", "constexpr")]}
     kernels = {}
-    for state_dtype, dtype in (("int8", torch.float32), ("int8", torch.float64),
-                               ("bfloat16", torch.float32)):
+    for state_dtype, dtype, unit in (("int8", torch.float32, 256), ("int8", torch.float64, 256),
+                                     ("int8", torch.float32, 8192),
+                                     ("bfloat16", torch.float32, TF.BF16_UNIT)):
         opt = O.Adam([torch.zeros(4, dtype=dtype, requires_grad=True)], fused=True,
                      state_dtype=state_dtype)
         group = opt.param_groups[0]
@@ -312,16 +315,18 @@ def _compile_cuda() -> dict[str, Any]:
                  else "uint8" if entry.non_negative else "int8" for entry in spec]
         storage = {None: torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8,
                    "uint8": torch.uint8}
-        unit = 256
+        lanes = min(unit, TF.MAX_LANES)
         source = TF.emit_triton_compact(
             traced, (dtype, dtype, *(storage[form] for form in forms)),
-            (None,) * len(traced.graph.hp_nodes), (None, None, *forms), unit)
+            (None,) * len(traced.graph.hp_nodes), (None, None, *forms), unit,
+            looped=lanes < unit)
         kernel = TF.load_kernel(source, "sm90 check")
         compiled = triton.compile(ASTSource(kernel, signature, constexprs={"UNIT": unit,
-                                                                           "BLOCK": unit}),
-                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": 1})
+                                                                           "BLOCK": lanes}),
+                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
         ptx = compiled.asm["ptx"]
-        kernels[f"{state_dtype} {dtype}"] = (ptx.count("mul.rn.f32"), ptx.count("mul.rn.ftz"))
+        kernels[f"{state_dtype} {dtype} {unit}"] = (ptx.count("mul.rn.f32"),
+                                                    ptx.count("mul.rn.ftz"))
     return {"kernels": kernels}
 
 

@@ -427,6 +427,9 @@ def run_triton(
 # ---------------------------------------------------------------------------------------------
 #: elements per program of the compact kernel on bfloat16 state (int8: one quantisation block)
 BF16_UNIT = 1024
+#: most lanes of a compact program: a wider int8 block is walked in steps of this many (a
+#: whole block of 65536 per program took a minute to compile for sm_90, 2 MB of code)
+MAX_LANES = 4096
 #: storage type of each compact form: bfloat16 as its bits (the rounding works on them)
 _COMPACT_TYPES = {"bfloat16": "tl.uint16", "int8": "tl.int8", "uint8": "tl.uint8"}
 
@@ -564,13 +567,20 @@ class CompactTritonDialect(TritonDialect):
 
 
 def emit_triton_compact(traced: Traced, dtypes: tuple[Any, ...], tensor_hp: tuple[Any, ...],
-                        compact: tuple[Any, ...], unit: int, interpreted: bool = False) -> str:
+                        compact: tuple[Any, ...], unit: int, interpreted: bool = False,
+                        looped: bool = False) -> str:
     """Python/Triton source of a fused step whose state slots are compact (see
     :class:`CompactTritonDialect`): one program per ``unit`` elements of one tensor -- for
     int8 state one quantisation block, which the program loads (codes and scale), updates,
     and re-quantises itself: the block's new largest magnitude is a reduction inside the
     program, the nearest codes and the new scale are stored in the same pass. ``unit`` need
-    not be a power of two: the program's lanes are the next one, the extra lanes masked off.
+    not be a power of two: the program's lanes (``BLOCK``) are the next one, the extra lanes
+    masked off.
+
+    ``looped``: the unit is wider than the program's lanes (``BLOCK < UNIT``, a large
+    ``state_block_size``), so the program walks it in ``BLOCK``-lane steps, rather than hold a
+    whole block at once: int8 state twice -- once for the new largest magnitude (computing the
+    update, storing nothing), once to store.
 
     Besides the pointer table (param, grad, every state), each tensor has a row of ``aux``
     entries, one per compact slot: the bfloat16 rounding seed, or the int8 scales' address.
@@ -584,29 +594,50 @@ def emit_triton_compact(traced: Traced, dtypes: tuple[Any, ...], tensor_hp: tupl
     decls = _pointer_decls(traced, dtypes, False,
                            {slot: _COMPACT_TYPES[compact[slot]] for slot in compact_slots})
     decls.append(f"aux = aux_ptr + t * {len(compact_slots)}")
-    per_block = []
-    requantise = []
+    per_block: list[str] = []
+    written = []
     for k, slot in enumerate(compact_slots):
         if compact[slot] == "bfloat16":
             decls.append(f"seed{slot} = tl.load(aux + {k}).to(tl.uint32)")
             continue
         decls.append(f"A{slot} = tl.load(aux + {k}).to(tl.pointer_type(tl.float32))")
         per_block.append(f"amax{slot} = tl.load(A{slot} + blk, mask=start < n, other=0.0)")
-        if slot not in outputs:
-            continue
+        if slot in outputs:
+            written.append(slot)
+    # the block's largest magnitude: the largest bit pattern of |y| (what the C kernel takes;
+    # the same as the float maximum)
+    most = {slot: f"tl.max(tl.where(mask, y{slot}.to(tl.int32, bitcast=True) & 0x7FFFFFFF, 0), "
+            "axis=0)" for slot in written}
+    scales = []
+    encode = []
+    for slot in written:
         name = "S" if compact[slot] == "int8" else "U"
-        numerator = 1.0 if name == "S" else TOP
-        requantise += [
-            # the block's largest magnitude: the largest bit pattern of |y| (what the C kernel
-            # takes; the same as the float maximum)
-            f"most = tl.max(tl.where(mask, y{slot}.to(tl.int32, bitcast=True) & 0x7FFFFFFF, 0),"
-            " axis=0)",
-            "peak = most.to(tl.float32, bitcast=True)",
-            f"tl.store(A{slot} + blk, peak, mask=start < n)",
-            f"inverse = tl.div_rn({_f32(numerator)}, tl.where(peak > 0.0, peak, 1.0))",
-            f"tl.store(x{slot} + offs, quant_{name}(y{slot}, inverse).to("
-            f"{_COMPACT_TYPES[compact[slot]]}), mask=mask)",
+        scales += [
+            f"peak{slot} = most{slot}.to(tl.float32, bitcast=True)",
+            f"tl.store(A{slot} + blk, peak{slot}, mask=start < n)",
+            f"inverse{slot} = tl.div_rn({_f32(1.0 if name == 'S' else TOP)}, "
+            f"tl.where(peak{slot} > 0.0, peak{slot}, 1.0))",
         ]
+        encode.append(f"tl.store(x{slot} + offs, quant_{name}(y{slot}, inverse{slot}).to("
+                      f"{_COMPACT_TYPES[compact[slot]]}), mask=mask)")
+    lanes = ["offs = start + lane", "mask = (lane < UNIT) & (offs < n)"]
+    if not looped:
+        main = ["lane = tl.arange(0, BLOCK)", *lanes, *body.tensor_lines, *body.stores,
+                *(f"most{slot} = {most[slot]}" for slot in written), *scales, *encode]
+    else:
+        # (only the new values of the written compact slots are kept in the first walk: the
+        # compiler drops the rest of the update there)
+        keep = [line for line in body.stores if line.startswith("y")]
+        walk_lines = ["lane = c + tl.arange(0, BLOCK)", *lanes, *body.tensor_lines]
+        main = [
+            *(f"most{slot} = tl.full([], 0, tl.int32)" for slot in written),
+            "for c in range(0, UNIT, BLOCK):",
+            *("    " + line for line in walk_lines + keep),
+            *(f"    most{slot} = tl.maximum(most{slot}, {most[slot]})" for slot in written),
+            *scales,
+        ] if written else []  # (nothing to re-quantise: one walk)
+        main += ["for c in range(0, UNIT, BLOCK):",
+                 *("    " + line for line in walk_lines + body.stores + encode)]
     comment = "\n".join("# " + line for line in traced.graph.describe().splitlines())
     indent4 = "\n    "
     kinds = {compact[slot] for slot in compact_slots}
@@ -631,13 +662,8 @@ def fused_kernel(table_ptr, aux_ptr, numel_ptr, chunk_tensor_ptr, chunk_start_pt
     base = table_ptr + t * {len(dtypes)}
     {indent4.join(decls)}
     {indent4.join(body.scalar_lines)}
-    lane = tl.arange(0, BLOCK)
-    offs = start + lane
-    mask = (lane < UNIT) & (offs < n)
     {indent4.join(per_block)}
-    {indent4.join(body.tensor_lines)}
-    {indent4.join(body.stores)}
-    {indent4.join(requantise)}{_scalar_block(body.scalar_stores)}
+    {indent4.join(main)}{_scalar_block(body.scalar_stores)}
 '''
 
 
@@ -662,16 +688,17 @@ def run_triton_compact(
         raise ValueError("fused compact kernel: per-replica hyperparameters are not supported")
     plan = _cached(_PLANS, (device, ("compact", unit), tuple(ptrs), tuple(numels)),
                    lambda: _Plan(device, ptrs, numels, unit), size=8)
-    key = ("compact", id(traced), dtypes, compact, unit, tensor_hp)
+    # lanes: the power of two at or above unit, at most MAX_LANES (then the block is walked)
+    block = min(1 << max(0, unit - 1).bit_length(), MAX_LANES)
+    key = ("compact", id(traced), dtypes, compact, unit, tensor_hp, block)
     entry = _KERNELS.get(key)
     if entry is None:
         source = emit_triton_compact(traced, dtypes, tensor_hp, compact, unit,
-                                     interpreted=device.type == "cpu")
+                                     interpreted=device.type == "cpu", looped=block < unit)
         entry = _KERNELS[key] = (load_kernel(source, label + " compact"), traced)
     aux = _cached(_AUX, (device, tuple(extras)),
                   lambda: torch.tensor(extras, dtype=torch.int64).to(device, non_blocking=True))
     hp, thp = _hp_arguments(values, replica_hp, device)
-    block = 1 << max(0, unit - 1).bit_length()  # lanes: the power of two at or above unit
     entry[0][plan.grid](
         plan.table, aux, plan.numels, plan.chunk_tensor, plan.chunk_start, plan.counter,
         plan.nchunks, hp, *thp, UNIT=unit, BLOCK=block,

@@ -443,13 +443,14 @@ def _step_in_kernel(optimizer: Any, group: dict[str, Any], params: list[Tensor])
         None if entry.kind == "scalar" else ("uint8" if entry.non_negative else "int8")
         if int8 else "bfloat16" for entry in spec)
     extras: list[list[int]] = []
-    for param, state in work:
+    counts = [] if int8 else _next_update_counts([state for _param, state in work])
+    for index, (param, state) in enumerate(work):
         if int8:
             extras.append([state[entry.name + SCALE].data_ptr() for entry in entries])
         else:
-            count = _next_update_count(state)
             position = optimizer._compact_position(param)
-            extras.append([rounding_seed(position, slot, count) for slot in range(len(entries))])
+            extras.append([rounding_seed(position, slot, counts[index])
+                           for slot in range(len(entries))])
     block = _block(group) if int8 else None
     partitions: dict[tuple, list[int]] = {}
     for index, row in enumerate(rows):
@@ -475,13 +476,18 @@ def _kernel_backend(params: list[Tensor]) -> str | None:
     return kinds.pop() if len(kinds) == 1 else None
 
 
-def _next_update_count(state: dict[str, Any]) -> int:
-    """:func:`_update_count` as it will read after the coming update (which adds one to a
-    ``step`` state)."""
-    step = state.get("step")
-    if isinstance(step, Tensor):
-        return int(step.item()) + 1
-    return _update_count(state)
+def _next_update_counts(states: list[dict[str, Any]]) -> list[int]:
+    """:func:`_update_count` of each state as it will read after the coming update (which
+    adds one to a ``step`` state), the ``step`` tensors read in one transfer (on a GPU one
+    synchronisation per step, not one per parameter)."""
+    steps = [state.get("step") for state in states]
+    held = [step for step in steps if isinstance(step, Tensor)]
+    if len({step.device for step in held}) == 1:
+        values = iter(torch.stack([step.reshape(()) for step in held]).tolist())
+    else:
+        values = iter([step.item() for step in held])
+    return [int(next(values)) + 1 if isinstance(step, Tensor) else _update_count(state)
+            for step, state in zip(steps, states)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -94,9 +94,11 @@ def test_cuda_compact_kernel_is_the_general_path(variant, monkeypatch) -> None:
     for module, name, value in spy.patches:
         monkeypatch.setattr(module, name, value)
     dtype, block = variant
-    for info, config in _first_configs().values():
+    firsts = _first_configs()
+    for info, config in firsts.values():
         for param_dtype in (torch.float32, torch.float64):
             compare(info, config, dtype, block, spy, param_dtype, device="cuda")
+    compare(*firsts["Adam"], dtype, block, spy, device="cuda", amp=True)
     assert not spy.not_in_kernel, spy.not_in_kernel
 
 
@@ -134,16 +136,22 @@ def _params(dtype: Any, device: str) -> list[Any]:
             .requires_grad_(True) for s in SHAPES]
 
 
-def _run(opt: Any, params: list[Any], label: str, spy: Spy | None) -> None:
+def _run(opt: Any, params: list[Any], label: str, spy: Spy | None, amp: bool = False) -> None:
     """``STEPS`` steps; with ``spy``, every step after the first must be one launch of the
-    compact kernel per group and no expansion."""
+    compact kernel per group and no expansion. ``amp``: gradients scaled by 256 with AMP's
+    ``grad_scale``, and one step more, the last but one an overflow (``found_inf``)."""
     import torch
 
-    for step in range(STEPS):
+    for step in range(STEPS + amp):
         generator = torch.Generator().manual_seed(100 + step)
         for p in params:
             p.grad = (torch.randn(p.shape, generator=generator, dtype=torch.float64)
                       .to(p.device, p.dtype) + 0.5 * p.detach())
+            if amp:
+                p.grad.mul_(256.0)
+        if amp:
+            opt.grad_scale = torch.tensor([256.0], device=params[0].device)
+            opt.found_inf = torch.tensor([float(step == STEPS - 1)], device=params[0].device)
         if spy is not None:
             spy.launches = spy.expands = 0
         opt.step()
@@ -160,28 +168,30 @@ def _build(info: Any, config: dict, params: list[Any], dtype: str, block: int | 
 
 
 def compare(info: Any, config: dict, dtype: str, block: int | None, spy: Spy,
-            param_dtype: Any = None, device: str = "cpu") -> str:
+            param_dtype: Any = None, device: str = "cpu", amp: bool = False) -> str:
     """The compact kernel's run against the general path's (``_step_in_kernel`` off), bit
-    for bit: parameters, every state entry (codes, scales, bfloat16 state, step)."""
+    for bit: parameters, gradients (unscaled under ``amp``), every state entry (codes,
+    scales, bfloat16 state, step)."""
     import torch
 
     from torchopt_survey.optim.core import compact_state as C
 
     param_dtype = param_dtype or torch.float32
-    label = f"{info.name} {dtype} {config} block={block} {param_dtype}"
+    label = f"{info.name} {dtype} {config} block={block} {param_dtype}" + " amp" * amp
     params = _params(param_dtype, device)
     opt = _build(info, config, params, dtype, block)
-    _run(opt, params, label, spy)
+    _run(opt, params, label, spy, amp)
     in_kernel = C._step_in_kernel
     C._step_in_kernel = lambda *args: False  # the general path
     try:
         ref_params = _params(param_dtype, device)
         ref = _build(info, config, ref_params, dtype, block)
-        _run(ref, ref_params, label, None)
+        _run(ref, ref_params, label, None, amp)
     finally:
         C._step_in_kernel = in_kernel
     for index, (p, q) in enumerate(zip(params, ref_params)):
         assert torch.equal(p, q), (index, (p - q).abs().max().item())
+        assert torch.equal(p.grad, q.grad), index
         assert opt.state[p].keys() == ref.state[q].keys(), index
         for name, value in ref.state[q].items():
             mine = opt.state[p][name]
@@ -242,6 +252,10 @@ def _checks() -> dict[str, Any]:
     for info, config in CASES:
         if info.name in ("AdamW", "NAdam", "RMSprop") and (info, config) not in firsts.values():
             check(compare, info, config, "int8", 32, spy)
+    # AMP: gradients unscaled inside the kernel, an overflow step changing nothing
+    for name in ("Adam", "Momentum"):  # (Momentum keeps no step: its own rounding counter)
+        for dtype, block in VARIANTS:
+            check(compare, *firsts[name], dtype, block, spy, amp=True)
 
     def midpoints(signed: bool) -> None:
         """The quantiser on every midpoint between codes and its float32 neighbours (see

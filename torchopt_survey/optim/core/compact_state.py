@@ -394,14 +394,14 @@ def _step_in_kernel(optimizer: Any, group: dict[str, Any], params: list[Tensor])
     backend (expand, ordinary step, compact): the same dequantisation, float arithmetic,
     block maxima, nearest codes and rounding bits. What it does not handle takes the general
     path: the first step (state not compact yet), per-replica hyperparameters, AMP's
-    grad_scale/found_inf, parameters that are not contiguous float32/float64 tensors on one
-    kind of device, tensor subclasses.
+    grad_scale/found_inf on the C kernel, parameters that are not contiguous float32/float64
+    tensors on one kind of device, tensor subclasses.
     """
     from . import fused
 
     backend = _kernel_backend(params)
-    if (backend is None or optimizer._replicas_of(group)
-            or getattr(optimizer, "grad_scale", None) is not None
+    if backend is None or optimizer._replicas_of(group) or backend == "c" and (
+            getattr(optimizer, "grad_scale", None) is not None
             or getattr(optimizer, "found_inf", None) is not None):
         return False
     spec = optimizer._state_spec(group)

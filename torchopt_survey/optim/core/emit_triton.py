@@ -539,8 +539,8 @@ class CompactTritonDialect(TritonDialect):
     load; the new values kept in ``y<slot>`` until the block is re-quantised)."""
 
     def __init__(self, dtypes: tuple[Any, ...], tensor_hp: tuple[Any, ...],
-                 compact: tuple[Any, ...]) -> None:
-        super().__init__(dtypes, tensor_hp, False)
+                 compact: tuple[Any, ...], has_grad_scale: bool = False) -> None:
+        super().__init__(dtypes, tensor_hp, has_grad_scale)
         self.compact = compact
 
     def load_tensor(self, index: int, slot: int) -> list[str]:
@@ -568,7 +568,8 @@ class CompactTritonDialect(TritonDialect):
 
 def emit_triton_compact(traced: Traced, dtypes: tuple[Any, ...], tensor_hp: tuple[Any, ...],
                         compact: tuple[Any, ...], unit: int, interpreted: bool = False,
-                        looped: bool = False) -> str:
+                        looped: bool = False, has_grad_scale: bool = False,
+                        has_found_inf: bool = False) -> str:
     """Python/Triton source of a fused step whose state slots are compact (see
     :class:`CompactTritonDialect`): one program per ``unit`` elements of one tensor -- for
     int8 state one quantisation block, which the program loads (codes and scale), updates,
@@ -584,9 +585,11 @@ def emit_triton_compact(traced: Traced, dtypes: tuple[Any, ...], tensor_hp: tupl
 
     Besides the pointer table (param, grad, every state), each tensor has a row of ``aux``
     entries, one per compact slot: the bfloat16 rounding seed, or the int8 scales' address.
-    ``interpreted``: the source for the interpreter (CPU tensors).
+    ``interpreted``: the source for the interpreter (CPU tensors). AMP as in
+    :func:`emit_triton`: the gradient divided by ``grad_scale`` (and stored back unscaled);
+    with ``found_inf`` nonzero every access is masked off -- codes, scales, steps unchanged.
     """
-    dialect = CompactTritonDialect(dtypes, tensor_hp, compact)
+    dialect = CompactTritonDialect(dtypes, tensor_hp, compact, has_grad_scale)
     body = walk(traced, dialect)
     compact_slots = [slot for slot, kind in enumerate(compact) if kind is not None]
     outputs = {2 + i for i, (name, _kind, _p) in enumerate(traced.slots)
@@ -651,16 +654,17 @@ import triton.language as tl
 
 @triton.jit
 def fused_kernel(table_ptr, aux_ptr, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, counter_ptr,
-                 nchunks_ptr, hp_ptr, {_thp_args(tensor_hp)}UNIT: tl.constexpr,
+                 nchunks_ptr, hp_ptr, {_thp_args(tensor_hp)}gs_ptr, fi_ptr, UNIT: tl.constexpr,
                  BLOCK: tl.constexpr):
     pid = tl.program_id(0)
-    ok = pid >= 0
+    {"ok = tl.load(fi_ptr) == 0.0" if has_found_inf else "ok = pid >= 0"}
     t = tl.load(chunk_tensor_ptr + pid)
     start = tl.load(chunk_start_ptr + pid)  # a multiple of UNIT
     blk = start // UNIT
-    n = tl.load(numel_ptr + t)
+    n = tl.where(ok, tl.load(numel_ptr + t), 0)  # found_inf: every access masked off
     base = table_ptr + t * {len(dtypes)}
     {indent4.join(decls)}
+    {f"gs = tl.load(gs_ptr).to({dialect.ct})" if has_grad_scale else ""}
     {indent4.join(body.scalar_lines)}
     {indent4.join(per_block)}
     {indent4.join(main)}{_scalar_block(body.scalar_stores)}
@@ -678,10 +682,13 @@ def run_triton_compact(
     device: torch.device,
     unit: int,
     label: str = "",
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
 ) -> None:
     """One launch of the compact kernel (:func:`emit_triton_compact`): ``ptrs`` holds each
     parameter's row of addresses (param, grad, states in spec order, all present), ``extras``
-    each row's aux entries, ``unit`` the elements of one program (int8: the block size)."""
+    each row's aux entries, ``unit`` the elements of one program (int8: the block size),
+    ``grad_scale`` / ``found_inf`` AMP's."""
     values = hp_values(traced, group)
     tensor_hp, replica_hp = _hp_kinds(values)
     if any(replica_hp):
@@ -690,18 +697,22 @@ def run_triton_compact(
                    lambda: _Plan(device, ptrs, numels, unit), size=8)
     # lanes: the power of two at or above unit, at most MAX_LANES (then the block is walked)
     block = min(1 << max(0, unit - 1).bit_length(), MAX_LANES)
-    key = ("compact", id(traced), dtypes, compact, unit, tensor_hp, block)
+    has_gs, has_fi = grad_scale is not None, found_inf is not None
+    key = ("compact", id(traced), dtypes, compact, unit, tensor_hp, block, has_gs, has_fi)
     entry = _KERNELS.get(key)
     if entry is None:
         source = emit_triton_compact(traced, dtypes, tensor_hp, compact, unit,
-                                     interpreted=device.type == "cpu", looped=block < unit)
+                                     interpreted=device.type == "cpu", looped=block < unit,
+                                     has_grad_scale=has_gs, has_found_inf=has_fi)
         entry = _KERNELS[key] = (load_kernel(source, label + " compact"), traced)
     aux = _cached(_AUX, (device, tuple(extras)),
                   lambda: torch.tensor(extras, dtype=torch.int64).to(device, non_blocking=True))
     hp, thp = _hp_arguments(values, replica_hp, device)
+    gs = grad_scale.to(device) if grad_scale is not None else hp
+    fi = found_inf.to(device) if found_inf is not None else hp
     entry[0][plan.grid](
         plan.table, aux, plan.numels, plan.chunk_tensor, plan.chunk_start, plan.counter,
-        plan.nchunks, hp, *thp, UNIT=unit, BLOCK=block,
+        plan.nchunks, hp, *thp, gs, fi, UNIT=unit, BLOCK=block,
         num_warps=max(1, min(8, block // 256)),
     )
 

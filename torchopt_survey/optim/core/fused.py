@@ -482,7 +482,8 @@ def run_compact_triton(
 ) -> None:
     """:func:`run_compact_cpu` on the Triton backend: one launch of the compact kernel
     (:func:`.emit_triton.emit_triton_compact`) over ``rows`` (on one device); ``block`` is
-    the int8 block size, ``None`` for bfloat16 state (the kernel's own unit of work)."""
+    the int8 block size, ``None`` for bfloat16 state (the kernel's own unit of work). AMP's
+    ``grad_scale`` / ``found_inf`` are handled inside, as by the ordinary kernel."""
     from . import emit_triton as T
 
     lazy_present = tuple(True for entry in spec if entry.kind == "lazy")
@@ -491,4 +492,5 @@ def run_compact_triton(
     T.run_triton_compact(
         traced, group, dtypes, compact, [t.data_ptr() for row in rows for t in row],
         [value for extra in extras for value in extra], [row[0].numel() for row in rows],
-        rows[0][0].device, T.BF16_UNIT if block is None else block, type(opt).__name__)
+        rows[0][0].device, T.BF16_UNIT if block is None else block, type(opt).__name__,
+        getattr(opt, "grad_scale", None), getattr(opt, "found_inf", None))

@@ -98,7 +98,8 @@ def test_cuda_compact_kernel_is_the_general_path(variant, monkeypatch) -> None:
     for info, config in firsts.values():
         for param_dtype in (torch.float32, torch.float64):
             compare(info, config, dtype, block, spy, param_dtype, device="cuda")
-    compare(*firsts["Adam"], dtype, block, spy, device="cuda", amp=True)
+    adam, config = firsts["Adam"]
+    compare(adam, config, dtype, block, spy, device="cuda", amp=True)
     assert not spy.not_in_kernel, spy.not_in_kernel
 
 
@@ -314,11 +315,12 @@ def _compile_cuda() -> dict[str, Any]:
     signature = {name: kind for name, kind in [
         ("table_ptr", "*i64"), ("aux_ptr", "*i64"), ("numel_ptr", "*i64"),
         ("chunk_tensor_ptr", "*i32"), ("chunk_start_ptr", "*i64"), ("counter_ptr", "*i32"),
-        ("nchunks_ptr", "*i32"), ("hp_ptr", "*fp64"), ("UNIT", "constexpr"),
+        ("nchunks_ptr", "*i32"), ("hp_ptr", "*fp64"), ("gs_ptr", "*fp32"), ("fi_ptr", "*fp32"),
+        ("UNIT", "constexpr"),
         ("BLOCK", "constexpr")]}
     kernels = {}
     for state_dtype, dtype, unit in (("int8", torch.float32, 256), ("int8", torch.float64, 256),
-                                     ("int8", torch.float32, 8192),
+                                     ("int8", torch.float32, 8192),  # (walked, AMP)
                                      ("bfloat16", torch.float32, TF.BF16_UNIT)):
         opt = O.Adam([torch.zeros(4, dtype=dtype, requires_grad=True)], fused=True,
                      state_dtype=state_dtype)
@@ -333,7 +335,7 @@ def _compile_cuda() -> dict[str, Any]:
         source = TF.emit_triton_compact(
             traced, (dtype, dtype, *(storage[form] for form in forms)),
             (None,) * len(traced.graph.hp_nodes), (None, None, *forms), unit,
-            looped=lanes < unit)
+            looped=lanes < unit, has_grad_scale=unit == 8192, has_found_inf=unit == 8192)
         kernel = TF.load_kernel(source, "sm90 check")
         compiled = triton.compile(ASTSource(kernel, signature, constexprs={"UNIT": unit,
                                                                            "BLOCK": lanes}),

@@ -13,7 +13,12 @@ before triton is imported); the pytest tests only read its report. Tiny tensors,
 the bfloat16 unit of work is shrunk so that tensors span several programs (which exercises
 the "last program writes the step" counter), and int8 runs with blocks of 32 (several blocks
 and a partial last one per tensor; one pass), of 96 (not a power of two: masked lanes) and of
-256, the latter two wider than the program's lanes (shrunk to 64), so walked twice.
+256, the latter two wider than the program's lanes (shrunk to 64), so walked twice; AMP runs
+one step more, an overflow.
+
+The GPU form of the kernel, which the interpreter never runs, is compiled for sm_90 without a
+GPU (triton's bundled ptxas); on a GPU (``-m cuda``, ``benchmarks/gpu_checks.sh``) the same
+comparison runs on CUDA tensors.
 """
 
 from __future__ import annotations

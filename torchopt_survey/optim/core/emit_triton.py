@@ -21,6 +21,12 @@ AMP: with ``grad_scale`` the gradient is divided inside the kernel and stored ba
 torch's fused optimizers do); with ``found_inf`` nonzero every load/store is masked off and the
 scalar update skipped, so nothing changes.
 
+Compact optimizer state (``state_dtype="bfloat16" | "int8"``) has a kernel of its own,
+:func:`emit_triton_compact`, from the same graph walk: one program per int8 quantisation
+block (or per ``BF16_UNIT`` elements of bfloat16 state) that decodes the block, updates it and
+re-encodes it with its new largest magnitude -- bit for bit the general path's result (see
+:mod:`.compact_state`).
+
 The generated module is written to the cache directory and imported from there, because
 ``@triton.jit`` reads a kernel's source from its file.
 """
@@ -174,7 +180,7 @@ def _pointer_decls(traced: Traced, dtypes: tuple[Any, ...], aligned: bool,
         if dtype is None:
             continue
         is_scalar = slot >= 2 and traced.slots[slot - 2][1] == "scalar"
-        tl_type = "tl.float32" if is_scalar else (types or {}).get(slot, _TL_TYPES.get(dtype))
+        tl_type = "tl.float32" if is_scalar else (types or {}).get(slot) or _TL_TYPES[dtype]
         pointer = f"tl.load(base + {slot}).to(tl.pointer_type({tl_type}))"
         if aligned and not is_scalar:
             pointer = f"tl.multiple_of({pointer}, 16)"

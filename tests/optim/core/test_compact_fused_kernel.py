@@ -15,10 +15,10 @@ import copy
 
 import pytest
 import torch
+from helpers.compact_cases import hard_values
 from helpers.optim_cases import CASE_IDS, CASES
 
 import torchopt_survey.optim as O
-from torchopt_survey.optim.core import codes as code_maps
 from torchopt_survey.optim.core import compact_state as C
 from torchopt_survey.optim.core import (
     emit_c,
@@ -185,29 +185,12 @@ def test_first_step_and_unsupported_layouts_take_the_general_path(kernel_calls) 
     assert opt.state[param]["exp_avg"].dtype == torch.int8
 
 
-def _hard_values(signed: bool) -> torch.Tensor:
-    """Every midpoint between neighbouring codes and its two float32 neighbours, every code
-    value, and magnitudes around the unsigned map's smallest normal (2^-30 of the top code),
-    subnormals, zero; negated too for the signed map; each block of 256 led by 1.0, so the
-    block scale is exactly 1."""
-    values = code_maps.code_map(signed, torch.device("cpu")).values.abs().unique()
-    mids = ((values[1:].double() + values[:-1].double()) / 2).float()
-    tiny = torch.tensor([0.0, 1e-45, 1e-40, 2.0**-31, 2.0**-30, 2.0**-29, 3e-8, 5e-8, 1e-7,
-                         5e-7, 1e-6, 1e-10, 1e-11])
-    parts = [mids, torch.nextafter(mids, torch.tensor(2.0)), torch.nextafter(mids, torch.zeros(1)),
-             values, tiny, torch.nextafter(tiny, torch.ones(1))]
-    magnitudes = torch.cat(parts)
-    values = torch.cat([magnitudes, -magnitudes]) if signed else magnitudes
-    blocks = values.split(255)
-    return torch.cat([torch.cat([torch.ones(1), b]) for b in blocks])
-
-
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
 def test_kernel_quantiser_is_the_nearest_code_at_every_midpoint(signed, kernel_calls) -> None:
     """The kernel's quantiser on values placed where a lookup could go wrong: it must store
     what ``quantize_int8`` stores. (SGD's momentum buffer -- signed map -- becomes the gradient
     from a zero buffer; Adamax's ``exp_inf`` -- unsigned -- becomes |gradient| with eps 0.)"""
-    values = _hard_values(signed)
+    values = hard_values(signed)
     param = torch.zeros(values.numel(), requires_grad=True)
     if signed:
         opt, name = O.SGD([param], lr=0.0, momentum=0.9, fused=True, state_dtype="int8"), \

@@ -17,10 +17,11 @@ zero, and reaching down to 2.4e-10 of the block's maximum, so that small second 
 collapse to zero). Both decode and encode by arithmetic alone, which the fused kernel's loops
 vectorise.
 
-Scalar state (``step``) stays as it is. On the fused CPU path the generated C kernel reads
-and writes the compact state itself (:func:`_step_in_kernel`, :func:`.emit_c.emit_c_compact`):
+Scalar state (``step``) stays as it is. On the fused path the generated kernel reads and
+writes the compact state itself (:func:`_step_in_kernel`; C on the CPU,
+:func:`.emit_c.emit_c_compact`, Triton on CUDA, :func:`.emit_triton.emit_triton_compact`):
 one pass per int8 block, bit for bit what the general path gives. The general path (forloop,
-foreach, the first fused step, Triton, what the kernel does not take): each parameter's
+foreach, the first fused step, what the kernels do not take): each parameter's
 state is expanded to the parameter's dtype, the method's ordinary path runs on it, and the
 result is compacted again -- in chunks of parameters, so at most one chunk's full-precision
 state exists at a time.
@@ -385,19 +386,22 @@ _IN_KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
 def _step_in_kernel(optimizer: Any, group: dict[str, Any], params: list[Tensor]) -> bool:
-    """Step ``params`` with the fused C kernel reading and writing their compact state in
+    """Step ``params`` with the fused kernel reading and writing their compact state in
     place, if it can: True when done, False (nothing changed) to take the general path.
 
-    The kernel gives bit for bit what the general path gives (expand, ordinary step,
-    compact): the same dequantisation, float arithmetic, block maxima, nearest codes and
-    rounding bits. What it does not handle takes the general path: the first step (state not
-    compact yet), per-replica hyperparameters, AMP's grad_scale/found_inf, the Triton backend,
-    parameters that are not contiguous float32/float64 CPU tensors, tensor subclasses.
+    The kernel -- C on the CPU, Triton on CUDA (and on the CPU with ``fused.BACKEND ==
+    "triton"``, the interpreter) -- gives bit for bit what the general path gives on the same
+    backend (expand, ordinary step, compact): the same dequantisation, float arithmetic,
+    block maxima, nearest codes and rounding bits. What it does not handle takes the general
+    path: the first step (state not compact yet), per-replica hyperparameters, AMP's
+    grad_scale/found_inf on the C kernel, parameters that are not contiguous float32/float64
+    tensors on one kind of device, tensor subclasses.
     """
     from . import fused
 
-    if (fused.BACKEND == "triton" or optimizer._replicas_of(group)
-            or getattr(optimizer, "grad_scale", None) is not None
+    backend = _kernel_backend(params)
+    if backend is None or optimizer._replicas_of(group) or backend == "c" and (
+            getattr(optimizer, "grad_scale", None) is not None
             or getattr(optimizer, "found_inf", None) is not None):
         return False
     spec = optimizer._state_spec(group)
@@ -414,7 +418,7 @@ def _step_in_kernel(optimizer: Any, group: dict[str, Any], params: list[Tensor])
         if grad is None:
             continue
         if not state or type(param) not in fused._PLAIN or type(grad) not in fused._PLAIN or (
-                param.device.type != "cpu" or param.dtype not in _IN_KERNEL_DTYPES
+                param.dtype not in _IN_KERNEL_DTYPES
                 or grad.dtype != param.dtype or grad.layout != torch.strided
                 or not param.is_contiguous() or not grad.is_contiguous()):
             return False
@@ -439,30 +443,51 @@ def _step_in_kernel(optimizer: Any, group: dict[str, Any], params: list[Tensor])
         None if entry.kind == "scalar" else ("uint8" if entry.non_negative else "int8")
         if int8 else "bfloat16" for entry in spec)
     extras: list[list[int]] = []
-    for param, state in work:
+    counts = [] if int8 else _next_update_counts([state for _param, state in work])
+    for index, (param, state) in enumerate(work):
         if int8:
             extras.append([state[entry.name + SCALE].data_ptr() for entry in entries])
         else:
-            count = _next_update_count(state)
             position = optimizer._compact_position(param)
-            extras.append([rounding_seed(position, slot, count) for slot in range(len(entries))])
-    block = _block(group) if int8 else BF16_UNIT
+            extras.append([rounding_seed(position, slot, counts[index])
+                           for slot in range(len(entries))])
+    block = _block(group) if int8 else None
     partitions: dict[tuple, list[int]] = {}
     for index, row in enumerate(rows):
-        partitions.setdefault(tuple(t.dtype for t in row), []).append(index)
+        partitions.setdefault((row[0].device, *(t.dtype for t in row)), []).append(index)
     for members in partitions.values():
-        fused.run_compact_cpu(optimizer, group, spec, [rows[i] for i in members],
-                              [extras[i] for i in members], compact, block)
+        part = [rows[i] for i in members], [extras[i] for i in members]
+        if backend == "c":
+            fused.run_compact_cpu(optimizer, group, spec, *part, compact, block or BF16_UNIT)
+        else:  # (bfloat16 state: the Triton kernel picks its own unit of work)
+            fused.run_compact_triton(optimizer, group, spec, *part, compact, block)
     return True
 
 
-def _next_update_count(state: dict[str, Any]) -> int:
-    """:func:`_update_count` as it will read after the coming update (which adds one to a
-    ``step`` state)."""
-    step = state.get("step")
-    if isinstance(step, Tensor):
-        return int(step.item()) + 1
-    return _update_count(state)
+def _kernel_backend(params: list[Tensor]) -> str | None:
+    """Which fused kernel steps ``params`` with compact state: ``"c"`` (CPU tensors),
+    ``"triton"`` (CUDA tensors, or CPU ones when ``fused.BACKEND`` is ``"triton"``), or
+    ``None`` (other devices, or a mix)."""
+    from . import fused
+
+    kinds = {"triton" if p.device.type == "cuda" or (p.device.type == "cpu"
+                                                    and fused.BACKEND == "triton")
+             else "c" if p.device.type == "cpu" else None for p in params}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def _next_update_counts(states: list[dict[str, Any]]) -> list[int]:
+    """:func:`_update_count` of each state as it will read after the coming update (which
+    adds one to a ``step`` state), the ``step`` tensors read in one transfer (on a GPU one
+    synchronisation per step, not one per parameter)."""
+    steps = [state.get("step") for state in states]
+    held = [step for step in steps if isinstance(step, Tensor)]
+    if len({step.device for step in held}) == 1:
+        values = iter(torch.stack([step.reshape(()) for step in held]).tolist())
+    else:
+        values = iter([step.item() for step in held])
+    return [int(next(values)) + 1 if isinstance(step, Tensor) else _update_count(state)
+            for step, state in zip(steps, states)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -469,3 +469,28 @@ def run_compact_cpu(
     hp, nrep = _hp_table(hp_values(traced, group))
     entry[0](n, ctypes.addressof(numels), ctypes.addressof(ptrs), ctypes.addressof(hp), None,
              torch.get_num_threads(), C.GRAIN, nrep)
+
+
+def run_compact_triton(
+    opt: Any,
+    group: dict[str, Any],
+    spec: list[Any],
+    rows: list[list[Tensor]],
+    extras: list[list[int]],
+    compact: tuple[Any, ...],
+    block: int | None,
+) -> None:
+    """:func:`run_compact_cpu` on the Triton backend: one launch of the compact kernel
+    (:func:`.emit_triton.emit_triton_compact`) over ``rows`` (on one device); ``block`` is
+    the int8 block size, ``None`` for bfloat16 state (the kernel's own unit of work). AMP's
+    ``grad_scale`` / ``found_inf`` are handled inside, as by the ordinary kernel."""
+    from . import emit_triton as T
+
+    lazy_present = tuple(True for entry in spec if entry.kind == "lazy")
+    traced = get_trace(opt, spec, group, lazy_present)
+    dtypes = tuple(t.dtype for t in rows[0])
+    T.run_triton_compact(
+        traced, group, dtypes, compact, [t.data_ptr() for row in rows for t in row],
+        [value for extra in extras for value in extra], [row[0].numel() for row in rows],
+        rows[0][0].device, T.BF16_UNIT if block is None else block, type(opt).__name__,
+        getattr(opt, "grad_scale", None), getattr(opt, "found_inf", None))

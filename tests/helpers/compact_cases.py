@@ -1,0 +1,24 @@
+"""Inputs for the compact-state kernels' quantiser checks, shared by the C and Triton suites."""
+
+from __future__ import annotations
+
+import torch
+
+from torchopt_survey.optim.core import codes as code_maps
+
+
+def hard_values(signed: bool) -> torch.Tensor:
+    """Every midpoint between neighbouring codes and its two float32 neighbours, every code
+    value, and magnitudes around the unsigned map's smallest normal (2^-30 of the top code),
+    subnormals, zero; negated too for the signed map; each block of 256 led by 1.0, so the
+    block scale is exactly 1."""
+    values = code_maps.code_map(signed, torch.device("cpu")).values.abs().unique()
+    mids = ((values[1:].double() + values[:-1].double()) / 2).float()
+    tiny = torch.tensor([0.0, 1e-45, 1e-40, 2.0**-31, 2.0**-30, 2.0**-29, 3e-8, 5e-8, 1e-7,
+                         5e-7, 1e-6, 1e-10, 1e-11])
+    parts = [mids, torch.nextafter(mids, torch.tensor(2.0)), torch.nextafter(mids, torch.zeros(1)),
+             values, tiny, torch.nextafter(tiny, torch.ones(1))]
+    magnitudes = torch.cat(parts)
+    values = torch.cat([magnitudes, -magnitudes]) if signed else magnitudes
+    blocks = values.split(255)
+    return torch.cat([torch.cat([torch.ones(1), b]) for b in blocks])

@@ -352,6 +352,10 @@ def _step_groups(optimizer: Any) -> None:
             if subset:
                 optimizer._step_parameters(group, subset)
             continue
+        # the fused kernel needs no full-precision copies: one call for the whole group
+        # (a call per chunk costs its Python set-up each time)
+        if group.get("fused") and subset and _step_in_kernel(optimizer, group, subset):
+            continue
         chunk: list[Tensor] = []
         size = 0
         for param in subset:

@@ -385,6 +385,16 @@ static inline uint16_t st_bf16_sr(float f, uint32_t index, uint32_t seed) {
 """
 
 
+#: the compact kernels' loops in the widest vectors the CPU has: gcc's -march=native keeps
+#: 256-bit vectors on AVX-512 machines, and these loops -- many integer and float operations
+#: per element for the codes, beside the update's divide and square root -- run fastest
+#: with half as many instructions (vector width changes no element's arithmetic)
+_WIDE_VECTORS = """
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#pragma GCC target("prefer-vector-width=512")
+#endif"""
+
+
 def _c_floats(values: Any) -> str:
     return ", ".join("INFINITY" if math.isinf(v) else f"{float(v).hex()}f" for v in values)
 
@@ -469,10 +479,11 @@ def emit_c_compact(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool
     The work is split across threads by whole units of ``block`` elements of one tensor (an
     int8 state's quantisation blocks), so a block is read, updated and re-quantised by one
     thread in one pass: its codes and scale are loaded, dequantised through the code map,
-    updated, the new values kept in float32 scratch (one block, cache-resident) while the
-    block's new largest magnitude is found, then quantised to the nearest code and stored with
-    the new scale. Each pointer row holds param, grad, the states, then one extra entry per
-    compact slot: the bfloat16 rounding seed (the value itself) or the int8 scales' address.
+    updated, the new values kept in float32 scratch (one block, cache-resident); then one
+    loop over the scratch finds every written state's new largest magnitude, and one more
+    quantises them all to the nearest codes with the new scales. Each pointer row holds
+    param, grad, the states, then one extra entry per compact slot: the bfloat16 rounding
+    seed (the value itself) or the int8 scales' address.
     """
     dialect = CompactCDialect(dtypes, has_grad_scale, compact)
     body = walk(traced, dialect)
@@ -499,27 +510,32 @@ def emit_c_compact(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool
         per_block.append(f"const float amax{slot} = A{slot}[blk]; (void)amax{slot};")
     for k, slot in enumerate(written):
         per_block.append(f"float* restrict sc{slot} = scratch + {k * block};")
+    # every written slot's largest magnitude in one pass over the scratch, then their codes
+    # in another: the largest magnitude is the largest bit pattern of |y|, an integer
+    # maximum, which vectorises where a float one would not (in a loop of its own: inside
+    # the update's loop gcc may turn it into a select that does not vectorise)
     requantise = []
+    if written:
+        requantise += [f"uint32_t most{slot} = 0;" for slot in written]
+        requantise += ["for (int64_t i = 0; i < z - a; ++i) {", "    uint32_t b;"]
+        for slot in written:
+            requantise += [f"    memcpy(&b, &sc{slot}[i], 4); b &= 0x7fffffffu;"
+                           f" most{slot} = b > most{slot} ? b : most{slot};"]
+        requantise.append("}")
     for slot in written:
-        name = "S" if compact[slot] == "int8" else "U"
-        numerator = "1.0f" if name == "S" else _c_floats([TOP])
+        numerator = "1.0f" if compact[slot] == "int8" else _c_floats([TOP])
         requantise += [
-            "{",
-            # the block's largest magnitude: the largest bit pattern of |y| (an integer
-            # maximum, which vectorises where a float one would not)
-            "    uint32_t most = 0;",
-            "    for (int64_t i = 0; i < z - a; ++i) {",
-            f"        uint32_t b; memcpy(&b, &sc{slot}[i], 4); b &= 0x7fffffffu;",
-            "        most = b > most ? b : most;",
-            "    }",
-            "    float peak; memcpy(&peak, &most, 4);",
-            f"    A{slot}[blk] = peak;",
-            f"    const float inverse = {numerator} / (peak > 0.0f ? peak : 1.0f);",
-            "    #pragma GCC ivdep",
-            "    for (int64_t i = a; i < z; ++i)",
-            f"        x{slot}[i] = ({types[dtypes[slot]]})quant_{name}(sc{slot}[i - a], inverse);",
-            "}",
+            f"float peak{slot}; memcpy(&peak{slot}, &most{slot}, 4);",
+            f"A{slot}[blk] = peak{slot};",
+            f"const float inverse{slot} = {numerator} / (peak{slot} > 0.0f ? peak{slot} : 1.0f);",
         ]
+    if written:
+        requantise += ["#pragma GCC ivdep", "for (int64_t i = a; i < z; ++i) {"]
+        for slot in written:
+            name = "S" if compact[slot] == "int8" else "U"
+            requantise.append(f"    x{slot}[i] = ({types[dtypes[slot]]})quant_{name}("
+                              f"sc{slot}[i - a], inverse{slot});")
+        requantise.append("}")
     tables: list[str] = []
     for kind, signed in (("int8", True), ("uint8", False)):
         if kind in compact:
@@ -533,6 +549,7 @@ def emit_c_compact(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool
                 f"slot {s} {compact[s]}" for s in compact_slots) + f", blocks of {block}):",
             *("   " + line for line in traced.graph.describe().splitlines()),
             "*/",
+            _WIDE_VECTORS,
             _PRELUDE,
             _COMPACT_PRELUDE % HASH_MULTIPLIERS,
             *tables,

@@ -390,7 +390,7 @@ static inline uint16_t st_bf16_sr(float f, uint32_t index, uint32_t seed) {
 #: per element for the codes, beside the update's divide and square root -- run fastest
 #: with half as many instructions (vector width changes no element's arithmetic)
 _WIDE_VECTORS = """
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#if defined(__GNUC__) && __GNUC__ >= 8 && !defined(__clang__) && defined(__x86_64__)
 #pragma GCC target("prefer-vector-width=512")
 #endif"""
 
@@ -530,6 +530,17 @@ def emit_c_compact(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool
             f"const float inverse{slot} = {numerator} / (peak{slot} > 0.0f ? peak{slot} : 1.0f);",
         ]
     if written:
+        # the next block's cache lines, requested before the codes are computed (a loop that
+        # touches no memory beyond the block's scratch), so that they arrive meanwhile
+        requantise += ["if (z < n) {",
+                       f"    const int64_t e = z + {block} < n ? z + {block} : n;"]
+        for slot, dtype in enumerate(dtypes):
+            if dtype is None or (slot >= 2 and traced.slots[slot - 2][1] == "scalar"):
+                continue
+            write = int(slot == 0 or slot in outputs)
+            requantise.append(f"    for (int64_t k = z; k < e; k += {64 // dtype.itemsize})"
+                              f" __builtin_prefetch(x{slot} + k, {write});")
+        requantise.append("}")
         requantise += ["#pragma GCC ivdep", "for (int64_t i = a; i < z; ++i) {"]
         for slot in written:
             name = "S" if compact[slot] == "int8" else "U"

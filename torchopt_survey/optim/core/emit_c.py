@@ -373,9 +373,11 @@ def _compile(src_path: Path, out: Path) -> None:
 _COMPACT_PRELUDE = r"""
 #include <stdlib.h>
 /* stochastic rounding to bfloat16: the 16 bits below bfloat16's mantissa get 16 random bits
-   added (a hash of the element's index and the tensor's seed), then are cut off */
-static inline uint16_t st_bf16_sr(float f, uint32_t index, uint32_t seed) {
-    uint32_t x = index * 0x%08Xu + seed;
+   added (a hash of the element's index and the tensor's seed), then are cut off; ``mixed`` is
+   the index times 0x%08X (mod 2^32), which the element loop keeps as a running sum (a vector
+   add where a multiply per element would be) */
+static inline uint16_t st_bf16_sr(float f, uint32_t mixed, uint32_t seed) {
+    uint32_t x = mixed + seed;
     x ^= x >> 16; x *= 0x%08Xu; x ^= x >> 15; x *= 0x%08Xu; x ^= x >> 16;
     uint32_t u; memcpy(&u, &f, 4);
     const uint32_t r = (u + (x >> 16)) & 0xffff0000u;
@@ -466,7 +468,7 @@ class CompactCDialect(CDialect):
         if kind is None:
             return super().store_tensor(slot, expr)
         if kind == "bfloat16":
-            return f"x{slot}[i] = st_bf16_sr((float)({expr}), (uint32_t)i, seed{slot});"
+            return f"x{slot}[i] = st_bf16_sr((float)({expr}), mixed, seed{slot});"
         if kind == "uint8":  # (non-negative state: a rounding error below 0 is clamped)
             return f"{{ const float y = (float)({expr}); sc{slot}[i - a] = y < 0.0f ? 0.0f : y; }}"
         return f"sc{slot}[i - a] = (float)({expr});"
@@ -547,6 +549,12 @@ def emit_c_compact(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool
             requantise.append(f"    x{slot}[i] = ({types[dtypes[slot]]})quant_{name}("
                               f"sc{slot}[i - a], inverse{slot});")
         requantise.append("}")
+    # bfloat16 rounding: the hash's first product, index * multiplier, as a running sum
+    mix_start: list[str] = []
+    mix_step: list[str] = []
+    if "bfloat16" in compact:
+        mix_start = [f"uint32_t mixed = (uint32_t)a * 0x{HASH_MULTIPLIERS[0]:08X}u;"]
+        mix_step = [f"mixed += 0x{HASH_MULTIPLIERS[0]:08X}u;"]
     tables: list[str] = []
     for kind, signed in (("int8", True), ("uint8", False)):
         if kind in compact:
@@ -576,10 +584,12 @@ def emit_c_compact(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool
             f"        const int64_t a = blk * {block};",
             f"        const int64_t z = a + {block} < n ? a + {block} : n;",
             *("        " + line for line in per_block),
+            *("        " + line for line in mix_start),
             "        #pragma GCC ivdep",
             "        for (int64_t i = a; i < z; ++i) {",
             *("            " + line for line in body.tensor_lines),
             *("            " + line for line in body.stores),
+            *("            " + line for line in mix_step),
             "        }",
             *("        " + line for line in requantise),
             "    }",

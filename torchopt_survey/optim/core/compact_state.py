@@ -12,14 +12,15 @@ continues identically from a checkpoint.
 ``state_block_size`` elements (default 256) with one float32 scale per block (the block's
 largest magnitude), through a *power* code map (:mod:`.codes`): signed state as
 ``sign(c) * (|c|/127)^2`` of the scale, state a method declares non-negative
-(``StateSpec.non_negative``: second moments, accumulators) as ``(c/255)^4`` of it (never below
-zero, and reaching down to 2.4e-10 of the block's maximum, so that small second moments do not
-collapse to zero). Both decode and encode by arithmetic alone, which the fused kernel's loops
-vectorise.
+(``StateSpec.non_negative``: second moments, accumulators) as an unsigned 8-bit float (5
+exponent, 3 mantissa bits) scaled to it (never below zero, and reaching down to 1e-10 of the
+block's maximum, so that small second moments do not collapse to zero). Both decode and encode
+by arithmetic alone, which the fused kernel's loops vectorise.
 
 Scalar state (``step``) stays as it is. On the fused CPU path the generated C kernel reads
 and writes the compact state itself (:func:`_step_in_kernel`, :func:`.emit_c.emit_c_compact`):
-one pass per int8 block, bit for bit what the general path gives. The general path (forloop,
+one pass per int8 block, one call per parameter group, bit for bit what the general path
+gives. The general path (forloop,
 foreach, the first fused step, Triton, what the kernel does not take): each parameter's
 state is expanded to the parameter's dtype, the method's ordinary path runs on it, and the
 result is compacted again -- in chunks of parameters, so at most one chunk's full-precision

@@ -383,8 +383,10 @@ def step_compact(optimizer: Any, group: dict[str, Any], params: list[Tensor]) ->
             compact(optimizer, group, param, stochastic=True)
 
 
-#: elements per unit of work of a fused kernel on bfloat16 state (int8: one block)
-BF16_UNIT = 4096
+#: elements per unit of work of a fused kernel on bfloat16 state (int8: one block); the kernel
+#: prefetches the next unit's cache lines as each starts, and a much larger burst of
+#: prefetches stalls it
+BF16_UNIT = 256
 #: parameter dtypes whose compact state the C kernel reads and writes itself
 _IN_KERNEL_DTYPES = (torch.float32, torch.float64)
 

@@ -483,7 +483,8 @@ def emit_c_compact(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool
     thread in one pass: its codes and scale are loaded, dequantised through the code map,
     updated, the new values kept in float32 scratch (one block, cache-resident); then one
     loop over the scratch finds every written state's new largest magnitude, and one more
-    quantises them all to the nearest codes with the new scales. Each pointer row holds
+    quantises them all to the nearest codes with the new scales; the next block's cache lines
+    are prefetched before that (bfloat16 state: as a block starts). Each pointer row holds
     param, grad, the states, then one extra entry per compact slot: the bfloat16 rounding
     seed (the value itself) or the int8 scales' address.
     """
@@ -531,18 +532,19 @@ def emit_c_compact(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool
             f"A{slot}[blk] = peak{slot};",
             f"const float inverse{slot} = {numerator} / (peak{slot} > 0.0f ? peak{slot} : 1.0f);",
         ]
+    # the next block's cache lines, requested ahead: with int8 state before the block's
+    # codes are computed (a loop touching nothing but the scratch, so that they arrive
+    # meanwhile), with bfloat16 state as the block starts
+    prefetch = ["if (z < n) {", f"    const int64_t e = z + {block} < n ? z + {block} : n;"]
+    for slot, dtype in enumerate(dtypes):
+        if dtype is None or (slot >= 2 and traced.slots[slot - 2][1] == "scalar"):
+            continue
+        write = int(slot == 0 or slot in outputs)
+        prefetch.append(f"    for (int64_t k = z; k < e; k += {64 // dtype.itemsize})"
+                        f" __builtin_prefetch(x{slot} + k, {write});")
+    prefetch.append("}")
     if written:
-        # the next block's cache lines, requested before the codes are computed (a loop that
-        # touches no memory beyond the block's scratch), so that they arrive meanwhile
-        requantise += ["if (z < n) {",
-                       f"    const int64_t e = z + {block} < n ? z + {block} : n;"]
-        for slot, dtype in enumerate(dtypes):
-            if dtype is None or (slot >= 2 and traced.slots[slot - 2][1] == "scalar"):
-                continue
-            write = int(slot == 0 or slot in outputs)
-            requantise.append(f"    for (int64_t k = z; k < e; k += {64 // dtype.itemsize})"
-                              f" __builtin_prefetch(x{slot} + k, {write});")
-        requantise.append("}")
+        requantise += prefetch
         requantise += ["#pragma GCC ivdep", "for (int64_t i = a; i < z; ++i) {"]
         for slot in written:
             name = "S" if compact[slot] == "int8" else "U"
@@ -585,6 +587,7 @@ def emit_c_compact(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool
             f"        const int64_t z = a + {block} < n ? a + {block} : n;",
             *("        " + line for line in per_block),
             *("        " + line for line in mix_start),
+            *("        " + line for line in ([] if written else prefetch)),
             "        #pragma GCC ivdep",
             "        for (int64_t i = a; i < z; ++i) {",
             *("            " + line for line in body.tensor_lines),

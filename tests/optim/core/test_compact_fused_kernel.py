@@ -185,6 +185,36 @@ def test_first_step_and_unsupported_layouts_take_the_general_path(kernel_calls) 
     assert opt.state[param]["exp_avg"].dtype == torch.int8
 
 
+@pytest.mark.parametrize("variant", ["bfloat16", "int8"])
+def test_a_group_larger_than_a_chunk_is_one_kernel_call(variant, kernel_calls,
+                                                       monkeypatch) -> None:
+    """The general path works through a group a chunk of parameters at a time (to bound its
+    full-precision copies); the kernel needs no copies, so a group is one call however many
+    chunks it spans -- with the same result as chunk by chunk."""
+    results = []
+    original = C._step_in_kernel
+
+    def per_chunk(opt, group, params):  # the group-wide attempt refused
+        return len(params) < len(group["params"]) and original(opt, group, params)
+
+    monkeypatch.setattr(C, "CHUNK_ELEMENTS", 64)  # chunks: 1000 | 37x5 | 1 and 64
+    for whole in (True, False):
+        if not whole:
+            monkeypatch.setattr(C, "_step_in_kernel", per_chunk)
+        kernel_calls.clear()
+        params = _params(torch.float32)
+        opt = O.Adam([{"params": params}], lr=0.01, fused=True, state_dtype=variant)
+        _run(opt, params, STEPS)
+        results.append((params, opt, len(kernel_calls)))
+    (p1, o1, calls1), (p2, o2, calls2) = results
+    assert calls1 == STEPS - 1  # one per step after the first
+    assert calls2 == (STEPS - 1) * 3  # (the reference really went chunk by chunk)
+    for p, q in zip(p1, p2):
+        assert torch.equal(p, q)
+        for name, value in o1.state[p].items():
+            assert torch.equal(o2.state[q][name], value), name
+
+
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
 def test_kernel_quantiser_is_the_nearest_code_at_every_midpoint(signed, kernel_calls) -> None:
     """The kernel's quantiser on values placed where a lookup could go wrong: it must store

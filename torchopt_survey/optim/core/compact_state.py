@@ -12,15 +12,15 @@ continues identically from a checkpoint.
 ``state_block_size`` elements (default 256) with one float32 scale per block (the block's
 largest magnitude), through a *power* code map (:mod:`.codes`): signed state as
 ``sign(c) * (|c|/127)^2`` of the scale, state a method declares non-negative
-(``StateSpec.non_negative``: second moments, accumulators) as ``(c/255)^4`` of it (never below
-zero, and reaching down to 2.4e-10 of the block's maximum, so that small second moments do not
-collapse to zero). Both decode and encode by arithmetic alone, which the fused kernel's loops
-vectorise.
+(``StateSpec.non_negative``: second moments, accumulators) as an unsigned 8-bit float (5
+exponent, 3 mantissa bits) scaled to it (never below zero, and reaching down to 1e-10 of the
+block's maximum, so that small second moments do not collapse to zero). Both decode and encode
+by arithmetic alone, which the fused kernel's loops vectorise.
 
 Scalar state (``step``) stays as it is. On the fused path the generated kernel reads and
 writes the compact state itself (:func:`_step_in_kernel`; C on the CPU,
 :func:`.emit_c.emit_c_compact`, Triton on CUDA, :func:`.emit_triton.emit_triton_compact`):
-one pass per int8 block, bit for bit what the general path gives. The general path (forloop,
+one pass per int8 block, one call per parameter group, bit for bit what the general path gives. The general path (forloop,
 foreach, the first fused step, what the kernels do not take): each parameter's
 state is expanded to the parameter's dtype, the method's ordinary path runs on it, and the
 result is compacted again -- in chunks of parameters, so at most one chunk's full-precision
@@ -353,6 +353,10 @@ def _step_groups(optimizer: Any) -> None:
             if subset:
                 optimizer._step_parameters(group, subset)
             continue
+        # the fused kernel needs no full-precision copies: one call for the whole group
+        # (a call per chunk costs its Python set-up each time)
+        if group.get("fused") and subset and _step_in_kernel(optimizer, group, subset):
+            continue
         chunk: list[Tensor] = []
         size = 0
         for param in subset:
@@ -366,7 +370,7 @@ def _step_groups(optimizer: Any) -> None:
 
 
 def step_compact(optimizer: Any, group: dict[str, Any], params: list[Tensor]) -> None:
-    """One step of ``params``: inside the fused C kernel where it reads compact state
+    """One step of ``params``: inside the fused kernel where it reads compact state
     (:func:`_step_in_kernel`), else the ordinary step on full-precision copies of it."""
     if group.get("fused") and _step_in_kernel(optimizer, group, params):
         return
@@ -379,8 +383,10 @@ def step_compact(optimizer: Any, group: dict[str, Any], params: list[Tensor]) ->
             compact(optimizer, group, param, stochastic=True)
 
 
-#: elements per unit of work of a fused kernel on bfloat16 state (int8: one block)
-BF16_UNIT = 4096
+#: elements per unit of work of a fused kernel on bfloat16 state (int8: one block); the kernel
+#: prefetches the next unit's cache lines as each starts, and a much larger burst of
+#: prefetches stalls it
+BF16_UNIT = 256
 #: parameter dtypes whose compact state the C kernel reads and writes itself
 _IN_KERNEL_DTYPES = (torch.float32, torch.float64)
 

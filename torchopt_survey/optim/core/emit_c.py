@@ -373,9 +373,11 @@ def _compile(src_path: Path, out: Path) -> None:
 _COMPACT_PRELUDE = r"""
 #include <stdlib.h>
 /* stochastic rounding to bfloat16: the 16 bits below bfloat16's mantissa get 16 random bits
-   added (a hash of the element's index and the tensor's seed), then are cut off */
-static inline uint16_t st_bf16_sr(float f, uint32_t index, uint32_t seed) {
-    uint32_t x = index * 0x%08Xu + seed;
+   added (a hash of the element's index and the tensor's seed), then are cut off; ``mixed`` is
+   the index times 0x%08X (mod 2^32), which the element loop keeps as a running sum (a vector
+   add where a multiply per element would be) */
+static inline uint16_t st_bf16_sr(float f, uint32_t mixed, uint32_t seed) {
+    uint32_t x = mixed + seed;
     x ^= x >> 16; x *= 0x%08Xu; x ^= x >> 15; x *= 0x%08Xu; x ^= x >> 16;
     uint32_t u; memcpy(&u, &f, 4);
     const uint32_t r = (u + (x >> 16)) & 0xffff0000u;
@@ -383,6 +385,16 @@ static inline uint16_t st_bf16_sr(float f, uint32_t index, uint32_t seed) {
     return (uint16_t)(((u & 0x7fffffffu) > 0x7f800000u ? 0x7fc00000u : r) >> 16);
 }
 """
+
+
+#: the compact kernels' loops in the widest vectors the CPU has: gcc's -march=native keeps
+#: 256-bit vectors on AVX-512 machines, and these loops -- many integer and float operations
+#: per element for the codes, beside the update's divide and square root -- run fastest
+#: with half as many instructions (vector width changes no element's arithmetic)
+_WIDE_VECTORS = """
+#if defined(__GNUC__) && __GNUC__ >= 8 && !defined(__clang__) && defined(__x86_64__)
+#pragma GCC target("prefer-vector-width=512")
+#endif"""
 
 
 def _c_floats(values: Any) -> str:
@@ -456,7 +468,7 @@ class CompactCDialect(CDialect):
         if kind is None:
             return super().store_tensor(slot, expr)
         if kind == "bfloat16":
-            return f"x{slot}[i] = st_bf16_sr((float)({expr}), (uint32_t)i, seed{slot});"
+            return f"x{slot}[i] = st_bf16_sr((float)({expr}), mixed, seed{slot});"
         if kind == "uint8":  # (non-negative state: a rounding error below 0 is clamped)
             return f"{{ const float y = (float)({expr}); sc{slot}[i - a] = y < 0.0f ? 0.0f : y; }}"
         return f"sc{slot}[i - a] = (float)({expr});"
@@ -469,10 +481,12 @@ def emit_c_compact(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool
     The work is split across threads by whole units of ``block`` elements of one tensor (an
     int8 state's quantisation blocks), so a block is read, updated and re-quantised by one
     thread in one pass: its codes and scale are loaded, dequantised through the code map,
-    updated, the new values kept in float32 scratch (one block, cache-resident) while the
-    block's new largest magnitude is found, then quantised to the nearest code and stored with
-    the new scale. Each pointer row holds param, grad, the states, then one extra entry per
-    compact slot: the bfloat16 rounding seed (the value itself) or the int8 scales' address.
+    updated, the new values kept in float32 scratch (one block, cache-resident); then one
+    loop over the scratch finds every written state's new largest magnitude, and one more
+    quantises them all to the nearest codes with the new scales; the next block's cache lines
+    are prefetched before that (bfloat16 state: as a block starts). Each pointer row holds
+    param, grad, the states, then one extra entry per compact slot: the bfloat16 rounding
+    seed (the value itself) or the int8 scales' address.
     """
     dialect = CompactCDialect(dtypes, has_grad_scale, compact)
     body = walk(traced, dialect)
@@ -499,27 +513,50 @@ def emit_c_compact(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool
         per_block.append(f"const float amax{slot} = A{slot}[blk]; (void)amax{slot};")
     for k, slot in enumerate(written):
         per_block.append(f"float* restrict sc{slot} = scratch + {k * block};")
+    # every written slot's largest magnitude in one pass over the scratch, then their codes
+    # in another: the largest magnitude is the largest bit pattern of |y|, an integer
+    # maximum, which vectorises where a float one would not (in a loop of its own: inside
+    # the update's loop gcc may turn it into a select that does not vectorise)
     requantise = []
+    if written:
+        requantise += [f"uint32_t most{slot} = 0;" for slot in written]
+        requantise += ["for (int64_t i = 0; i < z - a; ++i) {", "    uint32_t b;"]
+        for slot in written:
+            requantise += [f"    memcpy(&b, &sc{slot}[i], 4); b &= 0x7fffffffu;"
+                           f" most{slot} = b > most{slot} ? b : most{slot};"]
+        requantise.append("}")
     for slot in written:
-        name = "S" if compact[slot] == "int8" else "U"
-        numerator = "1.0f" if name == "S" else _c_floats([TOP])
+        numerator = "1.0f" if compact[slot] == "int8" else _c_floats([TOP])
         requantise += [
-            "{",
-            # the block's largest magnitude: the largest bit pattern of |y| (an integer
-            # maximum, which vectorises where a float one would not)
-            "    uint32_t most = 0;",
-            "    for (int64_t i = 0; i < z - a; ++i) {",
-            f"        uint32_t b; memcpy(&b, &sc{slot}[i], 4); b &= 0x7fffffffu;",
-            "        most = b > most ? b : most;",
-            "    }",
-            "    float peak; memcpy(&peak, &most, 4);",
-            f"    A{slot}[blk] = peak;",
-            f"    const float inverse = {numerator} / (peak > 0.0f ? peak : 1.0f);",
-            "    #pragma GCC ivdep",
-            "    for (int64_t i = a; i < z; ++i)",
-            f"        x{slot}[i] = ({types[dtypes[slot]]})quant_{name}(sc{slot}[i - a], inverse);",
-            "}",
+            f"float peak{slot}; memcpy(&peak{slot}, &most{slot}, 4);",
+            f"A{slot}[blk] = peak{slot};",
+            f"const float inverse{slot} = {numerator} / (peak{slot} > 0.0f ? peak{slot} : 1.0f);",
         ]
+    # the next block's cache lines, requested ahead: with int8 state before the block's
+    # codes are computed (a loop touching nothing but the scratch, so that they arrive
+    # meanwhile), with bfloat16 state as the block starts
+    prefetch = ["if (z < n) {", f"    const int64_t e = z + {block} < n ? z + {block} : n;"]
+    for slot, dtype in enumerate(dtypes):
+        if dtype is None or (slot >= 2 and traced.slots[slot - 2][1] == "scalar"):
+            continue
+        write = int(slot == 0 or slot in outputs)
+        prefetch.append(f"    for (int64_t k = z; k < e; k += {64 // dtype.itemsize})"
+                        f" __builtin_prefetch(x{slot} + k, {write});")
+    prefetch.append("}")
+    if written:
+        requantise += prefetch
+        requantise += ["#pragma GCC ivdep", "for (int64_t i = a; i < z; ++i) {"]
+        for slot in written:
+            name = "S" if compact[slot] == "int8" else "U"
+            requantise.append(f"    x{slot}[i] = ({types[dtypes[slot]]})quant_{name}("
+                              f"sc{slot}[i - a], inverse{slot});")
+        requantise.append("}")
+    # bfloat16 rounding: the hash's first product, index * multiplier, as a running sum
+    mix_start: list[str] = []
+    mix_step: list[str] = []
+    if "bfloat16" in compact:
+        mix_start = [f"uint32_t mixed = (uint32_t)a * 0x{HASH_MULTIPLIERS[0]:08X}u;"]
+        mix_step = [f"mixed += 0x{HASH_MULTIPLIERS[0]:08X}u;"]
     tables: list[str] = []
     for kind, signed in (("int8", True), ("uint8", False)):
         if kind in compact:
@@ -533,6 +570,7 @@ def emit_c_compact(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool
                 f"slot {s} {compact[s]}" for s in compact_slots) + f", blocks of {block}):",
             *("   " + line for line in traced.graph.describe().splitlines()),
             "*/",
+            _WIDE_VECTORS,
             _PRELUDE,
             _COMPACT_PRELUDE % HASH_MULTIPLIERS,
             *tables,
@@ -548,10 +586,13 @@ def emit_c_compact(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool
             f"        const int64_t a = blk * {block};",
             f"        const int64_t z = a + {block} < n ? a + {block} : n;",
             *("        " + line for line in per_block),
+            *("        " + line for line in mix_start),
+            *("        " + line for line in ([] if written else prefetch)),
             "        #pragma GCC ivdep",
             "        for (int64_t i = a; i < z; ++i) {",
             *("            " + line for line in body.tensor_lines),
             *("            " + line for line in body.stores),
+            *("            " + line for line in mix_step),
             "        }",
             *("        " + line for line in requantise),
             "    }",

@@ -11,7 +11,8 @@ def hard_values(signed: bool) -> torch.Tensor:
     """Every midpoint between neighbouring codes and its two float32 neighbours, every code
     value, and magnitudes around the unsigned map's smallest normal (2^-30 of the top code),
     subnormals, zero; negated too for the signed map; each block of 256 led by 1.0, so the
-    block scale is exactly 1."""
+    block scale is exactly 1 -- after three blocks whose largest magnitude is a float32
+    subnormal or the smallest normal (scaled by the smallest scale, not by that maximum)."""
     values = code_maps.code_map(signed, torch.device("cpu")).values.abs().unique()
     mids = ((values[1:].double() + values[:-1].double()) / 2).float()
     tiny = torch.tensor([0.0, 1e-45, 1e-40, 2.0**-31, 2.0**-30, 2.0**-29, 3e-8, 5e-8, 1e-7,
@@ -21,4 +22,19 @@ def hard_values(signed: bool) -> torch.Tensor:
     magnitudes = torch.cat(parts)
     values = torch.cat([magnitudes, -magnitudes]) if signed else magnitudes
     blocks = values.split(255)
-    return torch.cat([torch.cat([torch.ones(1), b]) for b in blocks])
+    return torch.cat([tiny_blocks(signed)] + [torch.cat([torch.ones(1), b]) for b in blocks])
+
+
+def tiny_blocks(signed: bool) -> torch.Tensor:
+    """Three blocks of 256 whose largest magnitudes are 2e-39, 1e-45 (float32 subnormals) and
+    2^-126 (the smallest normal), with zeros, smaller subnormals and (signed) negatives."""
+    smallest = torch.tensor(code_maps.SMALLEST_SCALE)
+    out = []
+    for lead in (torch.tensor(2e-39), torch.tensor(1e-45), smallest):
+        body = torch.tensor([0.0, 1e-39, 1e-40, 1e-45, 3e-44, 0.0]).clamp(max=lead)
+        body = torch.cat([body, -body]) if signed else body
+        block = torch.zeros(256)
+        block[0] = lead
+        block[1:1 + body.numel()] = body
+        out.append(block)
+    return torch.cat(out)

@@ -440,3 +440,19 @@ def test_complex_parameters(state_dtype) -> None:
     same = O.Adam([param], lr=0.01, state_dtype=state_dtype)
     same.load_state_dict(_saved(opt))
     assert all(torch.equal(same.state[param][k], v) for k, v in opt.state[param].items())
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_a_block_of_subnormal_values_keeps_its_zeros_and_signs(signed) -> None:
+    """A block whose largest magnitude is a float32 subnormal: scaled by the smallest scale
+    (1 over it would overflow, every code decoding to +-the block's maximum), so zeros stay
+    zero, no sign flips, and every value is within a code step of that scale."""
+    values = torch.tensor([2e-39, 0.0, 1e-39, 1e-40, 1e-45, 0.0] * 5 + [0.0, 0.0])
+    if signed:
+        values[2::3] = -values[2::3]
+    codes, absmax = C.quantize_int8(values, 32, non_negative=not signed)
+    assert torch.equal(absmax, torch.tensor([code_maps.SMALLEST_SCALE]))
+    back = C.dequantize_int8(codes, absmax, 32, torch.float32)
+    assert not back[values == 0].any()
+    assert (back * values >= 0).all()  # (no sign flipped)
+    assert (back - values).abs().max() <= code_maps.SMALLEST_SCALE / 100

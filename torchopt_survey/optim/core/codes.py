@@ -41,6 +41,10 @@ SUBNORMAL_CODES = 8
 SUBNORMAL_STEP = 2.0 ** -33
 SMALLEST_NORMAL = 2.0 ** -30
 TOP = 1.875
+#: the smallest block scale: a block whose largest magnitude is below it (float32 subnormals)
+#: is scaled as if its largest were this, so that ``numerator / scale`` stays finite (below
+#: about 3e-39 it overflows, and every code would decode to +-the block's largest magnitude)
+SMALLEST_SCALE = 2.0 ** -126
 
 
 def _f32(value: float) -> float:

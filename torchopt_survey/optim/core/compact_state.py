@@ -20,8 +20,9 @@ by arithmetic alone, which the fused kernel's loops vectorise.
 Scalar state (``step``) stays as it is. On the fused path the generated kernel reads and
 writes the compact state itself (:func:`_step_in_kernel`; C on the CPU,
 :func:`.emit_c.emit_c_compact`, Triton on CUDA, :func:`.emit_triton.emit_triton_compact`):
-one pass per int8 block, one call per parameter group, bit for bit what the general path gives. The general path (forloop,
-foreach, the first fused step, what the kernels do not take): each parameter's
+one pass per int8 block, one call per parameter group, bit for bit what the general path
+gives. The general path (forloop, foreach, the first fused step, what the kernels do not
+take): each parameter's
 state is expanded to the parameter's dtype, the method's ordinary path runs on it, and the
 result is compacted again -- in chunks of parameters, so at most one chunk's full-precision
 state exists at a time.
@@ -43,7 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .codes import HASH_MULTIPLIERS, code_map, legacy_code_table
+from .codes import HASH_MULTIPLIERS, SMALLEST_SCALE, code_map, legacy_code_table
 
 STATE_DTYPES = ("bfloat16", "int8")
 DEFAULT_BLOCK_SIZE = 256
@@ -181,13 +182,19 @@ def quantize_int8(value: Tensor, block: int, non_negative: bool) -> tuple[Tensor
         part = rows[start:start + step].float()
         if non_negative:
             part = part.clamp(min=0)
-        peak = part.abs().amax(dim=1)
+        peak = smallest_scale(part.abs().amax(dim=1))
         absmax[start:start + step] = peak
         scale = torch.where(peak > 0, peak, torch.ones_like(peak))
         inverse = torch.full_like(scale, table.numerator) / scale  # (as the kernel does)
         nearest = table.nearest(part * inverse[:, None])
         codes[start:start + step] = nearest - table.zero if table.zero else nearest
     return codes.reshape(-1)[: flat.numel()].view(value.shape), absmax
+
+
+def smallest_scale(peak: Tensor) -> Tensor:
+    """Each block's scale from its largest magnitude: that magnitude, or ``SMALLEST_SCALE``
+    where it is positive but smaller (zero stays zero: an all-zero block)."""
+    return torch.where((peak > 0) & (peak < SMALLEST_SCALE), SMALLEST_SCALE, peak)
 
 
 def dequantize_int8(codes: Tensor, absmax: Tensor, block: int, dtype: torch.dtype,

@@ -39,6 +39,7 @@ from .codes import (
     MANTISSA_SHIFT,
     SIGNED_FACTOR,
     SMALLEST_NORMAL,
+    SMALLEST_SCALE,
     SUBNORMAL_CODES,
     SUBNORMAL_STEP,
     TOP,
@@ -529,6 +530,8 @@ def emit_c_compact(traced: Traced, dtypes: tuple[Any, ...], has_grad_scale: bool
         numerator = "1.0f" if compact[slot] == "int8" else _c_floats([TOP])
         requantise += [
             f"float peak{slot}; memcpy(&peak{slot}, &most{slot}, 4);",
+            f"if (peak{slot} > 0.0f && peak{slot} < {_c_floats([SMALLEST_SCALE])}) "
+            f"peak{slot} = {_c_floats([SMALLEST_SCALE])};",
             f"A{slot}[blk] = peak{slot};",
             f"const float inverse{slot} = {numerator} / (peak{slot} > 0.0f ? peak{slot} : 1.0f);",
         ]

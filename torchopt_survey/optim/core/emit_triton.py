@@ -50,6 +50,7 @@ from .codes import (
     MANTISSA_SHIFT,
     SIGNED_FACTOR,
     SMALLEST_NORMAL,
+    SMALLEST_SCALE,
     SUBNORMAL_CODES,
     SUBNORMAL_STEP,
     TOP,
@@ -623,6 +624,8 @@ def emit_triton_compact(traced: Traced, dtypes: tuple[Any, ...], tensor_hp: tupl
         name = "S" if compact[slot] == "int8" else "U"
         scales += [
             f"peak{slot} = most{slot}.to(tl.float32, bitcast=True)",
+            f"peak{slot} = tl.where((peak{slot} > 0.0) & (peak{slot} < "
+            f"{_f32(SMALLEST_SCALE)}), {_f32(SMALLEST_SCALE)}, peak{slot})",
             f"tl.store(A{slot} + blk, peak{slot}, mask=start < n)",
             f"inverse{slot} = tl.div_rn({_f32(1.0 if name == 'S' else TOP)}, "
             f"tl.where(peak{slot} > 0.0, peak{slot}, 1.0))",

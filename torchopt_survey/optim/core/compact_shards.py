@@ -30,6 +30,7 @@ complex DTensor parameters are refused by :func:`check`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -46,6 +47,16 @@ def is_dtensor(value: Any) -> bool:
     from torch.distributed.tensor import DTensor
 
     return isinstance(value, DTensor)
+
+
+def local(value: Any) -> Tensor:
+    """A DTensor's local shard; any other tensor itself."""
+    return value.to_local() if is_dtensor(value) else value
+
+
+def whole(value: Any) -> Tensor:
+    """A DTensor's whole tensor (a collective where it is sharded); any other tensor itself."""
+    return value.full_tensor() if is_dtensor(value) else value
 
 
 def unsupported(param: Any) -> str | None:
@@ -103,19 +114,28 @@ def shard_seed(seed: int, start: int) -> int:
     return (seed + start * HASH_MULTIPLIERS[0]) & _LOW32
 
 
-def round_bfloat16(value: Any, seed: int) -> Any:
-    from .compact_state import round_bfloat16 as round_local
-
+def round_bfloat16(value: Any, seed: int, round_local: Callable[[Tensor, int], Tensor]) -> Any:
+    """``round_local`` (:func:`.compact_state.round_bfloat16`) on the local shard, with the
+    bits of its elements' global indices."""
     return wrap(round_local(value.to_local(), shard_seed(seed, flat_start(value))), value)
 
 
-def _shard_group(value: Any) -> Any:
-    """The process group of the mesh dimension that shards dim 0 (None: not sharded)."""
+def _shard_group(value: Any, block: int) -> Any:
+    """The process group of the mesh dimension that shards dim 0, where a shard boundary cuts
+    one of the tensor's ``block``-element blocks (None: no block is cut). Every rank of the
+    group decides alike: the boundaries follow from the global shape (``torch.chunk``'s split
+    of dim 0, as ``Shard(0)`` places it)."""
     from torch.distributed.tensor import Shard
 
     for dim, placement in enumerate(value.placements):
         if type(placement) is Shard:
-            return value.device_mesh.get_group(dim)
+            ranks = value.device_mesh.size(dim)
+            rows = -(-value.shape[0] // ranks)
+            row = value.numel() // value.shape[0] if value.shape[0] else 0
+            cuts = range(rows * row, value.numel(), rows * row) if rows * row else ()
+            if any(cut % block for cut in cuts):
+                return value.device_mesh.get_group(dim)
+            return None
     return None
 
 
@@ -137,13 +157,13 @@ def _block_range(value: Any, block: int) -> tuple[int, int, int]:
     return phase, start // block, -(-(phase + count) // block)
 
 
-def quantize(value: Any, block: int, non_negative: bool) -> tuple[Any, Tensor]:
-    """(codes placed like ``value``, the local scales): the whole tensor's blocks, a block cut
-    by a shard boundary scaled by its maximum over every rank."""
-    from .compact_state import quantize_int8
-
+def quantize(value: Any, block: int, non_negative: bool,
+             quantize_local: Callable[..., tuple[Tensor, Tensor]]) -> tuple[Any, Tensor]:
+    """(codes placed like ``value``, the local scales): ``quantize_local``
+    (:func:`.compact_state.quantize_int8`) in the whole tensor's blocks, a block cut by a shard
+    boundary scaled by its maximum over every rank."""
     phase, first, count = _block_range(value, block)
-    group = _shard_group(value)
+    group = _shard_group(value, block)
 
     def combine(peaks: Tensor) -> None:
         if group is None:
@@ -157,22 +177,22 @@ def quantize(value: Any, block: int, non_negative: bool) -> tuple[Any, Tensor]:
                 if 0 <= i < count and peak > peaks[i]:
                     peaks[i] = peak
 
-    codes, scales = quantize_int8(value.to_local(), block, non_negative, phase=phase,
+    codes, scales = quantize_local(value.to_local(), block, non_negative, phase=phase,
                                   combine=combine)
     return wrap(codes, value), scales
 
 
-def dequantize(codes: Any, scales: Tensor, block: int, dtype: torch.dtype) -> Any:
-    from .compact_state import dequantize_int8
-
+def dequantize(codes: Any, scales: Tensor, block: int, dtype: torch.dtype,
+               dequantize_local: Callable[..., Tensor]) -> Any:
+    """``dequantize_local`` (:func:`.compact_state.dequantize_int8`) of the local shard."""
     phase, _, _ = _block_range(codes, block)
-    return wrap(dequantize_int8(codes.to_local(), scales, block, dtype, phase=phase), codes)
+    return wrap(dequantize_local(codes.to_local(), scales, block, dtype, phase=phase), codes)
 
 
 def local_scales(codes: Any, scales: Tensor, block: int) -> Tensor:
     """The scales of the blocks that ``codes``' local shard touches, from the whole tensor's
     (a DTensor of any placement, or a plain tensor)."""
-    full = scales.full_tensor() if is_dtensor(scales) else scales
+    full = whole(scales)
     _, first, count = _block_range(codes, block)
     if full.numel() != -(-codes.numel() // block):
         raise ValueError(
@@ -183,14 +203,15 @@ def local_scales(codes: Any, scales: Tensor, block: int) -> Tensor:
 
 def global_scales(codes: Any, scales: Tensor, block: int) -> Any:
     """The whole tensor's scales as a replicated DTensor (collective over the shard group)."""
-    from torch.distributed.tensor import DTensor, Replicate
+    from torch.distributed.tensor import DTensor, Replicate, Shard
 
     mesh = codes.device_mesh
-    group = _shard_group(codes)
     total = -(-codes.numel() // block)
-    if group is None:
+    dims = [dim for dim, placement in enumerate(codes.placements) if type(placement) is Shard]
+    if not dims:
         full = scales
     else:
+        group = mesh.get_group(dims[0])
         _, first, count = _block_range(codes, block)
         heads = _gather(group, torch.tensor([first, count], dtype=torch.int64,
                                             device=scales.device))

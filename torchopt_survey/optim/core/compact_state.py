@@ -284,8 +284,12 @@ def expand(optimizer: Any, group: dict[str, Any], param: Tensor) -> None:
         if value is None or value.dtype not in _COMPACT_DTYPES:
             continue  # absent lazy state, or full precision (not compacted yet)
         if group["state_dtype"] == "int8":
-            dequantize = shards.dequantize if shards.is_dtensor(value) else dequantize_int8
-            full = dequantize(value, state.pop(entry.name + SCALE), _block(group), real_dtype)
+            scales = state.pop(entry.name + SCALE)
+            if shards.is_dtensor(value):
+                full = shards.dequantize(value, scales, _block(group), real_dtype,
+                                         dequantize_int8)
+            else:
+                full = dequantize_int8(value, scales, _block(group), real_dtype)
         else:
             full = value.to(real_dtype)
         state[entry.name] = torch.view_as_complex(full) if param.is_complex() else full
@@ -316,13 +320,15 @@ def compact(optimizer: Any, group: dict[str, Any], param: Tensor, stochastic: bo
         real = torch.view_as_real(value) if value.is_complex() else value
         sharded = shards.is_dtensor(real)
         if group["state_dtype"] == "int8":
-            quantize = shards.quantize if sharded else quantize_int8
-            codes, absmax = quantize(real, _block(group), entry.non_negative)
+            codes, absmax = (shards.quantize(real, _block(group), entry.non_negative,
+                                             quantize_int8) if sharded else
+                             quantize_int8(real, _block(group), entry.non_negative))
             state[entry.name] = codes
             state[entry.name + SCALE] = absmax
         elif stochastic:
-            rounding = shards.round_bfloat16 if sharded else round_bfloat16
-            state[entry.name] = rounding(real, rounding_seed(position, slot, count))
+            seed = rounding_seed(position, slot, count)
+            state[entry.name] = (shards.round_bfloat16(real, seed, round_bfloat16) if sharded
+                                 else round_bfloat16(real, seed))
         else:
             state[entry.name] = real.to(torch.bfloat16)
 
@@ -478,10 +484,9 @@ def _saved_entry_full(value: Tensor, absmax: Tensor | None, block: int,
     if absmax is not None:
         if shards.is_dtensor(value):  # (a sharded state dict: the whole tensor's scales)
             return shards.dequantize(value, shards.local_scales(value, absmax, block), block,
-                                     torch.float32)
-        if shards.is_dtensor(absmax):
-            absmax = absmax.full_tensor()
-        return dequantize_int8(value, absmax, block, torch.float32, legacy=legacy)
+                                     torch.float32, dequantize_int8)
+        return dequantize_int8(value, shards.whole(absmax), block, torch.float32,
+                               legacy=legacy)
     return value.float() if value.dtype == torch.bfloat16 else value
 
 
@@ -579,7 +584,7 @@ def after_load(optimizer: Any, saved_groups: list[Any], keep: dict[Any, dict[str
                     elif sharded and not shards.is_dtensor(value):  # from a full state dict
                         state[key] = shards.shard_like(value, param)
                     elif not sharded and shards.is_dtensor(value):
-                        state[key] = value.full_tensor().to(param.device)
+                        state[key] = shards.whole(value).to(param.device)
                     else:
                         state[key] = value.to(param.device)
                 continue
@@ -619,7 +624,6 @@ def state_bytes(optimizer: Any) -> int:
     for state in optimizer.state.values():
         for value in state.values():
             if isinstance(value, Tensor):
-                if shards.is_dtensor(value):
-                    value = value.to_local()
+                value = shards.local(value)
                 total += value.numel() * value.element_size()
     return total

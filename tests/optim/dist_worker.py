@@ -36,13 +36,16 @@ absolute parameter difference, or the error raised). Scenarios:
   step changes nothing; DCP save on 2 ranks, load on 2, continue equals the run never
   interrupted; the full state dicts (``full_state_dict=True``) through ``torch.save`` /
   ``torch.load(weights_only=True)`` into fresh FSDP2 objects, and each rank's own
-  ``opt.state_dict()`` the same way, continue equally.
+  ``opt.state_dict()`` the same way, continue equally; a one-process optimizer's state dict
+  (compact, or float32: compacted on loading) loaded with ``load_state_dict`` into FSDP2
+  objects continues as one process does.
 * ``dcp-load1`` also loads the ``fsdp-compact`` checkpoints and full state dicts into one
   plain process (the int8 scales are saved as the whole tensor's, so they reshard).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import traceback
@@ -411,6 +414,33 @@ def scenario_fsdp_compact(rank: int, world: int, records: list[dict[str, Any]],
             train(model, opt, x, y, 3)
             return (full_params(model) - want).abs().max().item()
         check(records, f"fsdp-compact-rank-dict/{case_id}", rank_dict)
+        def from_plain(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs) -> float:
+            # a one-process optimizer's state dict (plain whole tensors), compact and float32,
+            # loaded with load_state_dict into FSDP2 objects: each rank takes its shard (the
+            # float32 one is compacted), and continuing equals one process doing the same
+            plain = {key: value for key, value in kwargs.items() if key not in (
+                "state_dtype", "state_block_size")}
+            diff = 0.0
+            for source in (kwargs, plain):
+                model = make_compact_model()
+                opt = info.cls(model.parameters(), **source)
+                train(model, opt, X, Y, 3)
+                saved_model, saved = model.state_dict(), opt.state_dict()
+                one = make_compact_model()
+                one.load_state_dict(saved_model)
+                one_opt = info.cls(one.parameters(), **kwargs)
+                one_opt.load_state_dict(copy.deepcopy(saved))  # (no step count shared)
+                train(one, one_opt, X, Y, 3)
+                sharded = shard(make_compact_model())
+                set_model_state_dict(sharded, saved_model,
+                                     options=StateDictOptions(full_state_dict=True))
+                sharded_opt = info.cls(sharded.parameters(), **kwargs)
+                sharded_opt.load_state_dict(copy.deepcopy(saved))
+                _assert_compact(sharded_opt, sharded=True)
+                train(sharded, sharded_opt, x, y, 3)
+                diff = max(diff, (full_params(sharded) - full_params(one)).abs().max().item())
+            return diff
+        check(records, f"fsdp-compact-from-plain/{case_id}", from_plain)
     if rank == 0:
         (out / "fsdp-compact-continued.json").write_text(json.dumps(continued))
         (out / "fsdp-compact-continued-full.json").write_text(json.dumps(continued_full))

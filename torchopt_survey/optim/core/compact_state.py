@@ -32,6 +32,9 @@ compact optimizer is compacted, a compact one loaded into a full-precision optim
 expanded, and a compact one loaded into the same compact configuration is taken as is. int8
 state saved by version 0.2.0 (codes of its dynamic map with ``<name>_absmax`` scales) is
 decoded with that map and converted.
+
+DTensor parameters sharded along dim 0 (FSDP2) keep their compact state in the unsharded
+layout, shard by shard: see :mod:`.compact_shards`.
 """
 
 from __future__ import annotations

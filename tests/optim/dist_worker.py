@@ -32,13 +32,13 @@ absolute parameter difference, or the error raised). Scenarios:
   leave one rank an empty shard): the state is DTensors with compact local shards, and the
   run equals the one-process compact run (the shards keep the unsharded layout: whole-tensor
   int8 blocks, a block cut by a shard boundary scaled by its maximum over both ranks, and
-  bfloat16 rounding bits drawn by global element index); a state dict read before the first
-  step changes nothing; DCP save on 2 ranks, load on 2, continue equals the run never
-  interrupted; the full state dicts (``full_state_dict=True``) through ``torch.save`` /
-  ``torch.load(weights_only=True)`` into fresh FSDP2 objects, and each rank's own
-  ``opt.state_dict()`` the same way, continue equally; a one-process optimizer's state dict
-  (compact, or float32: compacted on loading) loaded with ``load_state_dict`` into FSDP2
-  objects continues as one process does.
+  bfloat16 rounding bits drawn by global element index). On the foreach path, the state
+  dicts: one read before the first step changes nothing; DCP save on 2 ranks, load on 2,
+  continue equals the run never interrupted; the full state dicts (``full_state_dict=True``)
+  through ``torch.save`` / ``torch.load(weights_only=True)`` into fresh FSDP2 objects, and
+  each rank's own ``opt.state_dict()`` the same way, continue equally; a one-process
+  optimizer's state dict (compact, or float32: compacted on loading) loaded with
+  ``load_state_dict`` into FSDP2 objects continues as one process does.
 * ``dcp-load1`` also loads the ``fsdp-compact`` checkpoints and full state dicts into one
   plain process (the int8 scales are saved as the whole tensor's, so they reshard).
 """
@@ -340,6 +340,8 @@ def scenario_fsdp_compact(rank: int, world: int, records: list[dict[str, Any]],
             _assert_compact(opt, sharded=True)
             return (full_params(model) - _compact_reference(info, kwargs)).abs().max().item()
         check(records, f"fsdp-compact/{case_id}", trained)
+        if not kwargs.get("foreach"):
+            continue  # (the state dict checks: one path, as the dcp scenario's)
 
         def lazy(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs) -> float:
             model = shard(make_compact_model())
@@ -414,6 +416,7 @@ def scenario_fsdp_compact(rank: int, world: int, records: list[dict[str, Any]],
             train(model, opt, x, y, 3)
             return (full_params(model) - want).abs().max().item()
         check(records, f"fsdp-compact-rank-dict/{case_id}", rank_dict)
+
         def from_plain(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs) -> float:
             # a one-process optimizer's state dict (plain whole tensors), compact and float32,
             # loaded with load_state_dict into FSDP2 objects: each rank takes its shard (the
@@ -451,6 +454,8 @@ def scenario_fsdp_compact_load1(records: list[dict[str, Any]], out: Path) -> Non
     continued = json.loads((out / "fsdp-compact-continued.json").read_text())
     full_continued = json.loads((out / "fsdp-compact-continued-full.json").read_text())
     for info, case_id, kwargs in compact_cases():
+        if not kwargs.get("foreach"):
+            continue
         def run(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs,
                 case_id: str = case_id) -> float:
             model = make_compact_model()

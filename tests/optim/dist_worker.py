@@ -32,7 +32,8 @@ absolute parameter difference, or the error raised). Scenarios:
   leave one rank an empty shard): the state is DTensors with compact local shards, and the
   run equals the one-process compact run (the shards keep the unsharded layout: whole-tensor
   int8 blocks, a block cut by a shard boundary scaled by its maximum over both ranks, and
-  bfloat16 rounding bits drawn by global element index). On the foreach path, the state
+  bfloat16 rounding bits drawn by global element index); Adam also with HSDP's placements
+  (``Replicate(), Shard(0)`` on a 1 x 2 mesh). On the foreach path, the state
   dicts: one read before the first step changes nothing; DCP save on 2 ranks, load on 2,
   continue equals the run never interrupted; the full state dicts (``full_state_dict=True``)
   through ``torch.save`` / ``torch.load(weights_only=True)`` into fresh FSDP2 objects, and
@@ -340,6 +341,27 @@ def scenario_fsdp_compact(rank: int, world: int, records: list[dict[str, Any]],
             _assert_compact(opt, sharded=True)
             return (full_params(model) - _compact_reference(info, kwargs)).abs().max().item()
         check(records, f"fsdp-compact/{case_id}", trained)
+
+        def hybrid(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs) -> float:
+            # HSDP's layout: placements (Replicate(), Shard(0)) on a 2-D mesh
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = init_device_mesh("cpu", (1, world), mesh_dim_names=("replicate", "shard"))
+            model = make_compact_model()
+            for layer in model:
+                if isinstance(layer, nn.Linear):
+                    fully_shard(layer, mesh=mesh)
+            model = fully_shard(model, mesh=mesh)
+            layout = [type(p).__name__ for p in next(model.parameters()).placements]
+            if layout != ["Replicate", "Shard"]:
+                raise AssertionError(f"not HSDP's placements: {layout}")
+            opt = info.cls(model.parameters(), **kwargs)
+            train(model, opt, x, y)
+            _assert_compact(opt, sharded=True)
+            return (full_params(model) - _compact_reference(info, kwargs)).abs().max().item()
+        if info.name == "Adam" and kwargs.get("foreach"):
+            check(records, f"fsdp-compact-hsdp/{case_id}", hybrid)
         if not kwargs.get("foreach"):
             continue  # (the state dict checks: one path, as the dcp scenario's)
 

@@ -86,7 +86,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str
     "ddp-compact", "dcp-compact-lazy", "dcp-compact-2to2", "fsdp-compact-refused",
     "fsdp-compact", "fsdp-dcp-compact-lazy", "fsdp-dcp-compact-2to2", "fsdp-dcp-compact-2to1",
     "fsdp-compact-full", "fsdp-compact-full-to1", "fsdp-compact-rank-dict",
-    "fsdp-compact-from-plain",
+    "fsdp-compact-from-plain", "fsdp-compact-hsdp",
 ])
 def test_matches_one_process(results: dict[str, list[dict[str, Any]]], kind: str) -> None:
     records = results.get(kind)

@@ -30,6 +30,7 @@ complex DTensor parameters are refused by :func:`check`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -41,12 +42,18 @@ from .codes import HASH_MULTIPLIERS
 _LOW32 = 0xFFFFFFFF
 
 
-def is_dtensor(value: Any) -> bool:
+@functools.cache
+def _dtensor_class() -> type | None:
     if not torch.distributed.is_available():
-        return False
+        return None
     from torch.distributed.tensor import DTensor
 
-    return isinstance(value, DTensor)
+    return DTensor
+
+
+def is_dtensor(value: Any) -> bool:
+    dtensor = _dtensor_class()
+    return dtensor is not None and isinstance(value, dtensor)
 
 
 def local(value: Any) -> Tensor:

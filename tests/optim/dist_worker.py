@@ -24,9 +24,10 @@ absolute parameter difference, or the error raised). Scenarios:
   would only amplify at an exact tie). With torch.distributed.checkpoint: a state dict read
   before the first step changes nothing, and saving after 3 steps, loading into fresh objects
   and continuing equals the run never interrupted (exactly: codes, scales and rounding counts
-  are restored as saved). DTensor parameters sharded along another dimension than 0 (tensor
-  parallelism's layout) are not supported: every class must refuse them at construction and
-  in ``add_param_group`` with a ValueError naming ``state_dtype`` and the placements.
+  are restored as saved); ``dcp-load1`` loads these checkpoints into one plain process too.
+  DTensor parameters sharded along another dimension than 0 (tensor parallelism's layout)
+  are not supported: every class must refuse them at construction and in
+  ``add_param_group`` with a ValueError naming ``state_dtype`` and the placements.
 * ``fsdp-compact`` -- compact state under FSDP2, the same classes, dtypes and paths (int8 in
   blocks of 32, on a model whose shard boundaries fall inside a block, on a block's edge and
   leave one rank an empty shard): the state is DTensors with compact local shards, and the
@@ -471,6 +472,26 @@ def scenario_fsdp_compact(rank: int, world: int, records: list[dict[str, Any]],
         (out / "fsdp-compact-continued-full.json").write_text(json.dumps(continued_full))
 
 
+def scenario_compact_load1(records: list[dict[str, Any]], out: Path) -> None:
+    """One plain process loads the 2-rank DDP compact checkpoints and continues."""
+    continued = json.loads((out / "compact-continued.json").read_text())
+    for name, want in continued.items():
+        info = next(info for info in OPTIMS if info.name == name.split("-")[0])
+        state_dtype, path = name.split("-")[1:]
+        kwargs = {**info.base, "state_dtype": state_dtype, **PATHS[path]}
+
+        def run(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs, name: str = name,
+                want: list[float] = want) -> float:
+            model = make_model()
+            opt = info.cls(model.parameters(), **kwargs)
+            _dcp_load(model, opt, out / "ckpt-compact" / name)
+            _assert_compact(opt, sharded=False)
+            train(model, opt, X, Y, 3)
+            return (full_params(model) - torch.tensor(want, dtype=torch.float64)).abs().max(
+            ).item()
+        check(records, f"dcp-compact-2to1/{name}", run)
+
+
 def scenario_fsdp_compact_load1(records: list[dict[str, Any]], out: Path) -> None:
     """One plain process loads the 2-rank FSDP2 compact checkpoints and continues."""
     continued = json.loads((out / "fsdp-compact-continued.json").read_text())
@@ -523,6 +544,7 @@ def scenario_compact(rank: int, world: int, records: list[dict[str, Any]], out: 
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     x, y = batch(rank, world)
+    continued: dict[str, list[float]] = {}
     for info in OPTIMS:
         for state_dtype in STATE_DTYPES:
             if info.name in COMPACT_METHODS:
@@ -558,6 +580,7 @@ def scenario_compact(rank: int, world: int, records: list[dict[str, Any]], out: 
                         dcp.save(_dcp_state(model, opt), checkpoint_id=str(ckpt))
                         train(model, opt, x, y, 3)
                         want = full_params(model.module)
+                        continued[name] = want.tolist()
                         model = DDP(make_model())
                         opt = info.cls(model.parameters(), **kwargs)
                         _dcp_load(model, opt, ckpt)
@@ -582,6 +605,8 @@ def scenario_compact(rank: int, world: int, records: list[dict[str, Any]], out: 
                     raise AssertionError("the refused group was added")
                 return diff
             check(records, f"fsdp-compact-refused/{info.name}-{state_dtype}-added", added)
+    if rank == 0:
+        (out / "compact-continued.json").write_text(json.dumps(continued))
 
 
 SCENARIOS = {"ddp": scenario_ddp, "zero": scenario_zero, "fsdp": scenario_fsdp}
@@ -593,6 +618,7 @@ def main() -> None:
     if scenarios == ["dcp-load1"]:
         records: list[dict[str, Any]] = []
         scenario_dcp_load1(records, out)
+        scenario_compact_load1(records, out)
         scenario_fsdp_compact_load1(records, out)
         (out / "dcp-load1-rank0.json").write_text(json.dumps(records))
         return

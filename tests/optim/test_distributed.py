@@ -83,7 +83,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str
 
 @pytest.mark.parametrize("kind", [
     "ddp", "zero", "fsdp-forloop", "fsdp-foreach", "fsdp-fused", "dcp-lazy", "dcp-2to2", "dcp-2to1",
-    "ddp-compact", "dcp-compact-lazy", "dcp-compact-2to2", "fsdp-compact-refused",
+    "ddp-compact", "dcp-compact-lazy", "dcp-compact-2to2", "dcp-compact-2to1",
+    "fsdp-compact-refused",
     "fsdp-compact", "fsdp-dcp-compact-lazy", "fsdp-dcp-compact-2to2", "fsdp-dcp-compact-2to1",
     "fsdp-compact-full", "fsdp-compact-full-to1", "fsdp-compact-rank-dict",
     "fsdp-compact-from-plain", "fsdp-compact-hsdp",

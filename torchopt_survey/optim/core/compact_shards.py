@@ -15,7 +15,8 @@ run and a checkpoint is independent of the sharding:
   element 0). A shard boundary may cut a block; such a block's scale is its largest magnitude
   over every rank that holds part of it: before quantising, each rank exchanges the maxima of
   its first and last blocks with the other ranks of the shard group (one small all-gather per
-  state tensor), so the codes and scales are the unsharded ones. The codes are a DTensor
+  state tensor, only for tensors where a boundary -- known from the global shape -- cuts a
+  block), so the codes and scales are the unsharded ones. The codes are a DTensor
   placed like the parameter; the local scales (those of the blocks the shard touches, a
   boundary block's on both ranks) are a plain tensor while training. ``state_dict()``
   presents them as the whole tensor's scales (a replicated DTensor, gathered over the shard
@@ -24,6 +25,8 @@ run and a checkpoint is independent of the sharding:
 
 Quantising and ``state_dict()`` are therefore collective over the shard group for int8 state:
 every rank steps, loads and saves together (as FSDP2's forward and backward already require).
+The fused C kernel does not take this state (DTensor parameters take the general path: expand,
+the method's step on the local shards, compact).
 Other placements (a shard of another dimension, nested or strided shards, ``Partial``) and
 complex DTensor parameters are refused by :func:`check`.
 """

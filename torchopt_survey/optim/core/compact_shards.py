@@ -25,8 +25,9 @@ run and a checkpoint is independent of the sharding:
 
 Quantising and ``state_dict()`` are therefore collective over the shard group for int8 state:
 every rank steps, loads and saves together (as FSDP2's forward and backward already require).
-The fused C kernel does not take this state (DTensor parameters take the general path: expand,
-the method's step on the local shards, compact).
+The fused C kernel steps the local shards (:func:`in_kernel`: bfloat16 with the moved seeds,
+int8 where no block is cut); the rest takes the general path (expand, the method's step on the
+DTensors, compact).
 Other placements (a shard of another dimension, nested or strided shards, ``Partial``) and
 complex DTensor parameters are refused by :func:`check`.
 """
@@ -147,6 +148,25 @@ def _shard_group(value: Any, block: int) -> Any:
                 return value.device_mesh.get_group(dim)
             return None
     return None
+
+
+def in_kernel(param: Any, grad: Any, block: int) -> bool:
+    """Whether the fused C kernel can step this shard's compact state on its local tensors:
+    the gradient placed like the parameter and, for int8 (``block`` > 0), no block cut by a
+    shard boundary (the kernel computes a block's scale from the elements it holds)."""
+    return (is_dtensor(grad) and grad.device_mesh == param.device_mesh
+            and grad.placements == param.placements
+            and not (block and _shard_group(param, block) is not None))
+
+
+def split_cut(params: list[Any], block: int) -> tuple[list[Any], list[Any]]:
+    """(``params`` whose int8 blocks no shard boundary cuts, those whose blocks one cuts)."""
+    whole: list[Any] = []
+    cut: list[Any] = []
+    for param in params:
+        (cut if is_dtensor(param) and _shard_group(param, block) is not None else whole).append(
+            param)
+    return whole, cut
 
 
 def _gather(group: Any, tensor: Tensor) -> list[Tensor]:

@@ -381,8 +381,14 @@ def _step_groups(optimizer: Any) -> None:
 def step_compact(optimizer: Any, group: dict[str, Any], params: list[Tensor]) -> None:
     """One step of ``params``: inside the fused C kernel where it reads compact state
     (:func:`_step_in_kernel`), else the ordinary step on full-precision copies of it."""
-    if group.get("fused") and _step_in_kernel(optimizer, group, params):
-        return
+    if group.get("fused"):
+        # (int8 shards whose blocks a shard boundary cuts: the general path, the rest the kernel)
+        kernel, rest = (shards.split_cut(params, _block(group))
+                        if group["state_dtype"] == "int8" else (params, []))
+        if _step_in_kernel(optimizer, group, kernel):
+            if not rest:
+                return
+            params = rest
     for param in params:
         expand(optimizer, group, param)
     try:
@@ -406,7 +412,10 @@ def _step_in_kernel(optimizer: Any, group: dict[str, Any], params: list[Tensor])
     compact): the same dequantisation, float arithmetic, block maxima, nearest codes and
     rounding bits. What it does not handle takes the general path: the first step (state not
     compact yet), per-replica hyperparameters, AMP's grad_scale/found_inf, the Triton backend,
-    parameters that are not contiguous float32/float64 CPU tensors, tensor subclasses.
+    parameters that are not contiguous float32/float64 CPU tensors, tensor subclasses other
+    than DTensor shards that :func:`.compact_shards.in_kernel` admits (their local tensors
+    are the whole tensor's layout: bfloat16 seeds moved to the shard's start, int8 blocks
+    that no shard boundary cuts).
     """
     from . import fused
 
@@ -421,45 +430,54 @@ def _step_in_kernel(optimizer: Any, group: dict[str, Any], params: list[Tensor])
     int8 = group["state_dtype"] == "int8"
     placeholders = getattr(optimizer, "_placeholders", None) or {}
     rows: list[list[Tensor]] = []
-    work: list[tuple[Tensor, dict[str, Any]]] = []
+    work: list[tuple[Tensor, dict[str, Any], int]] = []
     for param in params:
         grad = param.grad
         state = optimizer.state.get(param)
         if grad is None:
             continue
-        if not state or type(param) not in fused._PLAIN or type(grad) not in fused._PLAIN or (
-                param.device.type != "cpu" or param.dtype not in _IN_KERNEL_DTYPES
-                or grad.dtype != param.dtype or grad.layout != torch.strided
-                or not param.is_contiguous() or not grad.is_contiguous()):
+        tensor, gradient, start = param, grad, 0
+        if shards.is_dtensor(param):  # (the kernel runs on the local shard of the whole layout)
+            if not state or not shards.in_kernel(param, grad, _block(group) if int8 else 0):
+                return False
+            tensor, gradient = shards.local(param), shards.local(grad)
+            start = shards.flat_start(param)
+        if not state or type(tensor) not in fused._PLAIN or type(gradient) not in fused._PLAIN or (
+                tensor.device.type != "cpu" or tensor.dtype not in _IN_KERNEL_DTYPES
+                or gradient.dtype != tensor.dtype or gradient.layout != torch.strided
+                or not tensor.is_contiguous() or not gradient.is_contiguous()):
             return False
-        row = [param, grad]
+        row = [tensor, gradient]
         for entry in spec:
             value = state.get(entry.name)
-            if not isinstance(value, Tensor) or value.device != param.device or id(
-                    value) in placeholders:  # (lazy state not created yet)
+            if not isinstance(value, Tensor) or id(value) in placeholders:  # (lazy state not
+                return False  # created yet)
+            value = shards.local(value)
+            if value.device != tensor.device:
                 return False
             if entry.kind == "scalar":
                 if value.dtype != torch.float32:
                     return False
             elif (value.dtype not in _COMPACT_DTYPES or not value.is_contiguous()
-                  or value.shape != param.shape or (int8 and entry.name + SCALE not in state)):
+                  or value.shape != tensor.shape or (int8 and entry.name + SCALE not in state)):
                 return False
             row.append(value)
         rows.append(row)
-        work.append((param, state))
+        work.append((param, state, start))
     if not rows:
         return True
     compact: tuple[Any, ...] = (None, None) + tuple(
         None if entry.kind == "scalar" else ("uint8" if entry.non_negative else "int8")
         if int8 else "bfloat16" for entry in spec)
     extras: list[list[int]] = []
-    for param, state in work:
+    for param, state, start in work:
         if int8:
             extras.append([state[entry.name + SCALE].data_ptr() for entry in entries])
         else:
             count = _next_update_count(state)
             position = optimizer._compact_position(param)
-            extras.append([rounding_seed(position, slot, count) for slot in range(len(entries))])
+            extras.append([shards.shard_seed(rounding_seed(position, slot, count), start)
+                           for slot in range(len(entries))])
     block = _block(group) if int8 else BF16_UNIT
     partitions: dict[tuple, list[int]] = {}
     for index, row in enumerate(rows):

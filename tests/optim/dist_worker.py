@@ -24,14 +24,30 @@ absolute parameter difference, or the error raised). Scenarios:
   would only amplify at an exact tie). With torch.distributed.checkpoint: a state dict read
   before the first step changes nothing, and saving after 3 steps, loading into fresh objects
   and continuing equals the run never interrupted (exactly: codes, scales and rounding counts
-  are restored as saved). Under FSDP2 compact state is not supported (each rank would
-  quantise its own shard, whose int8 blocks and scales belong to no global tensor that
-  torch.distributed.checkpoint could save or reshard): every class must refuse it at
-  construction and in ``add_param_group`` with a ValueError naming ``state_dtype``.
+  are restored as saved); ``dcp-load1`` loads these checkpoints into one plain process too.
+  DTensor parameters sharded along another dimension than 0 (tensor parallelism's layout)
+  are not supported: every class must refuse them at construction and in
+  ``add_param_group`` with a ValueError naming ``state_dtype`` and the placements.
+* ``fsdp-compact`` -- compact state under FSDP2, the same classes, dtypes and paths (int8 in
+  blocks of 32, on a model whose shard boundaries fall inside a block, on a block's edge and
+  leave one rank an empty shard): the state is DTensors with compact local shards, and the
+  run equals the one-process compact run (the shards keep the unsharded layout: whole-tensor
+  int8 blocks, a block cut by a shard boundary scaled by its maximum over both ranks, and
+  bfloat16 rounding bits drawn by global element index); Adam also with HSDP's placements
+  (``Replicate(), Shard(0)`` on a 1 x 2 mesh). On the foreach path, the state
+  dicts: one read before the first step changes nothing; DCP save on 2 ranks, load on 2,
+  continue equals the run never interrupted; the full state dicts (``full_state_dict=True``)
+  through ``torch.save`` / ``torch.load(weights_only=True)`` into fresh FSDP2 objects, and
+  each rank's own ``opt.state_dict()`` the same way, continue equally; a one-process
+  optimizer's state dict (compact, or float32: compacted on loading) loaded with
+  ``load_state_dict`` into FSDP2 objects continues as one process does.
+* ``dcp-load1`` also loads the ``fsdp-compact`` checkpoints and full state dicts into one
+  plain process (the int8 scales are saved as the whole tensor's, so they reshard).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import traceback
@@ -238,26 +254,297 @@ def scenario_dcp_load1(records: list[dict[str, Any]], out: Path) -> None:
         check(records, f"dcp-2to1/{case_id}", run)
 
 
-#: compact state under DDP: one Adam-family and one other method, each compact layout
+#: compact state: one Adam-family method, one other and one with lazy state, each layout
 COMPACT_METHODS = ("Adam", "RMSprop", "Momentum")
 STATE_DTYPES = ("bfloat16", "int8")
 
 
-def _refused(make: Callable[[], object]) -> float:
-    """0.0 when ``make`` raises the ValueError that names ``state_dtype`` and FSDP2."""
+def _refused(make: Callable[[], object], *words: str) -> float:
+    """0.0 when ``make`` raises the ValueError that names ``state_dtype`` and ``words``."""
     try:
         make()
     except ValueError as exc:
-        if "state_dtype" in str(exc) and "FSDP2" in str(exc):
+        if "state_dtype" in str(exc) and all(word in str(exc) for word in words):
             return 0.0
         raise
-    raise AssertionError("compact state for DTensor parameters was accepted")
+    raise AssertionError("compact state for an unsupported DTensor layout was accepted")
+
+
+#: int8 blocks in the FSDP2 checks: small enough that the model's tensors have several, and
+#: shard boundaries fall inside blocks, on a block's edge and beyond a tensor's end
+COMPACT_BLOCK = 32
+
+
+def make_compact_model() -> nn.Module:
+    torch.manual_seed(0)
+    # FSDP2 on 2 ranks: the first weight (16, 6) is cut inside its second block (rank 1
+    # starts 16 elements into it), the second (3, 16) on a block's edge, the last one
+    # (1, 3) and its bias leave rank 1 an empty shard
+    return nn.Sequential(
+        nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3), nn.Tanh(), nn.Linear(3, 1)
+    ).double()
+
+
+def compact_cases() -> list[tuple[OptimInfo, str, dict[str, Any]]]:
+    infos = {info.name: info for info in OPTIMS}
+    out = []
+    for name in COMPACT_METHODS:
+        info = infos[name]
+        for state_dtype in STATE_DTYPES:
+            block = {"state_block_size": COMPACT_BLOCK} if state_dtype == "int8" else {}
+            for path in ("foreach", "fused"):
+                out.append((info, f"{name}-{state_dtype}-{path}",
+                            {**info.base, "state_dtype": state_dtype, **block, **PATHS[path]}))
+    return out
+
+
+def _compact_reference(info: OptimInfo, kwargs: dict[str, Any], steps: int = STEPS
+                       ) -> torch.Tensor:
+    model = make_compact_model()
+    train(model, info.cls(model.parameters(), **kwargs), X, Y, steps)
+    return full_params(model)
+
+
+def _assert_compact(opt: torch.optim.Optimizer, sharded: bool) -> None:
+    """Every tensor state is compact (int8 scales aside) and, sharded, a DTensor."""
+    for state in opt.state.values():
+        for key, value in state.items():
+            if not isinstance(value, torch.Tensor) or not value.dim() or key.endswith(
+                    "_blockmax"):
+                continue
+            if sharded and not hasattr(value, "to_local"):
+                raise AssertionError(f"state {key!r} of a DTensor parameter is not a DTensor")
+            local = value.to_local() if hasattr(value, "to_local") else value
+            if local.dtype not in (torch.bfloat16, torch.int8, torch.uint8):
+                raise AssertionError(f"state {key!r} is {local.dtype}, not compact")
+
+
+def scenario_fsdp_compact(rank: int, world: int, records: list[dict[str, Any]],
+                          out: Path) -> None:
+    """Compact state under FSDP2 (see the module docstring)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    x, y = batch(rank, world)
+    continued: dict[str, list[float]] = {}
+    continued_full: dict[str, list[float]] = {}
+    for info, case_id, kwargs in compact_cases():
+        def trained(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs) -> float:
+            model = shard(make_compact_model())
+            opt = info.cls(model.parameters(), **kwargs)
+            train(model, opt, x, y)
+            _assert_compact(opt, sharded=True)
+            return (full_params(model) - _compact_reference(info, kwargs)).abs().max().item()
+        check(records, f"fsdp-compact/{case_id}", trained)
+
+        def hybrid(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs) -> float:
+            # HSDP's layout: placements (Replicate(), Shard(0)) on a 2-D mesh
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = init_device_mesh("cpu", (1, world), mesh_dim_names=("replicate", "shard"))
+            model = make_compact_model()
+            for layer in model:
+                if isinstance(layer, nn.Linear):
+                    fully_shard(layer, mesh=mesh)
+            model = fully_shard(model, mesh=mesh)
+            layout = [type(p).__name__ for p in next(model.parameters()).placements]
+            if layout != ["Replicate", "Shard"]:
+                raise AssertionError(f"not HSDP's placements: {layout}")
+            opt = info.cls(model.parameters(), **kwargs)
+            train(model, opt, x, y)
+            _assert_compact(opt, sharded=True)
+            return (full_params(model) - _compact_reference(info, kwargs)).abs().max().item()
+        if info.name == "Adam" and kwargs.get("foreach"):
+            check(records, f"fsdp-compact-hsdp/{case_id}", hybrid)
+        if not kwargs.get("foreach"):
+            continue  # (the state dict checks: one path, as the dcp scenario's)
+
+        def lazy(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs) -> float:
+            model = shard(make_compact_model())
+            opt = info.cls(model.parameters(), **kwargs)
+            _dcp_state(model, opt)  # before the first step: must change nothing
+            train(model, opt, x, y)
+            return (full_params(model) - _compact_reference(info, kwargs)).abs().max().item()
+        check(records, f"fsdp-dcp-compact-lazy/{case_id}", lazy)
+
+        def round_trip(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs,
+                       case_id: str = case_id) -> float:
+            ckpt = out / "ckpt-fsdp-compact" / case_id
+            model = shard(make_compact_model())
+            opt = info.cls(model.parameters(), **kwargs)
+            train(model, opt, x, y, 3)
+            dcp.save(_dcp_state(model, opt), checkpoint_id=str(ckpt))
+            train(model, opt, x, y, 3)
+            want = full_params(model)
+            continued[case_id] = want.tolist()
+            model = shard(make_compact_model())
+            opt = info.cls(model.parameters(), **kwargs)
+            _dcp_load(model, opt, ckpt)
+            _assert_compact(opt, sharded=True)
+            train(model, opt, x, y, 3)
+            return (full_params(model) - want).abs().max().item()
+        check(records, f"fsdp-dcp-compact-2to2/{case_id}", round_trip)
+
+        def full_dict(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs,
+                      case_id: str = case_id) -> float:
+            # the full (unsharded) state dicts, through torch.save and
+            # torch.load(weights_only=True), into fresh FSDP2 objects (and, in dcp-load1,
+            # into one plain process)
+            options = StateDictOptions(full_state_dict=True)
+            model = shard(make_compact_model())
+            opt = info.cls(model.parameters(), **kwargs)
+            train(model, opt, x, y, 3)
+            path = out / f"full-{case_id}.pt"
+            saved = {"model": get_model_state_dict(model, options=options),
+                     "optim": get_optimizer_state_dict(model, opt, options=options)}
+            if rank == 0:
+                torch.save(saved, path)
+            dist.barrier()
+            train(model, opt, x, y, 3)
+            want = full_params(model)
+            continued_full[case_id] = want.tolist()
+            loaded = torch.load(path, weights_only=True)
+            model = shard(make_compact_model())
+            opt = info.cls(model.parameters(), **kwargs)
+            set_model_state_dict(model, loaded["model"], options=options)
+            set_optimizer_state_dict(model, opt, loaded["optim"], options=options)
+            _assert_compact(opt, sharded=True)
+            train(model, opt, x, y, 3)
+            return (full_params(model) - want).abs().max().item()
+        check(records, f"fsdp-compact-full/{case_id}", full_dict)
+
+        def rank_dict(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs,
+                      case_id: str = case_id) -> float:
+            # each rank's own opt.state_dict(), through torch.save/load(weights_only=True)
+            model = shard(make_compact_model())
+            opt = info.cls(model.parameters(), **kwargs)
+            train(model, opt, x, y, 3)
+            path = out / f"rank{rank}-{case_id}.pt"
+            torch.save({"model": model.state_dict(), "optim": opt.state_dict()}, path)
+            train(model, opt, x, y, 3)
+            want = full_params(model)
+            loaded = torch.load(path, weights_only=True)
+            model = shard(make_compact_model())
+            model.load_state_dict(loaded["model"])
+            opt = info.cls(model.parameters(), **kwargs)
+            opt.load_state_dict(loaded["optim"])
+            _assert_compact(opt, sharded=True)
+            train(model, opt, x, y, 3)
+            return (full_params(model) - want).abs().max().item()
+        check(records, f"fsdp-compact-rank-dict/{case_id}", rank_dict)
+
+        def from_plain(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs) -> float:
+            # a one-process optimizer's state dict (plain whole tensors), compact and float32,
+            # loaded with load_state_dict into FSDP2 objects: each rank takes its shard (the
+            # float32 one is compacted), and continuing equals one process doing the same
+            plain = {key: value for key, value in kwargs.items() if key not in (
+                "state_dtype", "state_block_size")}
+            diff = 0.0
+            for source in (kwargs, plain):
+                model = make_compact_model()
+                opt = info.cls(model.parameters(), **source)
+                train(model, opt, X, Y, 3)
+                saved_model, saved = model.state_dict(), opt.state_dict()
+                one = make_compact_model()
+                one.load_state_dict(saved_model)
+                one_opt = info.cls(one.parameters(), **kwargs)
+                one_opt.load_state_dict(copy.deepcopy(saved))  # (no step count shared)
+                train(one, one_opt, X, Y, 3)
+                sharded = shard(make_compact_model())
+                set_model_state_dict(sharded, saved_model,
+                                     options=StateDictOptions(full_state_dict=True))
+                sharded_opt = info.cls(sharded.parameters(), **kwargs)
+                sharded_opt.load_state_dict(copy.deepcopy(saved))
+                _assert_compact(sharded_opt, sharded=True)
+                train(sharded, sharded_opt, x, y, 3)
+                diff = max(diff, (full_params(sharded) - full_params(one)).abs().max().item())
+            return diff
+        check(records, f"fsdp-compact-from-plain/{case_id}", from_plain)
+    if rank == 0:
+        (out / "fsdp-compact-continued.json").write_text(json.dumps(continued))
+        (out / "fsdp-compact-continued-full.json").write_text(json.dumps(continued_full))
+
+
+def scenario_compact_load1(records: list[dict[str, Any]], out: Path) -> None:
+    """One plain process loads the 2-rank DDP compact checkpoints and continues."""
+    continued = json.loads((out / "compact-continued.json").read_text())
+    for name, want in continued.items():
+        info = next(info for info in OPTIMS if info.name == name.split("-")[0])
+        state_dtype, path = name.split("-")[1:]
+        kwargs = {**info.base, "state_dtype": state_dtype, **PATHS[path]}
+
+        def run(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs, name: str = name,
+                want: list[float] = want) -> float:
+            model = make_model()
+            opt = info.cls(model.parameters(), **kwargs)
+            _dcp_load(model, opt, out / "ckpt-compact" / name)
+            _assert_compact(opt, sharded=False)
+            train(model, opt, X, Y, 3)
+            return (full_params(model) - torch.tensor(want, dtype=torch.float64)).abs().max(
+            ).item()
+        check(records, f"dcp-compact-2to1/{name}", run)
+
+
+def scenario_fsdp_compact_load1(records: list[dict[str, Any]], out: Path) -> None:
+    """One plain process loads the 2-rank FSDP2 compact checkpoints and continues."""
+    continued = json.loads((out / "fsdp-compact-continued.json").read_text())
+    full_continued = json.loads((out / "fsdp-compact-continued-full.json").read_text())
+    for info, case_id, kwargs in compact_cases():
+        if not kwargs.get("foreach"):
+            continue
+        def run(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs,
+                case_id: str = case_id) -> float:
+            model = make_compact_model()
+            opt = info.cls(model.parameters(), **kwargs)
+            _dcp_load(model, opt, out / "ckpt-fsdp-compact" / case_id)
+            _assert_compact(opt, sharded=False)
+            train(model, opt, X, Y, 3)
+            want = torch.tensor(continued[case_id], dtype=torch.float64)
+            return (full_params(model) - want).abs().max().item()
+        check(records, f"fsdp-dcp-compact-2to1/{case_id}", run)
+
+        def full(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs,
+                 case_id: str = case_id) -> float:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_optimizer_state_dict,
+            )
+
+            loaded = torch.load(out / f"full-{case_id}.pt", weights_only=True)
+            model = make_compact_model()
+            model.load_state_dict(loaded["model"])
+            opt = info.cls(model.parameters(), **kwargs)
+            set_optimizer_state_dict(model, opt, loaded["optim"],
+                                     options=StateDictOptions(full_state_dict=True))
+            _assert_compact(opt, sharded=False)
+            train(model, opt, X, Y, 3)
+            want = torch.tensor(full_continued[case_id], dtype=torch.float64)
+            return (full_params(model) - want).abs().max().item()
+        check(records, f"fsdp-compact-full-to1/{case_id}", full)
+
+
+def _unsupported_layout() -> list[nn.Parameter]:
+    """Parameters sharded along dim 1 (tensor parallelism's column split)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    return [nn.Parameter(distribute_tensor(p.detach(), mesh, [Shard(p.dim() - 1)]))
+            for p in make_model().parameters()]
 
 
 def scenario_compact(rank: int, world: int, records: list[dict[str, Any]], out: Path) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     x, y = batch(rank, world)
+    continued: dict[str, list[float]] = {}
     for info in OPTIMS:
         for state_dtype in STATE_DTYPES:
             if info.name in COMPACT_METHODS:
@@ -268,11 +555,7 @@ def scenario_compact(rank: int, world: int, records: list[dict[str, Any]], out: 
                         model = DDP(make_model())
                         opt = info.cls(model.parameters(), **kwargs)
                         train(model, opt, x, y)
-                        if not all(v.dtype in (torch.bfloat16, torch.int8, torch.uint8)
-                                   for st in opt.state.values() for k, v in st.items()
-                                   if isinstance(v, torch.Tensor) and v.dim()
-                                   and not k.endswith("_blockmax")):
-                            raise AssertionError("the state is not compact")
+                        _assert_compact(opt, sharded=False)
                         diff = full_params(model.module) - reference(info, kwargs)
                         return diff.abs().max().item()
                     check(records, f"ddp-compact/{info.name}-{state_dtype}-{path}", ddp)
@@ -297,6 +580,7 @@ def scenario_compact(rank: int, world: int, records: list[dict[str, Any]], out: 
                         dcp.save(_dcp_state(model, opt), checkpoint_id=str(ckpt))
                         train(model, opt, x, y, 3)
                         want = full_params(model.module)
+                        continued[name] = want.tolist()
                         model = DDP(make_model())
                         opt = info.cls(model.parameters(), **kwargs)
                         _dcp_load(model, opt, ckpt)
@@ -306,20 +590,23 @@ def scenario_compact(rank: int, world: int, records: list[dict[str, Any]], out: 
                           round_trip)
 
             def at_construction(info: OptimInfo = info, state_dtype: str = state_dtype) -> float:
-                model = shard(make_model())
-                return _refused(lambda: info.cls(model.parameters(), **info.base,
-                                                 state_dtype=state_dtype))
+                params = _unsupported_layout()
+                return _refused(lambda: info.cls(params, **info.base, state_dtype=state_dtype),
+                                "Shard(dim=1)", "Shard(0)")
             check(records, f"fsdp-compact-refused/{info.name}-{state_dtype}", at_construction)
 
             def added(info: OptimInfo = info, state_dtype: str = state_dtype) -> float:
                 plain = make_model()
                 opt = info.cls(plain.parameters(), **info.base, state_dtype=state_dtype)
-                sharded = shard(make_model())
-                diff = _refused(lambda: opt.add_param_group({"params": sharded.parameters()}))
+                params = _unsupported_layout()
+                diff = _refused(lambda: opt.add_param_group({"params": params}),
+                                "Shard(dim=1)", "Shard(0)")
                 if len(opt.param_groups) != 1:
                     raise AssertionError("the refused group was added")
                 return diff
             check(records, f"fsdp-compact-refused/{info.name}-{state_dtype}-added", added)
+    if rank == 0:
+        (out / "compact-continued.json").write_text(json.dumps(continued))
 
 
 SCENARIOS = {"ddp": scenario_ddp, "zero": scenario_zero, "fsdp": scenario_fsdp}
@@ -331,6 +618,8 @@ def main() -> None:
     if scenarios == ["dcp-load1"]:
         records: list[dict[str, Any]] = []
         scenario_dcp_load1(records, out)
+        scenario_compact_load1(records, out)
+        scenario_fsdp_compact_load1(records, out)
         (out / "dcp-load1-rank0.json").write_text(json.dumps(records))
         return
     # a rank whose partner died fails its next collective within this time instead of hanging
@@ -343,6 +632,8 @@ def main() -> None:
                 scenario_dcp(rank, world, records, out)
             elif scenario == "compact":
                 scenario_compact(rank, world, records, out)
+            elif scenario == "fsdp-compact":
+                scenario_fsdp_compact(rank, world, records, out)
             else:
                 SCENARIOS[scenario](rank, world, records)
             (out / f"{scenario}-rank{rank}.json").write_text(json.dumps(records))

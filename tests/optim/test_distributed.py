@@ -6,11 +6,12 @@ single plain process on the whole batch: DistributedDataParallel, ZeroRedundancy
 FSDP2 (DTensor parameters, an empty shard on one rank; forloop, foreach and fused paths) and
 torch.distributed.checkpoint (save on 2 ranks, load on 2 and on 1, and a state dict read before
 the first step changing nothing). Compact optimizer state (``state_dtype``) is checked under
-DDP against the one-process run with the same compact state (each rank holds whole tensors, so
-int8 blocks and bfloat16 rounding seeds are the one process's), through DCP on DDP (save,
-load, continue: equal to the run never interrupted), and its refusal under FSDP2
-(DTensor parameters) is checked for every class; see ``dist_worker.py``. The two ranks run once
-for the whole module.
+DDP and under FSDP2 against the one-process run with the same compact state (FSDP2's shards
+keep the unsharded layout: int8 blocks of the whole tensor, bfloat16 rounding bits by global
+element index), through DCP (save, load on 2 ranks and on 1, continue: equal to the run never
+interrupted), through full and per-rank state dicts saved with ``torch.save`` and read with
+``weights_only=True``, and its refusal for DTensor layouts other than dim-0 shards is checked
+for every class; see ``dist_worker.py``. The two ranks run once for the whole module.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from helpers.processes import checkout_pythonpath, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("dist_worker.py")
-SCENARIOS = ("ddp", "zero", "fsdp", "dcp", "compact")
+SCENARIOS = ("ddp", "zero", "fsdp", "dcp", "compact", "fsdp-compact")
 TIMEOUT_S = 300
 #: float64; the only difference from one process is the order of the gradient all-reduce
 TOL = 1e-10
@@ -82,7 +83,11 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str
 
 @pytest.mark.parametrize("kind", [
     "ddp", "zero", "fsdp-forloop", "fsdp-foreach", "fsdp-fused", "dcp-lazy", "dcp-2to2", "dcp-2to1",
-    "ddp-compact", "dcp-compact-lazy", "dcp-compact-2to2", "fsdp-compact-refused",
+    "ddp-compact", "dcp-compact-lazy", "dcp-compact-2to2", "dcp-compact-2to1",
+    "fsdp-compact-refused",
+    "fsdp-compact", "fsdp-dcp-compact-lazy", "fsdp-dcp-compact-2to2", "fsdp-dcp-compact-2to1",
+    "fsdp-compact-full", "fsdp-compact-full-to1", "fsdp-compact-rank-dict",
+    "fsdp-compact-from-plain", "fsdp-compact-hsdp",
 ])
 def test_matches_one_process(results: dict[str, list[dict[str, Any]]], kind: str) -> None:
     records = results.get(kind)

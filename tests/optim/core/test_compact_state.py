@@ -176,6 +176,43 @@ def test_bfloat16_stochastic_rounding_is_unbiased_and_seeded() -> None:
     assert torch.isnan(C.round_bfloat16(torch.tensor([float("nan")]), seed=0)).all()
 
 
+def test_a_shard_rounds_and_quantises_as_the_whole_tensor() -> None:
+    """What FSDP2's shards rely on (:mod:`.compact_shards`): a range of a tensor's elements,
+    rounded with the seed moved to its start, gets the whole tensor's rounding bits; quantised
+    with its phase in the first block and the maxima of the blocks it shares combined, it gets
+    the whole tensor's codes and scales. (Under torch.distributed: test_distributed.py.)"""
+    from torchopt_survey.optim.core import compact_shards
+
+    torch.manual_seed(0)
+    value = torch.randn(1000, dtype=torch.float64)
+    whole = C.round_bfloat16(value, seed=12345)
+    for start in (0, 1, 31, 700):
+        part = C.round_bfloat16(value[start:], compact_shards.shard_seed(12345, start))
+        assert torch.equal(part, whole[start:]), start
+    assert not torch.equal(C.round_bfloat16(value[1:], 12345), whole[1:])  # the move matters
+    block = 32
+    unshared = 0
+    for non_negative in (False, True):
+        source = value.abs() if non_negative else value
+        codes, scales = C.quantize_int8(source, block, non_negative)
+        for start, end in ((0, 70), (70, 400), (400, 1000), (5, 7)):
+            phase, first = start % block, start // block
+            count = -(-(phase + end - start) // block)
+            want = scales[first:first + count]
+
+            def combine(peaks: torch.Tensor, want: torch.Tensor = want) -> None:
+                peaks.copy_(torch.maximum(peaks, want))  # the other shards' maxima
+            part, part_scales = C.quantize_int8(source[start:end], block, non_negative,
+                                                phase=phase, combine=combine)
+            assert torch.equal(part, codes[start:end]) and torch.equal(part_scales, want)
+            expanded = C.dequantize_int8(part, part_scales, block, torch.float64, phase=phase)
+            assert torch.equal(expanded, C.dequantize_int8(codes, scales, block,
+                                                           torch.float64)[start:end])
+            alone, _ = C.quantize_int8(source[start:end], block, non_negative, phase=phase)
+            unshared += not torch.equal(alone, codes[start:end])
+    assert unshared  # without the shared maxima, some shard's codes are others
+
+
 @pytest.mark.parametrize("path", list(PATHS))
 def test_bfloat16_state_keeps_updates_below_half_a_unit(path) -> None:
     """Increments of a quarter of bfloat16's spacing: round-to-nearest would drop every one

@@ -1055,6 +1055,12 @@ class SurveyOptimizer(Optimizer):
     def _required_group_keys(self) -> set[str]:
         return set(self.defaults) - _OPTIONAL_GROUP_KEYS - set(self._switches)
 
+    def state_dict(self) -> dict[str, Any]:
+        """``torch.optim.Optimizer.state_dict``; compact int8 state of sharded (DTensor)
+        parameters holds the whole tensor's block scales, gathered over the shard group (so
+        every rank must call it, as torch.distributed.checkpoint's helpers do)."""
+        return compact_state.shareable(self, super().state_dict())
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict from this class or its torch.optim counterpart, checked first.
 

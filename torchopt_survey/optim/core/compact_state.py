@@ -34,16 +34,21 @@ compact optimizer is compacted, a compact one loaded into a full-precision optim
 expanded, and a compact one loaded into the same compact configuration is taken as is. int8
 state saved by version 0.2.0 (codes of its dynamic map with ``<name>_absmax`` scales) is
 decoded with that map and converted.
+
+DTensor parameters sharded along dim 0 (FSDP2) keep their compact state in the unsharded
+layout, shard by shard: see :mod:`.compact_shards`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import MethodType
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from . import compact_shards as shards
 from .codes import HASH_MULTIPLIERS, SMALLEST_SCALE, code_map, legacy_code_table
 
 STATE_DTYPES = ("bfloat16", "int8")
@@ -105,35 +110,14 @@ def check_group(group: dict[str, Any], where: str) -> None:
         )
 
 
-def _is_dtensor(param: Tensor) -> bool:
-    if not torch.distributed.is_available():
-        return False
-    from torch.distributed.tensor import DTensor
-
-    return isinstance(param, DTensor)
-
-
 def check_params(group: dict[str, Any], where: str) -> None:
-    """Refuse compact state for DTensor parameters (FSDP2 shards, tensor parallelism).
-
-    Each rank would compact its local shard only: int8 blocks and their scales would follow
-    the shard's boundaries rather than the tensor's, and the per-block scales are not a
-    sharding of any global tensor, so torch.distributed.checkpoint could neither save them
-    under one name nor reshard them; the stochastic rounding of bfloat16 state is seeded by
-    element index, which on a shard is the local one. None of this is implemented, so it is
-    refused rather than run on DTensor arithmetic that mixes shards and plain tensors.
-    """
+    """Refuse compact state for DTensor parameters whose layout it cannot follow (see
+    :mod:`.compact_shards`: FSDP2's dim-0 shards are supported, other placements are not)."""
     if not is_compact(group):
         return
     for index, param in enumerate(group["params"]):
-        if _is_dtensor(param):
-            raise ValueError(
-                f"{where}state_dtype={group['state_dtype']!r} is not supported for DTensor "
-                f"parameters (params[{index}]: FSDP2's fully_shard, tensor parallelism): "
-                "compact state is kept per whole tensor and cannot be sharded or checkpointed "
-                "with torch.distributed.checkpoint; use state_dtype=None under FSDP2, or keep "
-                "compact state with DistributedDataParallel (plain parameters)"
-            )
+        if shards.is_dtensor(param):
+            shards.check(param, where, index, group["state_dtype"])
 
 
 def add_options(defaults: dict[str, Any], state_dtype: Any, state_block_size: Any) -> None:
@@ -166,29 +150,46 @@ def _blocks(flat: Tensor, block: int) -> Tensor:
     return flat.view(-1, block)
 
 
-def quantize_int8(value: Tensor, block: int, non_negative: bool) -> tuple[Tensor, Tensor]:
+def quantize_int8(value: Tensor, block: int, non_negative: bool, phase: int = 0,
+                  combine: Callable[[Tensor], None] | None = None) -> tuple[Tensor, Tensor]:
     """``value`` (any float dtype) as (codes shaped like it, float32 per-block scales).
 
     Works through the blocks a slice at a time, so its temporaries stay small whatever the
-    tensor's size (compact state exists to save memory)."""
+    tensor's size (compact state exists to save memory). ``phase``: ``value`` starts that
+    many elements into its first block (a shard of a larger tensor); ``combine``: called with
+    every block's largest magnitude before any is used, to update them in place (the maxima
+    of blocks that other shards share)."""
     flat = value.detach().reshape(-1)
+    count = flat.numel()
+    if phase:
+        flat = torch.nn.functional.pad(flat, (phase, 0))
     rows = _blocks(flat, block)
     table = code_map(not non_negative, value.device)
     codes = torch.empty(rows.shape, dtype=torch.uint8 if non_negative else torch.int8,
                         device=value.device)
     absmax = torch.empty(rows.shape[0], dtype=torch.float32, device=value.device)
     step = max(1, SLICE_ELEMENTS // block)
+    if combine is not None:
+        for start in range(0, rows.shape[0], step):
+            part = rows[start:start + step].float()
+            absmax[start:start + step] = (part.clamp(min=0) if non_negative else part).abs(
+            ).amax(dim=1)
+        combine(absmax)
     for start in range(0, rows.shape[0], step):
         part = rows[start:start + step].float()
         if non_negative:
             part = part.clamp(min=0)
-        peak = smallest_scale(part.abs().amax(dim=1))
-        absmax[start:start + step] = peak
+        if combine is None:
+            peak = smallest_scale(part.abs().amax(dim=1))
+            absmax[start:start + step] = peak
+        else:
+            peak = absmax[start:start + step]
         scale = torch.where(peak > 0, peak, torch.ones_like(peak))
         inverse = torch.full_like(scale, table.numerator) / scale  # (as the kernel does)
         nearest = table.nearest(part * inverse[:, None])
         codes[start:start + step] = nearest - table.zero if table.zero else nearest
-    return codes.reshape(-1)[: flat.numel()].view(value.shape), absmax
+    codes = codes.reshape(-1)[phase:phase + count].view(value.shape)
+    return (codes.clone() if phase else codes), absmax  # (a shard's codes: their own storage)
 
 
 def smallest_scale(peak: Tensor) -> Tensor:
@@ -198,16 +199,20 @@ def smallest_scale(peak: Tensor) -> Tensor:
 
 
 def dequantize_int8(codes: Tensor, absmax: Tensor, block: int, dtype: torch.dtype,
-                    legacy: bool = False) -> Tensor:
+                    legacy: bool = False, phase: int = 0) -> Tensor:
     """The full-precision tensor (``dtype``) that ``codes`` and ``absmax`` stand for
-    (``legacy``: codes of version 0.2.0's dynamic map)."""
+    (``legacy``: codes of version 0.2.0's dynamic map; ``phase``: as for
+    :func:`quantize_int8`)."""
     signed = codes.dtype != torch.uint8
     if legacy:
         values, zero = legacy_code_table(signed).to(codes.device), 127 if signed else 0
     else:
         table = code_map(signed, codes.device)
         values, zero = table.values, table.zero
-    rows = _blocks(codes.reshape(-1), block)
+    flat = codes.reshape(-1)
+    if phase:
+        flat = torch.nn.functional.pad(flat, (phase, 0))
+    rows = _blocks(flat, block)
     out = torch.empty(rows.shape, dtype=dtype, device=codes.device)
     step = max(1, SLICE_ELEMENTS // block)
     for start in range(0, rows.shape[0], step):
@@ -215,7 +220,7 @@ def dequantize_int8(codes: Tensor, absmax: Tensor, block: int, dtype: torch.dtyp
         if zero:
             index += zero
         out[start:start + step] = values[index] * absmax[start:start + step, None]
-    return out.reshape(-1)[: codes.numel()].view(codes.shape)
+    return out.reshape(-1)[phase:phase + codes.numel()].view(codes.shape)
 
 
 _LOW32 = 0xFFFFFFFF
@@ -290,8 +295,12 @@ def expand(optimizer: Any, group: dict[str, Any], param: Tensor) -> None:
         if value is None or value.dtype not in _COMPACT_DTYPES:
             continue  # absent lazy state, or full precision (not compacted yet)
         if group["state_dtype"] == "int8":
-            full = dequantize_int8(value, state.pop(entry.name + SCALE), _block(group),
-                                   real_dtype)
+            scales = state.pop(entry.name + SCALE)
+            if shards.is_dtensor(value):
+                full = shards.dequantize(value, scales, _block(group), real_dtype,
+                                         dequantize_int8)
+            else:
+                full = dequantize_int8(value, scales, _block(group), real_dtype)
         else:
             full = value.to(real_dtype)
         state[entry.name] = torch.view_as_complex(full) if param.is_complex() else full
@@ -320,12 +329,17 @@ def compact(optimizer: Any, group: dict[str, Any], param: Tensor, stochastic: bo
                 "cannot hold; use state_dtype=None for sparse gradients"
             )
         real = torch.view_as_real(value) if value.is_complex() else value
+        sharded = shards.is_dtensor(real)
         if group["state_dtype"] == "int8":
-            codes, absmax = quantize_int8(real, _block(group), entry.non_negative)
+            codes, absmax = (shards.quantize(real, _block(group), entry.non_negative,
+                                             quantize_int8) if sharded else
+                             quantize_int8(real, _block(group), entry.non_negative))
             state[entry.name] = codes
             state[entry.name + SCALE] = absmax
         elif stochastic:
-            state[entry.name] = round_bfloat16(real, rounding_seed(position, slot, count))
+            seed = rounding_seed(position, slot, count)
+            state[entry.name] = (shards.round_bfloat16(real, seed, round_bfloat16) if sharded
+                                 else round_bfloat16(real, seed))
         else:
             state[entry.name] = real.to(torch.bfloat16)
 
@@ -379,8 +393,14 @@ def _step_groups(optimizer: Any) -> None:
 def step_compact(optimizer: Any, group: dict[str, Any], params: list[Tensor]) -> None:
     """One step of ``params``: inside the fused kernel where it reads compact state
     (:func:`_step_in_kernel`), else the ordinary step on full-precision copies of it."""
-    if group.get("fused") and _step_in_kernel(optimizer, group, params):
-        return
+    if group.get("fused"):
+        # (int8 shards whose blocks a shard boundary cuts: the general path, the rest the kernel)
+        kernel, rest = (shards.split_cut(params, _block(group))
+                        if group["state_dtype"] == "int8" else (params, []))
+        if _step_in_kernel(optimizer, group, kernel):
+            if not rest:
+                return
+            params = rest
     for param in params:
         expand(optimizer, group, param)
     try:
@@ -408,7 +428,10 @@ def _step_in_kernel(optimizer: Any, group: dict[str, Any], params: list[Tensor])
     block maxima, nearest codes and rounding bits. What it does not handle takes the general
     path: the first step (state not compact yet), per-replica hyperparameters, AMP's
     grad_scale/found_inf on the C kernel, parameters that are not contiguous float32/float64
-    tensors on one kind of device, tensor subclasses.
+    tensors on one kind of device, tensor subclasses other than DTensor shards on the CPU
+    that :func:`.compact_shards.in_kernel` admits (their local tensors are the whole
+    tensor's layout: bfloat16 seeds moved to the shard's start, int8 blocks that no shard
+    boundary cuts).
     """
     from . import fused
 
@@ -424,45 +447,54 @@ def _step_in_kernel(optimizer: Any, group: dict[str, Any], params: list[Tensor])
     int8 = group["state_dtype"] == "int8"
     placeholders = getattr(optimizer, "_placeholders", None) or {}
     rows: list[list[Tensor]] = []
-    work: list[tuple[Tensor, dict[str, Any]]] = []
+    work: list[tuple[Tensor, dict[str, Any], int]] = []
     for param in params:
         grad = param.grad
         state = optimizer.state.get(param)
         if grad is None:
             continue
-        if not state or type(param) not in fused._PLAIN or type(grad) not in fused._PLAIN or (
-                param.dtype not in _IN_KERNEL_DTYPES
-                or grad.dtype != param.dtype or grad.layout != torch.strided
-                or not param.is_contiguous() or not grad.is_contiguous()):
+        tensor, gradient, start = param, grad, 0
+        if shards.is_dtensor(param):  # (the kernel runs on the local shard of the whole layout)
+            if backend != "c" or not state or not shards.in_kernel(
+                    param, grad, _block(group) if int8 else 0):
+                return False
+            tensor, gradient = shards.local(param), shards.local(grad)
+            start = shards.flat_start(param)
+        if not state or type(tensor) not in fused._PLAIN or type(gradient) not in fused._PLAIN or (
+                tensor.dtype not in _IN_KERNEL_DTYPES
+                or gradient.dtype != tensor.dtype or gradient.layout != torch.strided
+                or not tensor.is_contiguous() or not gradient.is_contiguous()):
             return False
-        row = [param, grad]
+        row = [tensor, gradient]
         for entry in spec:
             value = state.get(entry.name)
-            if not isinstance(value, Tensor) or value.device != param.device or id(
-                    value) in placeholders:  # (lazy state not created yet)
+            if not isinstance(value, Tensor) or id(value) in placeholders:  # (lazy state not
+                return False  # created yet)
+            value = shards.local(value)
+            if value.device != tensor.device:
                 return False
             if entry.kind == "scalar":
                 if value.dtype != torch.float32:
                     return False
             elif (value.dtype not in _COMPACT_DTYPES or not value.is_contiguous()
-                  or value.shape != param.shape or (int8 and entry.name + SCALE not in state)):
+                  or value.shape != tensor.shape or (int8 and entry.name + SCALE not in state)):
                 return False
             row.append(value)
         rows.append(row)
-        work.append((param, state))
+        work.append((param, state, start))
     if not rows:
         return True
     compact: tuple[Any, ...] = (None, None) + tuple(
         None if entry.kind == "scalar" else ("uint8" if entry.non_negative else "int8")
         if int8 else "bfloat16" for entry in spec)
     extras: list[list[int]] = []
-    counts = [] if int8 else _next_update_counts([state for _param, state in work])
-    for index, (param, state) in enumerate(work):
+    counts = [] if int8 else _next_update_counts([state for _param, state, _start in work])
+    for index, (param, state, start) in enumerate(work):
         if int8:
             extras.append([state[entry.name + SCALE].data_ptr() for entry in entries])
         else:
             position = optimizer._compact_position(param)
-            extras.append([rounding_seed(position, slot, counts[index])
+            extras.append([shards.shard_seed(rounding_seed(position, slot, counts[index]), start)
                            for slot in range(len(entries))])
     block = _block(group) if int8 else None
     partitions: dict[tuple, list[int]] = {}
@@ -509,7 +541,11 @@ def _next_update_counts(states: list[dict[str, Any]]) -> list[int]:
 def _saved_entry_full(value: Tensor, absmax: Tensor | None, block: int,
                       legacy: bool) -> Tensor:
     if absmax is not None:
-        return dequantize_int8(value, absmax, block, torch.float32, legacy=legacy)
+        if shards.is_dtensor(value):  # (a sharded state dict: the whole tensor's scales)
+            return shards.dequantize(value, shards.local_scales(value, absmax, block), block,
+                                     torch.float32, dequantize_int8)
+        return dequantize_int8(value, shards.whole(absmax), block, torch.float32,
+                               legacy=legacy)
     return value.float() if value.dtype == torch.bfloat16 else value
 
 
@@ -595,13 +631,50 @@ def after_load(optimizer: Any, saved_groups: list[Any], keep: dict[Any, dict[str
             state = optimizer.state.get(param)
             if not state:
                 continue
+            sharded = shards.is_dtensor(param)
             taken = keep.get(saved_id)
             if taken:
                 for key, value in taken.items():
-                    device = param.device if key != ROUNDINGS else value.device
-                    state[key] = value.to(device)
-            else:
-                compact(optimizer, group, param, stochastic=False)
+                    if key == ROUNDINGS:
+                        state[key] = value
+                    elif sharded and key.endswith(SCALE):
+                        state[key] = shards.local_scales(param, value, _block(group)).to(
+                            param.device)
+                    elif sharded and not shards.is_dtensor(value):  # from a full state dict
+                        state[key] = shards.shard_like(value, param)
+                    elif not sharded and shards.is_dtensor(value):
+                        state[key] = shards.whole(value).to(param.device)
+                    else:
+                        state[key] = value.to(param.device)
+                continue
+            if sharded:  # full-precision state from a full state dict: this rank's shard
+                for entry in _tensor_entries(optimizer, group):
+                    value = state.get(entry.name)
+                    if isinstance(value, Tensor) and not shards.is_dtensor(value):
+                        state[entry.name] = shards.shard_like(value, param)
+            compact(optimizer, group, param, stochastic=False)
+
+
+def shareable(optimizer: Any, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """``state_dict()``'s result with the int8 scales of DTensor parameters as the whole
+    tensor's (collective over each shard group; see :mod:`.compact_shards`)."""
+    if "_step_groups" not in optimizer.__dict__:
+        return state_dict  # no compact group
+    state = state_dict["state"]
+    for group in state_dict["param_groups"]:
+        if group.get("state_dtype") != "int8":
+            continue
+        for saved_id in group["params"]:
+            entries = state.get(saved_id)
+            if not entries:
+                continue
+            scales = {key: shards.global_scales(entries[key[: -len(SCALE)]], value, _block(group))
+                      for key, value in entries.items()
+                      if key.endswith(SCALE) and not shards.is_dtensor(value)
+                      and shards.is_dtensor(entries.get(key[: -len(SCALE)]))}
+            if scales:
+                state[saved_id] = {**entries, **scales}
+    return state_dict
 
 
 def state_bytes(optimizer: Any) -> int:
@@ -610,5 +683,6 @@ def state_bytes(optimizer: Any) -> int:
     for state in optimizer.state.values():
         for value in state.values():
             if isinstance(value, Tensor):
+                value = shards.local(value)
                 total += value.numel() * value.element_size()
     return total

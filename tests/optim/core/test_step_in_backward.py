@@ -53,15 +53,22 @@ def assert_same(params_a, params_b, opt_a, opt_b):
             assert torch.equal(state_a[key], state_b[key]), key
 
 
+#: each parameter at once; buckets of a few (the problem's gradients are 4-140 bytes); the
+#: default (every parameter of this problem waits for the end of backward)
+BUCKETS = {"each": 0, "64B": 64, "default": None}
+
+
+@pytest.mark.parametrize("bucket", list(BUCKETS))
 @pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize(("info", "config"), CASES, ids=CASE_IDS)
-def test_bitwise_equal_to_ordinary_loop(info, config, path) -> None:
+def test_bitwise_equal_to_ordinary_loop(info, config, path, bucket) -> None:
     targets, weights = problem()
     ref_params, params = make_params(), make_params()
     flags = {**info.base, **config, **PATHS[path]}
     ref = info.cls(groups(ref_params), **flags)
     opt = info.cls(groups(params), **flags)
-    opt.step_in_backward(params)
+    size = BUCKETS[bucket]
+    opt.step_in_backward(params, **({} if size is None else {"bucket_bytes": size}))
     ordinary(ref, ref_params, targets, weights, STEPS)
     in_backward(opt, params, targets, weights, STEPS)
     assert_same(params, ref_params, opt, ref)
@@ -226,6 +233,45 @@ def test_refuses_bad_accumulation_steps(bad) -> None:
     model = _model()
     with pytest.raises(ValueError, match="accumulation_steps"):
         O.Adam(model.parameters()).step_in_backward(model, accumulation_steps=bad)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "1MB"])
+def test_refuses_bad_bucket_bytes(bad) -> None:
+    model = _model()
+    with pytest.raises(ValueError, match="bucket_bytes"):
+        O.Adam(model.parameters()).step_in_backward(model, bucket_bytes=bad)
+
+
+def _waiting_gradient_bytes(bucket_bytes: int) -> list[int]:
+    """For each gradient's arrival (in a 6-layer MLP of 16-wide layers: weights 1024 bytes,
+    biases 64), the bytes of the *other* parameters' gradients that exist at that moment."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(16, 16) for _ in range(6)])
+    params = list(model.parameters())
+    seen: list[int] = []
+
+    def observe(param: torch.Tensor) -> None:  # (registered first: runs before the update)
+        seen.append(sum(p.grad.numel() * p.grad.element_size() for p in params
+                        if p is not param and p.grad is not None))
+
+    for param in params:
+        param.register_post_accumulate_grad_hook(observe)
+    O.Adam(params, lr=0.1, fused=True).step_in_backward(model, bucket_bytes=bucket_bytes)
+    for _ in range(2):
+        model(torch.randn(4, 16)).sum().backward()
+        assert all(p.grad is None for p in params)
+    return seen
+
+
+def test_gradients_wait_in_buckets_of_at_most_bucket_bytes() -> None:
+    """Each gradient is freed before the next arrives with ``bucket_bytes=0``; with a bucket,
+    a bias's gradient (which arrives first) waits for its layer's weight's (never
+    ``bucket_bytes`` or more), and
+    with one larger than the model every gradient waits for the end of backward."""
+    assert max(_waiting_gradient_bytes(0)) == 0
+    waiting = _waiting_gradient_bytes(1000)
+    assert max(waiting) == 64 and 0 in waiting  # a bias waits; a weight goes with it
+    assert max(_waiting_gradient_bytes(1 << 20)) == 5 * 1024 + 6 * 64  # all but the last
 
 
 def test_refuses_foreign_parameters_twice_installed_and_differentiable() -> None:

@@ -435,6 +435,7 @@ class SurveyOptimizer(Optimizer):
         accumulation_steps: int = 1,
         *,
         max_grad_norm: float | None = None,
+        bucket_bytes: int = 1 << 20,
     ) -> Any:
         """Update each parameter inside ``backward()``, as soon as its gradient is complete,
         and free that gradient (see :mod:`.in_backward`); returns a handle whose ``remove()``
@@ -447,10 +448,15 @@ class SurveyOptimizer(Optimizer):
                 accumulate gradients (micro-batches).
             max_grad_norm: refused when set -- global-norm clipping needs every gradient
                 before the first update.
+            bucket_bytes: parameters with small gradients are stepped together, in one call,
+                once the waiting gradients of their group reach this many bytes (or backward
+                ends): at most this much waits beside the gradient that just arrived. ``0``
+                steps each parameter as its gradient arrives.
         """
         from .in_backward import install
 
-        return install(self, model_or_params, accumulation_steps, max_grad_norm)
+        return install(self, model_or_params, accumulation_steps, max_grad_norm,
+                       bucket_bytes)
 
     def _step_parameters(self, group: dict[str, Any], subset: list[Tensor],
                          compact_ok: bool = False) -> None:

@@ -15,6 +15,14 @@ optimizer step (pre: before the first parameter of the step, post: when that bac
 The per-parameter update is the same arithmetic as ``step()`` (every path is elementwise per
 parameter), so the trajectories are bitwise those of the ordinary loop.
 
+Parameters whose gradients are small are stepped together: a parameter whose gradient has
+arrived waits in its group's *bucket* until the bucket's gradients reach ``bucket_bytes``
+(or backward ends), and the bucket is then stepped in one call of the group's path and its
+gradients freed. Each call has a fixed cost (checks, the kernel's argument tables), which a
+bias or a norm's scale would otherwise pay alone; a gradient of ``bucket_bytes`` or more is
+stepped as soon as it arrives, so at most ``bucket_bytes`` of waiting gradients exist beside
+the one that just arrived. ``bucket_bytes=0`` steps every parameter at once.
+
 What cannot be done inside backward is refused, never approximated: global-norm gradient
 clipping (it needs every gradient before any update), closures, DistributedDataParallel (its
 all-reduce runs after these hooks), differentiable steps, and a parameter whose gradient
@@ -39,9 +47,14 @@ class StepInBackward:
     them (the optimizer then steps with ``step()`` again, its state unchanged)."""
 
     def __init__(self, optimizer: Any, params: Sequence[Tensor], accumulation_steps: int,
-                 module: torch.nn.Module | None) -> None:
+                 module: torch.nn.Module | None, bucket_bytes: int = 0) -> None:
         self.optimizer = optimizer
         self.accumulation_steps = accumulation_steps
+        self.bucket_bytes = bucket_bytes
+        #: per group (by id): the parameters whose gradient waits for their update, and the
+        #: bytes of those gradients
+        self._buckets: dict[int, tuple[dict[str, Any], list[Tensor]]] = {}
+        self._bucket_bytes: dict[int, int] = {}
         group_of: dict[int, dict[str, Any]] = {}
         for group in optimizer.param_groups:
             for param in group["params"]:
@@ -85,6 +98,9 @@ class StepInBackward:
     def _on_gradient(self, param: Tensor) -> None:
         index = self._index[id(param)]
         if index in self._seen:
+            # (the waiting parameters keep their gradients, for the step() the error suggests)
+            self._buckets.clear()
+            self._bucket_bytes.clear()
             raise RuntimeError(
                 f"step_in_backward: parameter {self._describe(index)} received its gradient "
                 "twice in one backward pass (e.g. reentrant checkpointing of a shared "
@@ -103,14 +119,36 @@ class StepInBackward:
         if not self._stepped_this_pass:
             self._stepped_this_pass = True
             self._run_pre_hooks()
-        with torch.no_grad():
-            self.optimizer._step_parameters(self._groups[index], [param])
-        param.grad = None
+        group = self._groups[index]
+        key = id(group)
+        self._buckets.setdefault(key, (group, []))[1].append(param)
+        grad = param.grad
+        size = self._bucket_bytes.get(key, 0) + (
+            grad.numel() * grad.element_size() if grad is not None else 0)
+        self._bucket_bytes[key] = size
+        if size >= self.bucket_bytes:
+            self._step_bucket(key)
+
+    def _step_bucket(self, key: int) -> None:
+        group, params = self._buckets.pop(key)
+        self._bucket_bytes.pop(key, None)
+        try:
+            with torch.no_grad():
+                self.optimizer._step_parameters(group, params)
+        finally:
+            for param in params:
+                param.grad = None
 
     def _end_of_backward(self) -> None:
         self._callback_queued = False
         if self._module is None:
             self._seen.clear()
+        try:
+            for key in list(self._buckets):
+                self._step_bucket(key)
+        finally:
+            self._buckets.clear()
+            self._bucket_bytes.clear()
         if self._stepped_this_pass:
             self._stepped_this_pass = False
             optimizer = self.optimizer
@@ -152,9 +190,11 @@ def _refuse_closure(optimizer: Any, args: tuple, kwargs: dict) -> None:
 
 
 def install(optimizer: Any, model_or_params: Any, accumulation_steps: int,
-            max_grad_norm: float | None) -> StepInBackward:
+            max_grad_norm: float | None, bucket_bytes: int = 0) -> StepInBackward:
     """Check everything, then register the hooks (see :meth:`SurveyOptimizer.step_in_backward`)."""
     name = type(optimizer).__name__
+    if isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, int) or bucket_bytes < 0:
+        raise ValueError(f"bucket_bytes must be an integer >= 0, got {bucket_bytes!r}")
     if max_grad_norm is not None:
         raise ValueError(
             f"max_grad_norm={max_grad_norm!r}: global-norm gradient clipping needs every "
@@ -226,7 +266,7 @@ def install(optimizer: Any, model_or_params: Any, accumulation_steps: int,
             )
         if not param.is_leaf:
             raise ValueError(f"model_or_params: parameter {index} is not a leaf tensor")
-    handle = StepInBackward(optimizer, params, accumulation_steps, module)
+    handle = StepInBackward(optimizer, params, accumulation_steps, module, bucket_bytes)
     optimizer._in_backward = handle
     return handle
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
+import torchopt_survey.optim as O
 from torchopt_survey.optim.core import codes as code_maps
+from torchopt_survey.optim.core import compact_state as C
 
 
 def hard_values(signed: bool) -> torch.Tensor:
@@ -38,3 +42,29 @@ def tiny_blocks(signed: bool) -> torch.Tensor:
         block[1:1 + body.numel()] = body
         out.append(block)
     return torch.cat(out)
+
+
+def check_kernel_quantiser(signed: bool, kernel_step: Callable[[Callable[[], None]], None]) -> None:
+    """A fused int8 step whose new state is :func:`hard_values` itself must store what
+    ``quantize_int8`` stores: SGD's momentum buffer (signed map) becomes the gradient from a
+    zero buffer; Adamax's ``exp_inf`` (unsigned) becomes |gradient| with eps 0.
+    ``kernel_step(step)`` runs that step and checks that the compact kernel ran it."""
+    values = hard_values(signed)
+    param = torch.zeros(values.numel(), requires_grad=True)
+    if signed:
+        opt = O.SGD([param], lr=0.0, momentum=0.9, fused=True, state_dtype="int8")
+        name = "momentum_buffer"
+    else:
+        opt = O.Adamax([param], lr=0.0, eps=0.0, fused=True, state_dtype="int8")
+        name = "exp_inf"
+    param.grad = torch.ones_like(param)
+    opt.step()  # creates the state (general path)
+    state = opt.state[param]
+    state[name].zero_()
+    state[name + C.SCALE].zero_()  # a zero buffer: the new state is the gradient itself
+    param.grad = values.clone()
+    kernel_step(opt.step)
+    codes, absmax = C.quantize_int8(values, 256, non_negative=not signed)
+    assert torch.equal(state[name + C.SCALE], absmax)
+    wrong = (state[name] != codes).nonzero().flatten()
+    assert not wrong.numel(), (values[wrong][:5], state[name][wrong][:5], codes[wrong][:5])

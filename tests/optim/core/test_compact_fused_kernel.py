@@ -15,7 +15,7 @@ import copy
 
 import pytest
 import torch
-from helpers.compact_cases import hard_values
+from helpers.compact_cases import check_kernel_quantiser
 from helpers.optim_cases import CASE_IDS, CASES
 
 import torchopt_survey.optim as O
@@ -217,29 +217,14 @@ def test_a_group_larger_than_a_chunk_is_one_kernel_call(variant, kernel_calls,
 
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
 def test_kernel_quantiser_is_the_nearest_code_at_every_midpoint(signed, kernel_calls) -> None:
-    """The kernel's quantiser on values placed where a lookup could go wrong: it must store
-    what ``quantize_int8`` stores. (SGD's momentum buffer -- signed map -- becomes the gradient
-    from a zero buffer; Adamax's ``exp_inf`` -- unsigned -- becomes |gradient| with eps 0.)"""
-    values = hard_values(signed)
-    param = torch.zeros(values.numel(), requires_grad=True)
-    if signed:
-        opt, name = O.SGD([param], lr=0.0, momentum=0.9, fused=True, state_dtype="int8"), \
-            "momentum_buffer"
-    else:
-        opt, name = O.Adamax([param], lr=0.0, eps=0.0, fused=True, state_dtype="int8"), \
-            "exp_inf"
-    param.grad = torch.ones_like(param)
-    opt.step()  # creates the state (general path)
-    state = opt.state[param]
-    state[name].zero_()
-    state[name + C.SCALE].zero_()  # a zero buffer: the new state is the gradient itself
-    param.grad = values.clone()
-    opt.step()
-    assert kernel_calls
-    codes, absmax = C.quantize_int8(values, 256, non_negative=not signed)
-    assert torch.equal(state[name + C.SCALE], absmax)
-    wrong = (state[name] != codes).nonzero().flatten()
-    assert not wrong.numel(), (values[wrong][:5], state[name][wrong][:5], codes[wrong][:5])
+    """The kernel's quantiser on values placed where a lookup could go wrong (every midpoint
+    between codes, blocks of subnormals): it must store what ``quantize_int8`` stores."""
+    def kernel_step(step) -> None:
+        kernel_calls.clear()
+        step()
+        assert kernel_calls, "the compact kernel did not run"
+
+    check_kernel_quantiser(signed, kernel_step)
 
 
 def test_rounding_bits_are_uniform_and_uncorrelated() -> None:

@@ -220,7 +220,6 @@ def _checks() -> dict[str, Any]:
     import torch
     from helpers.optim_cases import CASES, OPTIMS
 
-    from torchopt_survey.optim.core import compact_state as C
     from torchopt_survey.optim.core import emit_triton as TF
     from torchopt_survey.optim.core import fused
     from torchopt_survey.optim.core.kernel_cache import COMPILE_LOG
@@ -264,33 +263,16 @@ def _checks() -> dict[str, Any]:
             check(compare, *firsts[name], dtype, block, spy, amp=True)
 
     def midpoints(signed: bool) -> None:
-        """The quantiser on every midpoint between codes and its float32 neighbours (see
-        test_compact_fused_kernel.py): the kernel stores what ``quantize_int8`` stores."""
-        from helpers.compact_cases import hard_values
+        """The quantiser on every midpoint between codes and its float32 neighbours, and on
+        blocks of subnormals: the kernel stores what ``quantize_int8`` stores."""
+        from helpers.compact_cases import check_kernel_quantiser
 
-        import torchopt_survey.optim as O
+        def kernel_step(step) -> None:
+            spy.launches = 0
+            step()
+            assert spy.launches, "the compact kernel did not run"
 
-        values = hard_values(signed)
-        param = torch.zeros(values.numel(), requires_grad=True)
-        if signed:
-            opt = O.SGD([param], lr=0.0, momentum=0.9, fused=True, state_dtype="int8")
-            name = "momentum_buffer"
-        else:
-            opt = O.Adamax([param], lr=0.0, eps=0.0, fused=True, state_dtype="int8")
-            name = "exp_inf"
-        param.grad = torch.ones_like(param)
-        opt.step()  # creates the state (general path)
-        state = opt.state[param]
-        state[name].zero_()
-        state[name + C.SCALE].zero_()  # a zero buffer: the new state is the gradient itself
-        param.grad = values.clone()
-        spy.launches = 0
-        opt.step()
-        assert spy.launches, "the compact kernel did not run"
-        codes, absmax = C.quantize_int8(values, 256, non_negative=not signed)
-        assert torch.equal(state[name + C.SCALE], absmax)
-        wrong = (state[name] != codes).nonzero().flatten()
-        assert not wrong.numel(), (values[wrong][:5], state[name][wrong][:5], codes[wrong][:5])
+        check_kernel_quantiser(signed, kernel_step)
 
     for signed in (True, False):
         check(midpoints, signed)

@@ -437,6 +437,14 @@ def _hp_table(values: list[Any]) -> tuple[Any, int]:
 # ---------------------------------------------------------------------------------------------
 # compact state read and written inside the C kernel (see compact_state.step_compact)
 # ---------------------------------------------------------------------------------------------
+def _compact_trace(opt: Any, group: dict[str, Any], spec: list[Any],
+                   rows: list[list[Tensor]]) -> tuple[Any, tuple[torch.dtype, ...]]:
+    """The traced update a compact kernel runs (every lazy state present: the kernel takes
+    only compact state, which exists from the first step on) and the dtypes of a row."""
+    lazy_present = tuple(True for entry in spec if entry.kind == "lazy")
+    return get_trace(opt, spec, group, lazy_present), tuple(t.dtype for t in rows[0])
+
+
 def run_compact_cpu(
     opt: Any,
     group: dict[str, Any],
@@ -452,9 +460,7 @@ def run_compact_cpu(
     entries (bfloat16 seeds, int8 scale addresses), ``block`` the elements of a unit of work."""
     from . import emit_c as C
 
-    lazy_present = tuple(True for entry in spec if entry.kind == "lazy")
-    traced = get_trace(opt, spec, group, lazy_present)
-    dtypes = tuple(t.dtype for t in rows[0])
+    traced, dtypes = _compact_trace(opt, group, spec, rows)
     key = ("compact", id(traced), dtypes, compact, block)
     entry = _CPU_KERNELS.get(key)
     if entry is None:
@@ -486,9 +492,7 @@ def run_compact_triton(
     ``grad_scale`` / ``found_inf`` are handled inside, as by the ordinary kernel."""
     from . import emit_triton as T
 
-    lazy_present = tuple(True for entry in spec if entry.kind == "lazy")
-    traced = get_trace(opt, spec, group, lazy_present)
-    dtypes = tuple(t.dtype for t in rows[0])
+    traced, dtypes = _compact_trace(opt, group, spec, rows)
     T.run_triton_compact(
         traced, group, dtypes, compact, [t.data_ptr() for row in rows for t in row],
         [value for extra in extras for value in extra], [row[0].numel() for row in rows],

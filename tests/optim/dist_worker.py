@@ -48,6 +48,7 @@ absolute parameter difference, or the error raised). Scenarios:
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import sys
 import traceback
@@ -195,6 +196,43 @@ def _dcp_load(model: nn.Module, opt: torch.optim.Optimizer, path: Path) -> None:
     set_optimizer_state_dict(model, opt, state["optim"])
 
 
+Build = Callable[[], tuple[nn.Module, torch.optim.Optimizer]]
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)  # (DDP's wrapped module)
+
+
+def dcp_lazy(build: Build, x: torch.Tensor, y: torch.Tensor,
+             want: Callable[[], torch.Tensor]) -> float:
+    """A DCP state dict read before the first step (lazy state) must change nothing."""
+    model, opt = build()
+    _dcp_state(model, opt)
+    train(model, opt, x, y)
+    return (full_params(_unwrapped(model)) - want()).abs().max().item()
+
+
+def dcp_round_trip(build: Build, ckpt: Path, x: torch.Tensor, y: torch.Tensor,
+                   continued: dict[str, list[float]], key: str,
+                   loaded: Callable[[torch.optim.Optimizer], None] | None = None) -> float:
+    """3 steps, DCP save, 3 more (recorded under ``key`` for the one-process load); a fresh
+    model and optimizer loaded from the checkpoint must continue exactly alike."""
+    import torch.distributed.checkpoint as dcp
+
+    model, opt = build()
+    train(model, opt, x, y, 3)
+    dcp.save(_dcp_state(model, opt), checkpoint_id=str(ckpt))
+    train(model, opt, x, y, 3)
+    want = full_params(_unwrapped(model))
+    continued[key] = want.tolist()
+    model, opt = build()
+    _dcp_load(model, opt, ckpt)
+    if loaded is not None:
+        loaded(opt)
+    train(model, opt, x, y, 3)
+    return (full_params(_unwrapped(model)) - want).abs().max().item()
+
+
 #: the checkpoint scenarios run the foreach path (the FSDP2 scenario covers the others)
 DCP_FLAGS = {"foreach": True}
 
@@ -205,36 +243,17 @@ def dcp_cases() -> list[tuple[OptimInfo, str, dict[str, Any]]]:
 
 
 def scenario_dcp(rank: int, world: int, records: list[dict[str, Any]], out: Path) -> None:
-    import torch.distributed.checkpoint as dcp
-
     x, y = batch(rank, world)
     continued: dict[str, list[float]] = {}
     for info, case_id, kwargs in dcp_cases():
-        def lazy(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs) -> float:
+        def build(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs) -> Any:
             model = shard(make_model())
-            opt = info.cls(model.parameters(), **kwargs, **DCP_FLAGS)
-            _dcp_state(model, opt)  # before the first step: must not change what follows
-            train(model, opt, x, y)
-            return (full_params(model) - reference(info, kwargs)).abs().max().item()
-        check(records, f"dcp-lazy/{case_id}", lazy)
+            return model, info.cls(model.parameters(), **kwargs, **DCP_FLAGS)
 
-        def round_trip(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs,
-                       case_id: str = case_id) -> float:
-            path = out / "ckpt" / case_id
-            model = shard(make_model())
-            opt = info.cls(model.parameters(), **kwargs, **DCP_FLAGS)
-            train(model, opt, x, y, 3)
-            dcp.save(_dcp_state(model, opt), checkpoint_id=str(path))
-            train(model, opt, x, y, 3)
-            want = full_params(model)
-            continued[case_id] = want.tolist()
-            # a fresh model and optimizer on 2 ranks, loaded from the checkpoint
-            model = shard(make_model())
-            opt = info.cls(model.parameters(), **kwargs, **DCP_FLAGS)
-            _dcp_load(model, opt, path)
-            train(model, opt, x, y, 3)
-            return (full_params(model) - want).abs().max().item()
-        check(records, f"dcp-2to2/{case_id}", round_trip)
+        check(records, f"dcp-lazy/{case_id}", functools.partial(
+            dcp_lazy, build, x, y, functools.partial(reference, info, kwargs)))
+        check(records, f"dcp-2to2/{case_id}", functools.partial(
+            dcp_round_trip, build, out / "ckpt" / case_id, x, y, continued, case_id))
     if rank == 0:
         (out / "dcp-continued.json").write_text(json.dumps(continued))
 
@@ -322,7 +341,6 @@ def _assert_compact(opt: torch.optim.Optimizer, sharded: bool) -> None:
 def scenario_fsdp_compact(rank: int, world: int, records: list[dict[str, Any]],
                           out: Path) -> None:
     """Compact state under FSDP2 (see the module docstring)."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         get_model_state_dict,
@@ -366,31 +384,15 @@ def scenario_fsdp_compact(rank: int, world: int, records: list[dict[str, Any]],
         if not kwargs.get("foreach"):
             continue  # (the state dict checks: one path, as the dcp scenario's)
 
-        def lazy(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs) -> float:
+        def build(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs) -> Any:
             model = shard(make_compact_model())
-            opt = info.cls(model.parameters(), **kwargs)
-            _dcp_state(model, opt)  # before the first step: must change nothing
-            train(model, opt, x, y)
-            return (full_params(model) - _compact_reference(info, kwargs)).abs().max().item()
-        check(records, f"fsdp-dcp-compact-lazy/{case_id}", lazy)
+            return model, info.cls(model.parameters(), **kwargs)
 
-        def round_trip(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs,
-                       case_id: str = case_id) -> float:
-            ckpt = out / "ckpt-fsdp-compact" / case_id
-            model = shard(make_compact_model())
-            opt = info.cls(model.parameters(), **kwargs)
-            train(model, opt, x, y, 3)
-            dcp.save(_dcp_state(model, opt), checkpoint_id=str(ckpt))
-            train(model, opt, x, y, 3)
-            want = full_params(model)
-            continued[case_id] = want.tolist()
-            model = shard(make_compact_model())
-            opt = info.cls(model.parameters(), **kwargs)
-            _dcp_load(model, opt, ckpt)
-            _assert_compact(opt, sharded=True)
-            train(model, opt, x, y, 3)
-            return (full_params(model) - want).abs().max().item()
-        check(records, f"fsdp-dcp-compact-2to2/{case_id}", round_trip)
+        check(records, f"fsdp-dcp-compact-lazy/{case_id}", functools.partial(
+            dcp_lazy, build, x, y, functools.partial(_compact_reference, info, kwargs)))
+        check(records, f"fsdp-dcp-compact-2to2/{case_id}", functools.partial(
+            dcp_round_trip, build, out / "ckpt-fsdp-compact" / case_id, x, y, continued,
+            case_id, functools.partial(_assert_compact, sharded=True)))
 
         def full_dict(info: OptimInfo = info, kwargs: dict[str, Any] = kwargs,
                       case_id: str = case_id) -> float:
@@ -560,34 +562,16 @@ def scenario_compact(rank: int, world: int, records: list[dict[str, Any]], out: 
                         return diff.abs().max().item()
                     check(records, f"ddp-compact/{info.name}-{state_dtype}-{path}", ddp)
 
-                    def lazy(info: OptimInfo = info, kwargs: dict[str, Any] = compact) -> float:
+                    def build(info: OptimInfo = info, kwargs: dict[str, Any] = compact) -> Any:
                         model = DDP(make_model())
-                        opt = info.cls(model.parameters(), **kwargs)
-                        _dcp_state(model, opt)  # before the first step: must change nothing
-                        train(model, opt, x, y)
-                        diff = full_params(model.module) - reference(info, kwargs)
-                        return diff.abs().max().item()
-                    check(records, f"dcp-compact-lazy/{info.name}-{state_dtype}-{path}", lazy)
+                        return model, info.cls(model.parameters(), **kwargs)
 
-                    def round_trip(info: OptimInfo = info, kwargs: dict[str, Any] = compact,
-                                   name: str = f"{info.name}-{state_dtype}-{path}") -> float:
-                        import torch.distributed.checkpoint as dcp
-
-                        ckpt = out / "ckpt-compact" / name
-                        model = DDP(make_model())
-                        opt = info.cls(model.parameters(), **kwargs)
-                        train(model, opt, x, y, 3)
-                        dcp.save(_dcp_state(model, opt), checkpoint_id=str(ckpt))
-                        train(model, opt, x, y, 3)
-                        want = full_params(model.module)
-                        continued[name] = want.tolist()
-                        model = DDP(make_model())
-                        opt = info.cls(model.parameters(), **kwargs)
-                        _dcp_load(model, opt, ckpt)
-                        train(model, opt, x, y, 3)
-                        return (full_params(model.module) - want).abs().max().item()
-                    check(records, f"dcp-compact-2to2/{info.name}-{state_dtype}-{path}",
-                          round_trip)
+                    name = f"{info.name}-{state_dtype}-{path}"
+                    check(records, f"dcp-compact-lazy/{name}", functools.partial(
+                        dcp_lazy, build, x, y, functools.partial(reference, info, compact)))
+                    check(records, f"dcp-compact-2to2/{name}", functools.partial(
+                        dcp_round_trip, build, out / "ckpt-compact" / name, x, y, continued,
+                        name))
 
             def at_construction(info: OptimInfo = info, state_dtype: str = state_dtype) -> float:
                 params = _unsupported_layout()

@@ -169,21 +169,20 @@ def quantize_int8(value: Tensor, block: int, non_negative: bool, phase: int = 0,
                         device=value.device)
     absmax = torch.empty(rows.shape[0], dtype=torch.float32, device=value.device)
     step = max(1, SLICE_ELEMENTS // block)
-    if combine is not None:
-        for start in range(0, rows.shape[0], step):
-            part = rows[start:start + step].float()
-            absmax[start:start + step] = (part.clamp(min=0) if non_negative else part).abs(
-            ).amax(dim=1)
-        combine(absmax)
-    for start in range(0, rows.shape[0], step):
+    def part_of(start: int) -> Tensor:
         part = rows[start:start + step].float()
-        if non_negative:
-            part = part.clamp(min=0)
+        return part.clamp(min=0) if non_negative else part
+
+    if combine is not None:  # every block's maximum first, joined with the other shards'
+        for start in range(0, rows.shape[0], step):
+            absmax[start:start + step] = part_of(start).abs().amax(dim=1)
+        combine(absmax)
+        absmax.copy_(smallest_scale(absmax))
+    for start in range(0, rows.shape[0], step):
+        part = part_of(start)
         if combine is None:
-            peak = smallest_scale(part.abs().amax(dim=1))
-            absmax[start:start + step] = peak
-        else:
-            peak = absmax[start:start + step]
+            absmax[start:start + step] = smallest_scale(part.abs().amax(dim=1))
+        peak = absmax[start:start + step]
         scale = torch.where(peak > 0, peak, torch.ones_like(peak))
         inverse = torch.full_like(scale, table.numerator) / scale  # (as the kernel does)
         nearest = table.nearest(part * inverse[:, None])

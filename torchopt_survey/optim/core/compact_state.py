@@ -454,8 +454,7 @@ def _step_in_kernel(optimizer: Any, group: dict[str, Any], params: list[Tensor])
             continue
         tensor, gradient, start = param, grad, 0
         if shards.is_dtensor(param):  # (the kernel runs on the local shard of the whole layout)
-            if backend != "c" or not state or not shards.in_kernel(
-                    param, grad, _block(group) if int8 else 0):
+            if backend != "c" or not shards.in_kernel(param, grad, _block(group) if int8 else 0):
                 return False
             tensor, gradient = shards.local(param), shards.local(grad)
             start = shards.flat_start(param)

@@ -34,7 +34,7 @@ complex DTensor parameters are refused by :func:`check`.
 
 from __future__ import annotations
 
-import functools
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -46,18 +46,11 @@ from .codes import HASH_MULTIPLIERS
 _LOW32 = 0xFFFFFFFF
 
 
-@functools.cache
-def _dtensor_class() -> type | None:
-    if not torch.distributed.is_available():
-        return None
-    from torch.distributed.tensor import DTensor
-
-    return DTensor
-
-
 def is_dtensor(value: Any) -> bool:
-    dtensor = _dtensor_class()
-    return dtensor is not None and isinstance(value, dtensor)
+    """Whether ``value`` is a DTensor (without importing torch.distributed.tensor: where it
+    has not been imported, nothing can be one)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(value, module.DTensor)
 
 
 def local(value: Any) -> Tensor:

@@ -31,8 +31,8 @@ arrives twice in one backward pass (reentrant checkpointing that reuses a parame
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
@@ -40,6 +40,18 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 from torch.utils.hooks import RemovableHandle
+
+from .compact_shards import is_dtensor
+
+
+@dataclass
+class _Bucket:
+    """The parameters of one group whose gradients wait for their update, and those
+    gradients' bytes."""
+
+    group: dict[str, Any]
+    params: list[Tensor] = field(default_factory=list)
+    nbytes: int = 0
 
 
 class StepInBackward:
@@ -51,10 +63,8 @@ class StepInBackward:
         self.optimizer = optimizer
         self.accumulation_steps = accumulation_steps
         self.bucket_bytes = bucket_bytes
-        #: per group (by id): the parameters whose gradient waits for their update, and the
-        #: bytes of those gradients
-        self._buckets: dict[int, tuple[dict[str, Any], list[Tensor]]] = {}
-        self._bucket_bytes: dict[int, int] = {}
+        #: per group (by id): the parameters whose gradient waits for their update
+        self._buckets: dict[int, _Bucket] = {}
         group_of: dict[int, dict[str, Any]] = {}
         for group in optimizer.param_groups:
             for param in group["params"]:
@@ -100,7 +110,6 @@ class StepInBackward:
         if index in self._seen:
             # (the waiting parameters keep their gradients, for the step() the error suggests)
             self._buckets.clear()
-            self._bucket_bytes.clear()
             raise RuntimeError(
                 f"step_in_backward: parameter {self._describe(index)} received its gradient "
                 "twice in one backward pass (e.g. reentrant checkpointing of a shared "
@@ -120,23 +129,20 @@ class StepInBackward:
             self._stepped_this_pass = True
             self._run_pre_hooks()
         group = self._groups[index]
-        key = id(group)
-        self._buckets.setdefault(key, (group, []))[1].append(param)
+        bucket = self._buckets.setdefault(id(group), _Bucket(group))
+        bucket.params.append(param)
         grad = param.grad
-        size = self._bucket_bytes.get(key, 0) + (
-            grad.numel() * grad.element_size() if grad is not None else 0)
-        self._bucket_bytes[key] = size
-        if size >= self.bucket_bytes:
-            self._step_bucket(key)
+        bucket.nbytes += grad.numel() * grad.element_size() if grad is not None else 0
+        if bucket.nbytes >= self.bucket_bytes:
+            self._step_bucket(id(group))
 
     def _step_bucket(self, key: int) -> None:
-        group, params = self._buckets.pop(key)
-        self._bucket_bytes.pop(key, None)
+        bucket = self._buckets.pop(key)
         try:
             with torch.no_grad():
-                self.optimizer._step_parameters(group, params)
+                self.optimizer._step_parameters(bucket.group, bucket.params)
         finally:
-            for param in params:
+            for param in bucket.params:
                 param.grad = None
 
     def _end_of_backward(self) -> None:
@@ -148,7 +154,6 @@ class StepInBackward:
                 self._step_bucket(key)
         finally:
             self._buckets.clear()
-            self._bucket_bytes.clear()
         if self._stepped_this_pass:
             self._stepped_this_pass = False
             optimizer = self.optimizer
@@ -253,7 +258,7 @@ def install(optimizer: Any, model_or_params: Any, accumulation_steps: int,
         if id(param) in seen:
             raise ValueError(f"model_or_params: parameter {index} is listed twice")
         seen.add(id(param))
-        if _is_dtensor(param):
+        if is_dtensor(param):
             raise RuntimeError(
                 f"model_or_params: parameter {index} is a DTensor (sharded by FSDP2): its "
                 "gradient arrives through FSDP's reduce-scatter after autograd's hooks, so a "
@@ -269,9 +274,3 @@ def install(optimizer: Any, model_or_params: Any, accumulation_steps: int,
     handle = StepInBackward(optimizer, params, accumulation_steps, module, bucket_bytes)
     optimizer._in_backward = handle
     return handle
-
-
-def _is_dtensor(tensor: Tensor) -> bool:
-    """Whether ``tensor`` is a DTensor (without importing torch.distributed when it is not)."""
-    module = sys.modules.get("torch.distributed.tensor")
-    return module is not None and isinstance(tensor, module.DTensor)

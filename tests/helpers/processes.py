@@ -29,15 +29,21 @@ def checkout_pythonpath(env: Mapping[str, str] | None = None) -> str:
     return os.pathsep.join(parts).rstrip(os.pathsep)
 
 
-def interpreted_report(script: str | os.PathLike[str], timeout: float = 600) -> dict:
-    """Run ``python SCRIPT --interpret`` with the Triton kernels under ``TRITON_INTERPRET=1``
-    (in its own process: the interpreter setting is read once, and it would turn every Triton
-    use of the test session into the slow interpreter) and return the JSON it prints on its
-    last ``REPORT `` line."""
-    env = dict(os.environ, TRITON_INTERPRET="1", TORCHOPT_SURVEY_FUSED_BACKEND="triton",
-               OMP_NUM_THREADS="1", PYTHONPATH=checkout_pythonpath())
-    result = subprocess.run([sys.executable, str(script), "--interpret"], env=env,
+def script_report(script: str | os.PathLike[str], flag: str, env: dict[str, str],
+                  timeout: float = 600) -> dict:
+    """Run ``python SCRIPT FLAG`` with ``env`` and return the JSON it prints on its last
+    ``REPORT `` line."""
+    result = subprocess.run([sys.executable, str(script), flag], env=env,
                             capture_output=True, text=True, timeout=timeout)
     lines = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
     assert lines, f"no report (rc={result.returncode}):\n{result.stderr[-4000:]}"
     return json.loads(lines[-1][len("REPORT "):])
+
+
+def interpreted_report(script: str | os.PathLike[str], timeout: float = 600) -> dict:
+    """Run ``python SCRIPT --interpret`` with the Triton kernels under ``TRITON_INTERPRET=1``
+    (in its own process: the interpreter setting is read once, and it would turn every Triton
+    use of the test session into the slow interpreter) and return its report."""
+    env = dict(os.environ, TRITON_INTERPRET="1", TORCHOPT_SURVEY_FUSED_BACKEND="triton",
+               OMP_NUM_THREADS="1", PYTHONPATH=checkout_pythonpath())
+    return script_report(script, "--interpret", env, timeout)

@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import traceback
 from typing import Any
 
 import pytest
-from helpers.processes import checkout_pythonpath, interpreted_report
+from helpers.processes import checkout_pythonpath, interpreted_report, script_report
 
 #: sizes: several blocks with a partial last one, a one-element tensor, an exact block, empty
 SHAPES = [(100,), (7, 5), (1,), (64,), (0,)]
@@ -70,11 +69,7 @@ def test_cuda_source_compiles_for_sm90() -> None:
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(PYTHONPATH=checkout_pythonpath(), OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, __file__, "--compile-cuda"], env=env,
-                            capture_output=True, text=True, timeout=300)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
-    assert lines, f"no report (rc={result.returncode}):\n{result.stderr[-4000:]}"
-    report = json.loads(lines[-1][len("REPORT "):])
+    report = script_report(__file__, "--compile-cuda", env, timeout=300)
     if report.get("skip"):
         pytest.skip(report["skip"])
     assert len(report["kernels"]) == 4, report

@@ -59,7 +59,7 @@ class StepInBackward:
     them (the optimizer then steps with ``step()`` again, its state unchanged)."""
 
     def __init__(self, optimizer: Any, params: Sequence[Tensor], accumulation_steps: int,
-                 module: torch.nn.Module | None, bucket_bytes: int = 0) -> None:
+                 module: torch.nn.Module | None, bucket_bytes: int) -> None:
         self.optimizer = optimizer
         self.accumulation_steps = accumulation_steps
         self.bucket_bytes = bucket_bytes
@@ -195,7 +195,7 @@ def _refuse_closure(optimizer: Any, args: tuple, kwargs: dict) -> None:
 
 
 def install(optimizer: Any, model_or_params: Any, accumulation_steps: int,
-            max_grad_norm: float | None, bucket_bytes: int = 0) -> StepInBackward:
+            max_grad_norm: float | None, bucket_bytes: int) -> StepInBackward:
     """Check everything, then register the hooks (see :meth:`SurveyOptimizer.step_in_backward`)."""
     name = type(optimizer).__name__
     if isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, int) or bucket_bytes < 0:
